@@ -1,0 +1,131 @@
+// The engine's interface to the service: plain structs in, token ids and text out; no torch, no gRPC.
+// Prepare() is thread-safe and CPU-only (validation, tokenisation, image decoding and preprocessing), so
+// the server can run it on a pool. Everything else is called from ONE worker thread that owns the model:
+// Admit a prepared request into a KV-cache slot, Prefill newly admitted sequences (emits their first
+// token), Decode one step for running sequences, Release a sequence (frees its slot at once).
+// Nothing here throws: LibTorch errors, out-of-memory included, become a Status on the events of the
+// sequences involved.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "model/status.h"
+
+namespace flexvqa {
+
+struct ChatTurn {
+  enum class Role { kUser, kAssistant };
+  Role role = Role::kUser;
+  std::string text;
+};
+
+struct ImageInput {
+  std::string bytes;      // Encoded JPEG or PNG.
+  std::string mime_type;  // image/jpeg or image/png; empty: detected from the bytes.
+};
+
+// Sampling as Hugging Face's generate applies it: repetition penalty, temperature, top-k, top-p.
+struct SamplingParams {
+  int max_new_tokens = 128;         // >= 1.
+  float temperature = 0.0f;         // 0: greedy. Otherwise > 0.
+  float top_p = 1.0f;               // (0, 1].
+  int top_k = 0;                    // 0: off; otherwise >= 1.
+  float repetition_penalty = 1.0f;  // > 0; 1: off. Applied to prompt and generated text tokens.
+  uint64_t seed = 0;                // Same seed, same request: same output.
+  std::vector<std::string> stop;    // Generation ends when the text ends with one of these (not emitted).
+  bool ignore_eos = false;          // Benchmarks: run to max_new_tokens.
+};
+
+struct GenerationRequest {
+  std::vector<ChatTurn> turns;       // Last turn is the user's question. The image joins the first turn.
+  std::optional<ImageInput> image;   // At most one image (LLaVA-1.5).
+  SamplingParams sampling;
+};
+
+// Limits applied by Prepare (the service exposes them in ModelInfo). Defaults suit a 7B LLaVA server.
+struct EngineLimits {
+  int64_t max_image_bytes = 20 << 20;       // Encoded bytes. Default: 20 MiB.
+  int64_t max_image_pixels = 40'000'000;    // width * height, checked from the header before decoding.
+  int max_prompt_tokens = 0;                // Text + image tokens. Default (0): context - 1.
+  int max_new_tokens = 1024;                // Upper bound for SamplingParams::max_new_tokens.
+  int max_stop_strings = 8;
+  int max_stop_string_bytes = 64;
+};
+
+struct EngineOptions {
+  std::string model_dir;         // Hugging Face-style directory: config.json, *.safetensors, tokenizer.model.
+  std::string vision_dir;        // Original-LLaVA layout only: the CLIP directory. Empty: from config.
+  std::string device = "cpu";    // cpu | cuda | cuda:N
+  std::string dtype = "auto";    // auto (fp32 on CPU, bf16 on CUDA) | float32 | bfloat16 | float16
+  int max_sequences = 8;         // KV-cache slots: sequences resident at once.
+  int max_context = 0;           // Tokens per slot. Default (0): the model's max_position_embeddings.
+  EngineLimits limits;
+};
+
+struct ModelInfo {
+  std::string name;    // Directory name of the checkpoint.
+  std::string mode;    // Attention mode: full (LLaVA-1.5) for now.
+  std::string dtype;   // float32 | bfloat16 | float16
+  std::string device;  // cpu | cuda:N
+  int context_length = 0;
+  int vocab_size = 0;
+  int num_image_tokens = 0;  // Image tokens one image adds to the prompt.
+  int max_sequences = 0;
+  EngineLimits limits;
+};
+
+// A validated, tokenised request with its image preprocessed. The engine's own subclass holds the
+// token ids and pixels; the fields here are what a scheduler needs to plan.
+class PreparedRequest {
+ public:
+  virtual ~PreparedRequest() = default;
+  int prompt_tokens = 0;  // Including image tokens.
+  int image_tokens = 0;
+  SamplingParams sampling;
+};
+
+using SequenceId = int64_t;
+
+enum class FinishReason { kNone, kStop, kLength, kCancelled, kError };
+
+// One step's result for one sequence. `text` is the newly completed UTF-8 text (possibly empty while a
+// multi-byte character or a possible stop string is pending). A failed sequence has finished = true,
+// reason = kError and a non-OK status; it must still be released.
+struct TokenEvent {
+  SequenceId sequence = -1;
+  int32_t token_id = -1;  // -1 when no token was produced (errors).
+  std::string text;
+  bool finished = false;
+  FinishReason reason = FinishReason::kNone;
+  Status status;
+};
+
+class Engine {
+ public:
+  virtual ~Engine() = default;
+  virtual const ModelInfo& Info() const = 0;
+
+  // Thread-safe, CPU only, no model state touched. INVALID_ARGUMENT names the offending field.
+  virtual StatusOr<std::shared_ptr<const PreparedRequest>> Prepare(
+      const GenerationRequest& request) const = 0;
+
+  // --- Worker thread only. ---
+  virtual int FreeSlots() const = 0;
+  // Takes a KV-cache slot for the request. RESOURCE_EXHAUSTED when none is free (nothing is kept).
+  virtual StatusOr<SequenceId> Admit(std::shared_ptr<const PreparedRequest> request) = 0;
+  // Runs the vision tower and the prompt for admitted sequences; appends one event per sequence.
+  virtual void Prefill(const std::vector<SequenceId>& sequences, std::vector<TokenEvent>* events) = 0;
+  // One decode step for prefilled, unfinished sequences; appends one event per sequence.
+  virtual void Decode(const std::vector<SequenceId>& sequences, std::vector<TokenEvent>* events) = 0;
+  // Frees the sequence's slot. Unknown ids are ignored.
+  virtual void Release(SequenceId sequence) = 0;
+};
+
+// The LLaVA engine over LibTorch (model/llava_engine.cc).
+StatusOr<std::unique_ptr<Engine>> CreateLlavaEngine(const EngineOptions& options);
+
+}  // namespace flexvqa

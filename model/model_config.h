@@ -1,0 +1,91 @@
+// Model configuration as read from a checkpoint directory's config.json (and, for the original LLaVA
+// layout, the separate CLIP directory's config.json). Torch-free plain structs; defaults are those of the
+// Hugging Face config classes, because published config.json files omit fields equal to the defaults.
+// LoadLlavaConfig never throws: a missing file, bad JSON or an unsupported value is a Status naming it.
+#pragma once
+
+#include <array>
+#include <string>
+
+#include "model/status.h"
+
+namespace flexvqa {
+
+// Defaults: transformers' CLIPVisionConfig.
+struct VisionConfig {
+  int hidden_size = 768;
+  int intermediate_size = 3072;
+  int num_hidden_layers = 12;
+  int num_attention_heads = 12;
+  int num_channels = 3;
+  int image_size = 224;
+  int patch_size = 32;
+  double layer_norm_eps = 1e-5;
+  std::string hidden_act = "quick_gelu";  // quick_gelu | gelu
+};
+
+// Defaults: transformers' LlamaConfig.
+struct TextConfig {
+  int hidden_size = 4096;
+  int intermediate_size = 11008;
+  int num_hidden_layers = 32;
+  int num_attention_heads = 32;
+  int num_key_value_heads = 32;  // Default: num_attention_heads when absent.
+  int vocab_size = 32000;
+  int max_position_embeddings = 2048;
+  double rms_norm_eps = 1e-6;
+  double rope_theta = 10000.0;
+  int bos_token_id = 1;
+  int eos_token_id = 2;
+  int pad_token_id = -1;  // -1: none.
+  std::string hidden_act = "silu";
+  bool tie_word_embeddings = false;
+  int head_dim() const { return hidden_size / num_attention_heads; }
+};
+
+enum class CheckpointLayout {
+  kHfLlava,        // llava-hf/*: LlavaForConditionalGeneration, tensors language_model.*, vision_tower.*, ...
+  kOriginalLlava,  // liuhaotian/*: LlavaLlamaForCausalLM, model.layers.*, model.mm_projector.*, lm_head.*;
+                   // the CLIP tower lives in its own directory (mm_vision_tower).
+};
+
+const char* CheckpointLayoutName(CheckpointLayout layout);
+
+struct LlavaConfig {
+  CheckpointLayout layout = CheckpointLayout::kHfLlava;
+  std::string model_dir;
+  // Directory whose safetensors hold the CLIP tower: model_dir for kHfLlava, the resolved mm_vision_tower
+  // directory for kOriginalLlava.
+  std::string vision_dir;
+  TextConfig text;
+  VisionConfig vision;
+  // Token id of the <image> placeholder in the prompt. kHfLlava: image_token_index (32000 for 7B). For
+  // kOriginalLlava the reference uses the sentinel -200, which never reaches the embedding table; we
+  // keep it as the in-prompt marker.
+  int image_token_id = 32000;
+  int vision_feature_layer = -2;          // Hidden state taken from the CLIP tower.
+  std::string vision_feature_select = "default";  // default/patch: drop CLS; full/cls_patch: keep it.
+  std::string projector_type = "mlp2x_gelu";      // Linear -> GELU -> Linear.
+  std::string image_aspect_ratio = "pad";         // pad: expand to square with the mean colour.
+  // Image preprocessing (CLIP defaults; preprocessor_config.json overrides when present).
+  std::array<float, 3> image_mean = {0.48145466f, 0.4578275f, 0.40821073f};
+  std::array<float, 3> image_std = {0.26862954f, 0.26130258f, 0.27577711f};
+  int crop_size = 0;  // Default: vision.image_size.
+  std::string torch_dtype = "float32";  // As stored in the checkpoint; informational.
+
+  int num_image_tokens() const {
+    const int side = vision.image_size / vision.patch_size;
+    return side * side + (vision_feature_select == "default" || vision_feature_select == "patch" ? 0 : 1);
+  }
+};
+
+// Reads model_dir/config.json (and preprocessor_config.json when present). For kOriginalLlava the vision
+// tower is taken from vision_dir_override when non-empty, else from mm_vision_tower when it names an
+// existing directory (absolute, or relative to model_dir), else from model_dir/vision_tower.
+StatusOr<LlavaConfig> LoadLlavaConfig(const std::string& model_dir,
+                                      const std::string& vision_dir_override = "");
+
+// Parses config.json text as found in model_dir (exposed for tests).
+StatusOr<LlavaConfig> ParseLlavaConfigJson(const std::string& json_text);
+
+}  // namespace flexvqa
