@@ -66,11 +66,14 @@ struct LlavaConfig {
   int vision_feature_layer = -2;          // Hidden state taken from the CLIP tower.
   std::string vision_feature_select = "default";  // default/patch: drop CLS; full/cls_patch: keep it.
   std::string projector_type = "mlp2x_gelu";      // Linear -> GELU -> Linear.
-  std::string image_aspect_ratio = "pad";         // pad: expand to square with the mean colour.
+  // pad: expand to square with the mean colour, then resize (LLaVA's expand2square). square: CLIP's
+  // own resize of the shortest side then centre crop (what llava-hf's CLIPImageProcessor does).
+  std::string image_aspect_ratio = "pad";
   // Image preprocessing (CLIP defaults; preprocessor_config.json overrides when present).
   std::array<float, 3> image_mean = {0.48145466f, 0.4578275f, 0.40821073f};
   std::array<float, 3> image_std = {0.26862954f, 0.26130258f, 0.27577711f};
-  int crop_size = 0;  // Default: vision.image_size.
+  int crop_size = 0;             // Default: vision.image_size (filled in by LoadLlavaConfig).
+  int resize_shortest_edge = 0;  // preprocessor "size"; Default: crop_size (filled in likewise).
   std::string torch_dtype = "float32";  // As stored in the checkpoint; informational.
 
   int num_image_tokens() const {

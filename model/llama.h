@@ -1,0 +1,71 @@
+// The LLaMA decoder of LLaVA-1.5 (HF LlamaForCausalLM): token embeddings, N pre-norm blocks of
+// (RMSNorm, RoPE self-attention, RMSNorm, SwiGLU MLP), final RMSNorm, lm_head. One forward entry point
+// serves prefill and decode alike: a packed batch of sequence chunks ([N, D] rows, each chunk placed at
+// its own start position in its own KV-cache slot), as vLLM's varlen batches. The projections run as one
+// GEMM over all rows; attention runs per chunk against that slot's cache. Worker thread only.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <memory>
+#include <vector>
+
+#include "model/kv_cache.h"
+#include "model/layers.h"
+#include "model/model_config.h"
+#include "model/status.h"
+#include "model/weights.h"
+
+namespace flexvqa {
+
+// One sequence's chunk in a packed batch: rows [row_begin, row_begin + length) of the input go to
+// positions [start, start + length) of `slot`.
+struct ChunkSpan {
+  int slot = 0;
+  int64_t start = 0;
+  int64_t row_begin = 0;
+  int64_t length = 0;
+};
+
+class LlamaDecoder {
+ public:
+  static StatusOr<std::unique_ptr<LlamaDecoder>> Load(const WeightLoader& weights,
+                                                      const TextConfig& config, at::ScalarType dtype,
+                                                      at::Device device, int64_t max_positions);
+
+  const TextConfig& config() const { return config_; }
+
+  // Token embeddings: [N] int64 ids -> [N, D]. Ids outside the table (image placeholders) map to row 0;
+  // their rows are overwritten by image features.
+  at::Tensor Embed(const at::Tensor& token_ids) const;
+
+  // Runs the blocks over packed rows x [N, D], writing each chunk's keys/values into its slot and
+  // extending the slot's length. Returns the final-normed hidden states [N, D].
+  at::Tensor Forward(const at::Tensor& x, const std::vector<ChunkSpan>& chunks, KvCache& cache) const;
+
+  // lm_head over hidden rows [R, D] -> fp32 logits [R, V].
+  at::Tensor Logits(const at::Tensor& hidden) const;
+
+ private:
+  struct Layer {
+    at::Tensor input_norm;      // [D]
+    at::Tensor qkv_proj;        // [(H + 2 KV) Dh, D]: q, k, v fused into one GEMM.
+    at::Tensor o_proj;          // [D, H Dh]
+    at::Tensor post_attn_norm;  // [D]
+    at::Tensor gate_up_proj;    // [2 I, D]: gate and up fused into one GEMM.
+    at::Tensor down_proj;       // [D, I]
+  };
+
+  at::Tensor AttentionBlock(const Layer& layer, int layer_index, const at::Tensor& x,
+                            const at::Tensor& positions, const std::vector<ChunkSpan>& chunks,
+                            KvCache& cache) const;
+
+  TextConfig config_;
+  at::Tensor embed_tokens_;  // [V, D]
+  std::vector<Layer> layers_;
+  at::Tensor norm_;     // [D]
+  at::Tensor lm_head_;  // [V, D]
+  RotaryTables rotary_;
+};
+
+}  // namespace flexvqa

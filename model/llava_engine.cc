@@ -1,0 +1,383 @@
+// LLaVA-1.5 ("full" attention mode) behind the Engine interface of model/engine.h: CLIP tower +
+// mlp2x_gelu projector + LLaMA decoder, a slot-per-sequence KV cache, per-sequence samplers, streaming
+// detokenisation and stop strings. Prefill packs every new sequence's prompt into one forward pass;
+// decode packs one row per running sequence (model/llama.h).
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <filesystem>
+#include <unordered_map>
+
+#include "model/detokenizer.h"
+#include "model/engine.h"
+#include "model/image_decode.h"
+#include "model/image_preprocess.h"
+#include "model/kv_cache.h"
+#include "model/llama.h"
+#include "model/llava_model.h"
+#include "model/model_config.h"
+#include "model/prompt.h"
+#include "model/sampler.h"
+#include "model/tokenizer.h"
+#include "model/torch_compat.h"
+#include "model/utf8.h"
+
+namespace flexvqa {
+namespace {
+
+// What Prepare produces: token ids with the image placeholder expanded, and the image's pixels.
+class LlavaPrepared : public PreparedRequest {
+ public:
+  std::vector<int32_t> tokens;
+  std::vector<float> pixels;  // [3, S, S] normalised; empty without an image.
+};
+
+struct Sequence {
+  std::shared_ptr<const LlavaPrepared> request;
+  int slot = -1;
+  bool prefilled = false;
+  bool finished = false;
+  int generated = 0;
+  int32_t last_token = -1;
+  std::unique_ptr<SequenceSampler> sampler;
+  std::unique_ptr<StreamingDetokenizer> detokenizer;
+  std::unique_ptr<StopStringMatcher> stop;
+};
+
+Status ValidateSampling(const SamplingParams& s, const EngineLimits& limits) {
+  if (s.max_new_tokens < 1 || s.max_new_tokens > limits.max_new_tokens) {
+    return InvalidArgumentError("max_new_tokens must be between 1 and " +
+                                std::to_string(limits.max_new_tokens) + ", got " +
+                                std::to_string(s.max_new_tokens));
+  }
+  if (!std::isfinite(s.temperature) || s.temperature < 0.0f) {
+    return InvalidArgumentError("temperature must be a finite number >= 0 (0 means greedy), got " +
+                                std::to_string(s.temperature));
+  }
+  if (!(s.top_p > 0.0f && s.top_p <= 1.0f)) {
+    return InvalidArgumentError("top_p must be in (0, 1], got " + std::to_string(s.top_p));
+  }
+  if (s.top_k < 0) {
+    return InvalidArgumentError("top_k must be >= 0 (0 disables it), got " + std::to_string(s.top_k));
+  }
+  if (!std::isfinite(s.repetition_penalty) || s.repetition_penalty <= 0.0f) {
+    return InvalidArgumentError("repetition_penalty must be a finite number > 0 (1 disables it), got " +
+                                std::to_string(s.repetition_penalty));
+  }
+  if (static_cast<int>(s.stop.size()) > limits.max_stop_strings) {
+    return InvalidArgumentError("at most " + std::to_string(limits.max_stop_strings) +
+                                " stop strings are allowed, got " + std::to_string(s.stop.size()));
+  }
+  for (const std::string& stop : s.stop) {
+    if (stop.empty() || static_cast<int>(stop.size()) > limits.max_stop_string_bytes) {
+      return InvalidArgumentError("each stop string must be 1 to " +
+                                  std::to_string(limits.max_stop_string_bytes) + " bytes long");
+    }
+    if (!IsValidUtf8(stop)) return InvalidArgumentError("stop strings must be valid UTF-8");
+  }
+  return Status::Ok();
+}
+
+class LlavaEngine : public Engine {
+ public:
+  static StatusOr<std::unique_ptr<Engine>> Create(const EngineOptions& options);
+
+  const ModelInfo& Info() const override { return info_; }
+  StatusOr<std::shared_ptr<const PreparedRequest>> Prepare(
+      const GenerationRequest& request) const override;
+  int FreeSlots() const override { return cache_->free_slots(); }
+  StatusOr<SequenceId> Admit(std::shared_ptr<const PreparedRequest> request) override;
+  void Prefill(const std::vector<SequenceId>& sequences, std::vector<TokenEvent>* events) override;
+  void Decode(const std::vector<SequenceId>& sequences, std::vector<TokenEvent>* events) override;
+  void Release(SequenceId sequence) override;
+
+ private:
+  // Chooses each sequence's next token from fp32 logits [B, V] (rows in `batch` order) and emits it.
+  void SampleAndEmit(const at::Tensor& logits, const std::vector<SequenceId>& batch,
+                     std::vector<TokenEvent>* events);
+  TokenEvent Emit(SequenceId id, Sequence& seq, int32_t token);
+  void Fail(const std::vector<SequenceId>& batch, const Status& status,
+            std::vector<TokenEvent>* events);
+
+  LlavaConfig config_;
+  ModelInfo info_;
+  at::Device device_ = at::Device(at::kCPU);
+  at::ScalarType dtype_ = at::kFloat;
+  std::unique_ptr<Tokenizer> tokenizer_;
+  std::unique_ptr<LlavaModel> model_;
+  const LlamaDecoder* decoder_ = nullptr;  // model_->decoder()
+  std::unique_ptr<KvCache> cache_;
+  PreprocessOptions preprocess_;
+  std::unordered_map<SequenceId, Sequence> sequences_;
+  SequenceId next_id_ = 1;
+};
+
+StatusOr<std::unique_ptr<Engine>> LlavaEngine::Create(const EngineOptions& options) {
+  auto engine = std::unique_ptr<LlavaEngine>(new LlavaEngine());
+  FLEXVQA_ASSIGN_OR_RETURN(engine->config_, LoadLlavaConfig(options.model_dir, options.vision_dir));
+  const LlavaConfig& config = engine->config_;
+  FLEXVQA_ASSIGN_OR_RETURN(engine->device_, ParseDevice(options.device));
+  FLEXVQA_ASSIGN_OR_RETURN(engine->dtype_, ParseDtype(options.dtype, engine->device_));
+  if (options.max_sequences < 1) return InvalidArgumentError("max_sequences must be >= 1");
+  const int context = options.max_context > 0
+                          ? std::min(options.max_context, config.text.max_position_embeddings)
+                          : config.text.max_position_embeddings;
+  FLEXVQA_ASSIGN_OR_RETURN(engine->tokenizer_,
+                           Tokenizer::Load(options.model_dir + "/tokenizer.model"));
+  try {
+    FLEXVQA_ASSIGN_OR_RETURN(engine->model_,
+                             LlavaModel::Load(config, engine->dtype_, engine->device_, context));
+    engine->decoder_ = &engine->model_->decoder();
+    KvCacheShape shape;
+    shape.num_layers = config.text.num_hidden_layers;
+    shape.num_slots = options.max_sequences;
+    shape.max_context = context;
+    shape.num_kv_heads = config.text.num_key_value_heads;
+    shape.head_dim = config.text.head_dim();
+    FLEXVQA_ASSIGN_OR_RETURN(KvCache cache, KvCache::Create(shape, engine->dtype_, engine->device_));
+    engine->cache_ = std::make_unique<KvCache>(std::move(cache));
+  } catch (const std::exception& e) {
+    return StatusFromTorchError(e, "loading " + options.model_dir);
+  }
+
+  PreprocessOptions& pre = engine->preprocess_;
+  pre.crop_size = config.crop_size > 0 ? config.crop_size : config.vision.image_size;
+  pre.resize_shortest_edge = config.resize_shortest_edge > 0 ? config.resize_shortest_edge : pre.crop_size;
+  pre.mean = config.image_mean;
+  pre.std = config.image_std;
+  pre.pad_to_square = config.image_aspect_ratio == "pad";
+  if (pre.crop_size != config.vision.image_size) {
+    return InvalidArgumentError("crop size " + std::to_string(pre.crop_size) +
+                                " differs from the vision tower's image size " +
+                                std::to_string(config.vision.image_size));
+  }
+
+  ModelInfo& info = engine->info_;
+  info.name = std::filesystem::path(options.model_dir).lexically_normal().filename().string();
+  if (info.name.empty()) {
+    info.name = std::filesystem::path(options.model_dir).lexically_normal().parent_path().filename();
+  }
+  info.mode = "full";
+  info.dtype = DtypeName(engine->dtype_);
+  info.device = engine->device_.str();
+  info.context_length = context;
+  info.vocab_size = config.text.vocab_size;
+  info.num_image_tokens = config.num_image_tokens();
+  info.max_sequences = options.max_sequences;
+  info.limits = options.limits;
+  if (info.limits.max_prompt_tokens <= 0 || info.limits.max_prompt_tokens >= context) {
+    info.limits.max_prompt_tokens = context - 1;
+  }
+  return std::unique_ptr<Engine>(std::move(engine));
+}
+
+StatusOr<std::shared_ptr<const PreparedRequest>> LlavaEngine::Prepare(
+    const GenerationRequest& request) const {
+  const EngineLimits& limits = info_.limits;
+  FLEXVQA_RETURN_IF_ERROR(ValidateSampling(request.sampling, limits));
+  auto prepared = std::make_shared<LlavaPrepared>();
+  prepared->sampling = request.sampling;
+  PromptOptions prompt;
+  prompt.has_image = request.image.has_value();
+  prompt.image_token_id = config_.image_token_id;
+  prompt.num_image_tokens = info_.num_image_tokens;
+  FLEXVQA_ASSIGN_OR_RETURN(prepared->tokens, BuildLlavaPrompt(*tokenizer_, request.turns, prompt));
+  prepared->prompt_tokens = static_cast<int>(prepared->tokens.size());
+  prepared->image_tokens = prompt.has_image ? prompt.num_image_tokens : 0;
+  if (prepared->prompt_tokens > limits.max_prompt_tokens) {
+    return InvalidArgumentError("the prompt is " + std::to_string(prepared->prompt_tokens) +
+                                " tokens (" + std::to_string(prepared->image_tokens) +
+                                " of them for the image); this server accepts at most " +
+                                std::to_string(limits.max_prompt_tokens) + ": shorten the question");
+  }
+  const int total = prepared->prompt_tokens + request.sampling.max_new_tokens;
+  if (total > info_.context_length) {
+    return InvalidArgumentError(
+        "the model's context is " + std::to_string(info_.context_length) + " tokens, but the request needs " +
+        std::to_string(total) + " (" + std::to_string(prepared->prompt_tokens) + " in the prompt, " +
+        std::to_string(request.sampling.max_new_tokens) + " new): lower max_new_tokens to at most " +
+        std::to_string(info_.context_length - prepared->prompt_tokens));
+  }
+  if (request.image) {
+    ImageLimits image_limits;
+    image_limits.max_encoded_bytes = limits.max_image_bytes;
+    image_limits.max_pixels = limits.max_image_pixels;
+    FLEXVQA_ASSIGN_OR_RETURN(RgbImage image,
+                             DecodeImage(request.image->bytes, request.image->mime_type, image_limits));
+    FLEXVQA_ASSIGN_OR_RETURN(prepared->pixels, PreprocessLlava(image, preprocess_));
+  }
+  return std::shared_ptr<const PreparedRequest>(std::move(prepared));
+}
+
+StatusOr<SequenceId> LlavaEngine::Admit(std::shared_ptr<const PreparedRequest> request) {
+  auto prepared = std::dynamic_pointer_cast<const LlavaPrepared>(request);
+  if (!prepared) return InvalidArgumentError("request was not prepared by this engine");
+  const int slot = cache_->Allocate();
+  if (slot < 0) {
+    return ResourceExhaustedError("all " + std::to_string(info_.max_sequences) +
+                                  " sequence slots are in use");
+  }
+  Sequence seq;
+  seq.request = prepared;
+  seq.slot = slot;
+  seq.sampler = std::make_unique<SequenceSampler>(prepared->sampling, prepared->tokens);
+  seq.detokenizer = std::make_unique<StreamingDetokenizer>(*tokenizer_);
+  seq.stop = std::make_unique<StopStringMatcher>(prepared->sampling.stop);
+  const SequenceId id = next_id_++;
+  sequences_.emplace(id, std::move(seq));
+  return id;
+}
+
+void LlavaEngine::Release(SequenceId sequence) {
+  auto it = sequences_.find(sequence);
+  if (it == sequences_.end()) return;
+  cache_->Free(it->second.slot);
+  sequences_.erase(it);
+}
+
+void LlavaEngine::Fail(const std::vector<SequenceId>& batch, const Status& status,
+                       std::vector<TokenEvent>* events) {
+  for (SequenceId id : batch) {
+    Sequence& seq = sequences_.at(id);
+    seq.finished = true;
+    TokenEvent event;
+    event.sequence = id;
+    event.finished = true;
+    event.reason = FinishReason::kError;
+    event.status = status;
+    events->push_back(std::move(event));
+  }
+}
+
+void LlavaEngine::Prefill(const std::vector<SequenceId>& sequences,
+                          std::vector<TokenEvent>* events) {
+  std::vector<SequenceId> batch;
+  for (SequenceId id : sequences) {
+    auto it = sequences_.find(id);
+    if (it != sequences_.end() && !it->second.prefilled && !it->second.finished) batch.push_back(id);
+  }
+  if (batch.empty()) return;
+  try {
+    // Vision tower and projector over every image of the batch at once.
+    const int side = preprocess_.crop_size;
+    std::vector<at::Tensor> images;
+    for (SequenceId id : batch) {
+      const LlavaPrepared& r = *sequences_.at(id).request;
+      if (!r.pixels.empty()) {
+        images.push_back(at::from_blob(const_cast<float*>(r.pixels.data()), {3, side, side},
+                                       at::TensorOptions().dtype(at::kFloat)));
+      }
+    }
+    at::Tensor features;  // [images, tokens, D]
+    if (!images.empty()) features = model_->EncodeImages(at::stack(images));
+    // Embeddings of every prompt, packed row after row, image rows replaced by the features.
+    std::vector<at::Tensor> rows;
+    std::vector<ChunkSpan> chunks;
+    int64_t row = 0;
+    int image_index = 0;
+    for (SequenceId id : batch) {
+      const Sequence& seq = sequences_.at(id);
+      const LlavaPrepared& r = *seq.request;
+      const at::Tensor ids = at::tensor(std::vector<int64_t>(r.tokens.begin(), r.tokens.end()),
+                                        at::TensorOptions().dtype(at::kLong))
+                                 .to(device_);
+      rows.push_back(
+          model_->EmbedPrompt(ids, r.pixels.empty() ? at::Tensor() : features[image_index++]));
+      chunks.push_back({seq.slot, 0, row, static_cast<int64_t>(r.tokens.size())});
+      row += static_cast<int64_t>(r.tokens.size());
+    }
+    const at::Tensor hidden = decoder_->Forward(at::cat(rows, 0), chunks, *cache_);
+    std::vector<int64_t> last_rows;
+    for (const ChunkSpan& c : chunks) last_rows.push_back(c.row_begin + c.length - 1);
+    const at::Tensor last = hidden.index_select(
+        0, at::tensor(last_rows, at::TensorOptions().dtype(at::kLong)).to(device_));
+    for (SequenceId id : batch) sequences_.at(id).prefilled = true;
+    SampleAndEmit(decoder_->Logits(last), batch, events);
+  } catch (const std::exception& e) {
+    Fail(batch, StatusFromTorchError(e, "prefill"), events);
+  }
+}
+
+void LlavaEngine::Decode(const std::vector<SequenceId>& sequences, std::vector<TokenEvent>* events) {
+  std::vector<SequenceId> batch;
+  for (SequenceId id : sequences) {
+    auto it = sequences_.find(id);
+    if (it != sequences_.end() && it->second.prefilled && !it->second.finished) batch.push_back(id);
+  }
+  if (batch.empty()) return;
+  try {
+    std::vector<int64_t> tokens;
+    std::vector<ChunkSpan> chunks;
+    for (SequenceId id : batch) {
+      const Sequence& seq = sequences_.at(id);
+      chunks.push_back({seq.slot, cache_->length(seq.slot), static_cast<int64_t>(tokens.size()), 1});
+      tokens.push_back(seq.last_token);
+    }
+    const at::Tensor ids = at::tensor(tokens, at::TensorOptions().dtype(at::kLong)).to(device_);
+    const at::Tensor hidden = decoder_->Forward(decoder_->Embed(ids), chunks, *cache_);  // [B, D]
+    SampleAndEmit(decoder_->Logits(hidden), batch, events);
+  } catch (const std::exception& e) {
+    Fail(batch, StatusFromTorchError(e, "decode"), events);
+  }
+}
+
+void LlavaEngine::SampleAndEmit(const at::Tensor& logits, const std::vector<SequenceId>& batch,
+                                std::vector<TokenEvent>* events) {
+  bool all_greedy = true;
+  for (SequenceId id : batch) all_greedy = all_greedy && sequences_.at(id).sampler->IsPlainGreedy();
+  const int vocab = static_cast<int>(logits.size(1));
+  if (all_greedy) {
+    // Only B token ids cross to the host.
+    const at::Tensor chosen = logits.argmax(1).to(at::kCPU);
+    const int64_t* data = chosen.data_ptr<int64_t>();
+    for (size_t i = 0; i < batch.size(); ++i) {
+      Sequence& seq = sequences_.at(batch[i]);
+      seq.sampler->Accept(static_cast<int32_t>(data[i]));
+      events->push_back(Emit(batch[i], seq, static_cast<int32_t>(data[i])));
+    }
+    return;
+  }
+  at::Tensor host = logits.to(at::kCPU).contiguous();
+  float* data = host.data_ptr<float>();
+  for (size_t i = 0; i < batch.size(); ++i) {
+    Sequence& seq = sequences_.at(batch[i]);
+    const int32_t token = seq.sampler->Sample(data + i * vocab, vocab);
+    events->push_back(Emit(batch[i], seq, token));
+  }
+}
+
+TokenEvent LlavaEngine::Emit(SequenceId id, Sequence& seq, int32_t token) {
+  TokenEvent event;
+  event.sequence = id;
+  event.token_id = token;
+  seq.last_token = token;
+  ++seq.generated;
+  const SamplingParams& params = seq.request->sampling;
+  if (token == tokenizer_->eos_id() && !params.ignore_eos) {
+    event.text = seq.stop->Push(seq.detokenizer->Flush()) + seq.stop->Flush();
+    event.finished = true;
+    event.reason = FinishReason::kStop;
+  } else {
+    event.text = seq.stop->Push(seq.detokenizer->Push(token));
+    if (seq.stop->stopped()) {
+      event.finished = true;
+      event.reason = FinishReason::kStop;
+    } else if (seq.generated >= params.max_new_tokens ||
+               cache_->length(seq.slot) + 1 >= info_.context_length) {
+      event.text += seq.stop->Push(seq.detokenizer->Flush());
+      if (!seq.stop->stopped()) event.text += seq.stop->Flush();
+      event.finished = true;
+      event.reason = seq.stop->stopped() ? FinishReason::kStop : FinishReason::kLength;
+    }
+  }
+  seq.finished = event.finished;
+  return event;
+}
+
+}  // namespace
+
+StatusOr<std::unique_ptr<Engine>> CreateLlavaEngine(const EngineOptions& options) {
+  return LlavaEngine::Create(options);
+}
+
+}  // namespace flexvqa

@@ -1,0 +1,39 @@
+// Writes a tiny random LLaVA-1.5 checkpoint in a public layout, for tests and the demo: config.json,
+// model.safetensors, tokenizer.model (SentencePiece trained on model/data/tiny_corpus.txt) and
+// preprocessor_config.json; for the original-LLaVA layout also the separate CLIP directory ("clip/").
+// The same seed gives the same weights in either layout, so the two layouts must produce the same
+// numbers. Runs in about a second.
+#pragma once
+
+#include <string>
+
+#include "model/model_config.h"
+#include "model/status.h"
+
+namespace flexvqa {
+
+struct TinyLlavaOptions {
+  CheckpointLayout layout = CheckpointLayout::kHfLlava;
+  uint64_t seed = 0;
+  int tokenizer_vocab = 512;  // SentencePiece pieces; the hf layout adds <image> and pads to 64.
+  int hidden_size = 64;
+  int intermediate_size = 160;
+  int num_layers = 2;
+  int num_heads = 4;
+  int num_kv_heads = 4;
+  int max_positions = 512;
+  int vision_hidden = 32;
+  int vision_intermediate = 64;
+  int vision_layers = 3;  // The tower runs vision_layers - 1 of them (LLaVA's layer -2).
+  int vision_heads = 2;
+  int image_size = 56;  // 4x4 patches of 14 px: 16 image tokens.
+  int patch_size = 14;
+  std::string dtype = "float32";  // float32 | float16 | bfloat16 (stored dtype)
+  std::string corpus_path;        // Default: FLEXVQA_DATA_DIR/tiny_corpus.txt.
+  std::string trainer_path;       // flexvqa_train_tokenizer. Default: the one built with this library.
+};
+
+// Creates `dir` (and parents) and writes the checkpoint into it.
+Status WriteTinyLlava(const std::string& dir, const TinyLlavaOptions& options);
+
+}  // namespace flexvqa
