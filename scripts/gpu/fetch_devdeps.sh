@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Downloads (does not install) the Debian 12 packages that the GPU machine lacks into .devdeps/ (ignored
+# by git), so that they travel with the working tree and scripts/gpu/build.sh can unpack them there.
+# Run on a Debian 12 machine with apt access (this project's CPU machines). About 16 MB.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+mkdir -p .devdeps
+cd .devdeps
+PACKAGES=(
+  libgrpc++1.51 libgrpc29 libgrpc++-dev libgrpc-dev libprotobuf32 libprotobuf-dev libprotoc32
+  protobuf-compiler protobuf-compiler-grpc libabsl20220623 libabsl-dev libre2-9 libre2-dev libc-ares2
+  libc-ares-dev libspdlog1.10 libspdlog-dev libfmt9 libfmt-dev libprometheus-cpp-core1.0
+  libprometheus-cpp-pull1.0 libprometheus-cpp-push1.0 prometheus-cpp-dev civetweb libcivetweb1
+  libcivetweb-dev libsentencepiece0 libsentencepiece-dev nlohmann-json3-dev libgtest-dev googletest
+  libturbojpeg0 libturbojpeg0-dev
+)
+apt-get download "${PACKAGES[@]}"
+ls -1 | wc -l

@@ -1,0 +1,32 @@
+// The server's configuration: one struct per component (defaults documented where each is declared),
+// filled once in main from flags with FLEXVQA_<FLAG> environment overrides, validated, then passed down by
+// const reference. Not thread-safe; main only.
+#pragma once
+
+#include <string>
+
+#include "model/engine.h"
+#include "model/status.h"
+#include "server/batch_policy.h"
+#include "server/flags.h"
+#include "server/logging.h"
+#include "server/vqa_server.h"
+
+namespace flexvqa {
+
+struct ServerConfig {
+  ServerOptions server;       // server/vqa_server.h
+  SchedulerConfig scheduler;  // server/batch_policy.h
+  EngineOptions engine;       // model/engine.h
+  LoggingConfig logging;      // server/logging.h
+};
+
+inline constexpr char kEnvPrefix[] = "FLEXVQA_";
+
+// Declares every flag of `config` (its current values are the defaults) on `flags`.
+void AddServerFlags(ServerConfig* config, FlagSet* flags);
+
+// INVALID_ARGUMENT naming the first field out of range.
+Status ValidateServerConfig(const ServerConfig& config);
+
+}  // namespace flexvqa

@@ -1,0 +1,51 @@
+// The VqaService's gRPC handlers (callback API). Generate is a ServerWriteReactor that streams the
+// scheduler's items, one write in flight at a time (deltas that arrive meanwhile are merged into the next
+// write); Answer collects them into one response. OnCancel cancels the request in the scheduler. Handlers
+// run on gRPC threads, never touch the engine beyond its Info(), and log one line per request.
+// Generate and Answer take the request as raw bytes and parse it themselves, so that a request protobuf
+// rejects (a string that is not UTF-8) gets INVALID_ARGUMENT rather than gRPC's bare UNIMPLEMENTED.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+
+#include <grpcpp/support/byte_buffer.h>
+
+#include "flexvqa/v1/vqa.grpc.pb.h"
+#include "model/engine.h"
+#include "server/api_convert.h"
+#include "server/scheduler.h"
+
+namespace flexvqa {
+
+using VqaServiceBase = v1::VqaService::WithRawCallbackMethod_Generate<
+    v1::VqaService::WithRawCallbackMethod_Answer<
+        v1::VqaService::WithCallbackMethod_ModelInfo<v1::VqaService::Service>>>;
+
+class VqaService final : public VqaServiceBase {
+ public:
+  // `info` describes the engine behind `scheduler`; both must outlive the service.
+  VqaService(const ::flexvqa::ModelInfo& info, Scheduler* scheduler, const ServerLimits& limits);
+
+  // Request: v1::GenerateRequest; responses: v1::GenerateResponse.
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* Generate(grpc::CallbackServerContext* context,
+                                                       const grpc::ByteBuffer* request) override;
+  // Request: v1::GenerateRequest; response: v1::AnswerResponse.
+  grpc::ServerUnaryReactor* Answer(grpc::CallbackServerContext* context,
+                                   const grpc::ByteBuffer* request,
+                                   grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* ModelInfo(grpc::CallbackServerContext* context,
+                                      const v1::ModelInfoRequest* request,
+                                      v1::ModelInfoResponse* response) override;
+
+  // Shared by the reactors (vqa_service.cc).
+  struct CallInfo;
+
+ private:
+  const ::flexvqa::ModelInfo& info_;
+  Scheduler* const scheduler_;
+  const ServerLimits limits_;
+  std::atomic<int64_t> next_id_{1};
+};
+
+}  // namespace flexvqa
