@@ -44,6 +44,10 @@ struct GenerationRequest {
   std::vector<ChatTurn> turns;       // Last turn is the user's question. The image joins the first turn.
   std::optional<ImageInput> image;   // At most one image (LLaVA-1.5).
   SamplingParams sampling;
+  // FlexAttention models only: the high-resolution selection threshold on the 0-255 scale (a cell is
+  // selected when 255 * normalised attention > threshold; 255 selects nothing). Unset: the checkpoint's
+  // value. Other modes reject a set value with INVALID_ARGUMENT.
+  std::optional<int> selection_threshold;
 };
 
 // Limits applied by Prepare (the service exposes them in ModelInfo). Defaults suit a 7B LLaVA server.
@@ -90,6 +94,33 @@ class PreparedRequest {
 
 using SequenceId = int64_t;
 
+// FLOPs a sequence cost, by phase and component (a multiply-add counts 2), from the shapes the engine
+// actually ran. A batched call's shared work (one vision pass for several images) is split per sequence.
+struct FlopCount {
+  enum Phase { kVision, kProjector, kPrefill, kDecode, kNumPhases };
+  enum Component { kProjections, kAttention, kMlp, kLmHead, kHighResProjections, kOther, kNumComponents };
+  double flops[kNumPhases][kNumComponents] = {};
+  double Total() const {
+    double total = 0;
+    for (const auto& phase : flops) {
+      for (double f : phase) total += f;
+    }
+    return total;
+  }
+};
+
+// What a sequence did, for usage reporting and metrics. Valid until Release.
+struct SequenceReport {
+  int prompt_tokens = 0;
+  int image_tokens = 0;
+  int generated_tokens = 0;
+  int64_t selected_hr_tokens = 0;  // flex: selected high-res tokens, summed over FA layers and steps.
+  double vision_ms = 0;            // Vision tower + projector (the batch's wall time, shared).
+  double prefill_ms = 0;           // Prompt forward (the batch's wall time, shared).
+  double decode_ms = 0;            // Sum of the decode steps this sequence took part in.
+  FlopCount flops;
+};
+
 enum class FinishReason { kNone, kStop, kLength, kCancelled, kError };
 
 // One step's result for one sequence. `text` is the newly completed UTF-8 text (possibly empty while a
@@ -123,6 +154,11 @@ class Engine {
   virtual void Decode(const std::vector<SequenceId>& sequences, std::vector<TokenEvent>* events) = 0;
   // Frees the sequence's slot. Unknown ids are ignored.
   virtual void Release(SequenceId sequence) = 0;
+  // Usage, timings and FLOPs of an admitted sequence so far (zeros for unknown ids).
+  virtual SequenceReport Report(SequenceId sequence) const {
+    (void)sequence;
+    return {};
+  }
 };
 
 // The LLaVA engine over LibTorch (model/llava_engine.cc).

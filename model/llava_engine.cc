@@ -4,6 +4,7 @@
 // decode packs one row per running sequence (model/llama.h).
 #include <ATen/ATen.h>
 
+#include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <unordered_map>
@@ -42,7 +43,12 @@ struct Sequence {
   std::unique_ptr<SequenceSampler> sampler;
   std::unique_ptr<StreamingDetokenizer> detokenizer;
   std::unique_ptr<StopStringMatcher> stop;
+  SequenceReport report;
 };
+
+double MsBetween(std::chrono::steady_clock::time_point a, std::chrono::steady_clock::time_point b) {
+  return std::chrono::duration<double, std::milli>(b - a).count();
+}
 
 Status ValidateSampling(const SamplingParams& s, const EngineLimits& limits) {
   if (s.max_new_tokens < 1 || s.max_new_tokens > limits.max_new_tokens) {
@@ -90,6 +96,7 @@ class LlavaEngine : public Engine {
   void Prefill(const std::vector<SequenceId>& sequences, std::vector<TokenEvent>* events) override;
   void Decode(const std::vector<SequenceId>& sequences, std::vector<TokenEvent>* events) override;
   void Release(SequenceId sequence) override;
+  SequenceReport Report(SequenceId sequence) const override;
 
  private:
   // Chooses each sequence's next token from fp32 logits [B, V] (rows in `batch` order) and emits it.
@@ -198,6 +205,10 @@ StatusOr<std::shared_ptr<const PreparedRequest>> LlavaEngine::Prepare(
         std::to_string(request.sampling.max_new_tokens) + " new): lower max_new_tokens to at most " +
         std::to_string(info_.context_length - prepared->prompt_tokens));
   }
+  if (request.selection_threshold) {
+    return InvalidArgumentError("selection_threshold applies to FlexAttention models only; this model's "
+                                "attention mode is '" + info_.mode + "'");
+  }
   if (request.image) {
     ImageLimits image_limits;
     image_limits.max_encoded_bytes = limits.max_image_bytes;
@@ -223,6 +234,8 @@ StatusOr<SequenceId> LlavaEngine::Admit(std::shared_ptr<const PreparedRequest> r
   seq.sampler = std::make_unique<SequenceSampler>(prepared->sampling, prepared->tokens);
   seq.detokenizer = std::make_unique<StreamingDetokenizer>(*tokenizer_);
   seq.stop = std::make_unique<StopStringMatcher>(prepared->sampling.stop);
+  seq.report.prompt_tokens = prepared->prompt_tokens;
+  seq.report.image_tokens = prepared->image_tokens;
   const SequenceId id = next_id_++;
   sequences_.emplace(id, std::move(seq));
   return id;
@@ -233,6 +246,11 @@ void LlavaEngine::Release(SequenceId sequence) {
   if (it == sequences_.end()) return;
   cache_->Free(it->second.slot);
   sequences_.erase(it);
+}
+
+SequenceReport LlavaEngine::Report(SequenceId sequence) const {
+  auto it = sequences_.find(sequence);
+  return it == sequences_.end() ? SequenceReport() : it->second.report;
 }
 
 void LlavaEngine::Fail(const std::vector<SequenceId>& batch, const Status& status,
@@ -268,8 +286,10 @@ void LlavaEngine::Prefill(const std::vector<SequenceId>& sequences,
                                        at::TensorOptions().dtype(at::kFloat)));
       }
     }
+    const auto start = std::chrono::steady_clock::now();
     at::Tensor features;  // [images, tokens, D]
     if (!images.empty()) features = model_->EncodeImages(at::stack(images));
+    const auto vision_done = std::chrono::steady_clock::now();
     // Embeddings of every prompt, packed row after row, image rows replaced by the features.
     std::vector<at::Tensor> rows;
     std::vector<ChunkSpan> chunks;
@@ -291,8 +311,15 @@ void LlavaEngine::Prefill(const std::vector<SequenceId>& sequences,
     for (const ChunkSpan& c : chunks) last_rows.push_back(c.row_begin + c.length - 1);
     const at::Tensor last = hidden.index_select(
         0, at::tensor(last_rows, at::TensorOptions().dtype(at::kLong)).to(device_));
+    const at::Tensor logits = decoder_->Logits(last);
     for (SequenceId id : batch) sequences_.at(id).prefilled = true;
-    SampleAndEmit(decoder_->Logits(last), batch, events);
+    SampleAndEmit(logits, batch, events);  // Ends with token ids on the host: the device is done.
+    const auto done = std::chrono::steady_clock::now();
+    for (SequenceId id : batch) {
+      SequenceReport& report = sequences_.at(id).report;
+      if (!sequences_.at(id).request->pixels.empty()) report.vision_ms = MsBetween(start, vision_done);
+      report.prefill_ms = MsBetween(vision_done, done);
+    }
   } catch (const std::exception& e) {
     Fail(batch, StatusFromTorchError(e, "prefill"), events);
   }
@@ -313,9 +340,12 @@ void LlavaEngine::Decode(const std::vector<SequenceId>& sequences, std::vector<T
       chunks.push_back({seq.slot, cache_->length(seq.slot), static_cast<int64_t>(tokens.size()), 1});
       tokens.push_back(seq.last_token);
     }
+    const auto start = std::chrono::steady_clock::now();
     const at::Tensor ids = at::tensor(tokens, at::TensorOptions().dtype(at::kLong)).to(device_);
     const at::Tensor hidden = decoder_->Forward(decoder_->Embed(ids), chunks, *cache_);  // [B, D]
     SampleAndEmit(decoder_->Logits(hidden), batch, events);
+    const double ms = MsBetween(start, std::chrono::steady_clock::now());
+    for (SequenceId id : batch) sequences_.at(id).report.decode_ms += ms;
   } catch (const std::exception& e) {
     Fail(batch, StatusFromTorchError(e, "decode"), events);
   }
@@ -352,6 +382,7 @@ TokenEvent LlavaEngine::Emit(SequenceId id, Sequence& seq, int32_t token) {
   event.token_id = token;
   seq.last_token = token;
   ++seq.generated;
+  seq.report.generated_tokens = seq.generated;
   const SamplingParams& params = seq.request->sampling;
   if (token == tokenizer_->eos_id() && !params.ignore_eos) {
     event.text = seq.stop->Push(seq.detokenizer->Flush()) + seq.stop->Flush();

@@ -11,7 +11,7 @@ PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libspdlog-dev prometheus-cpp-dev
   libgtest-dev libgmock-dev
-  python3 python3-grpcio python3-grpc-tools
+  zlib1g-dev python3 python3-grpcio python3-protobuf
 )
 
 missing=()
