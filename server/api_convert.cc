@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <iterator>
+#include <limits>
 
 namespace flexvqa {
 
@@ -88,26 +89,20 @@ v1::FinishReason ToProto(FinishReason reason) {
 
 }  // namespace
 
-StatusOr<GenerationRequest> FromProto(const v1::GenerateRequest& request, const ModelInfo& info) {
+StatusOr<GenerationRequest> FromProto(const v1::GenerateRequest& request) {
   if (request.request_id().size() > static_cast<size_t>(kMaxRequestIdBytes)) {
     return InvalidArgumentError("request_id is longer than " + std::to_string(kMaxRequestIdBytes) +
                                 " bytes");
-  }
-  if (request.has_selection_threshold()) {
-    if (request.selection_threshold() > 255) {
-      return InvalidArgumentError("selection_threshold " +
-                                  std::to_string(request.selection_threshold()) +
-                                  " is outside [0, 255]");
-    }
-    if (info.mode != "flex") {
-      return InvalidArgumentError("selection_threshold is only meaningful for flex models; this "
-                                  "server runs a '" + info.mode + "' model: leave it unset");
-    }
   }
   GenerationRequest out;
   FLEXVQA_RETURN_IF_ERROR(ConvertTurns(request, &out.turns));
   FLEXVQA_RETURN_IF_ERROR(ConvertImages(request, &out.image));
   out.sampling = ConvertSampling(request.sampling());
+  if (request.has_selection_threshold()) {
+    // The engine checks mode and range (one place); saturating keeps a huge value out of range.
+    out.selection_threshold = static_cast<int>(
+        std::min<uint32_t>(request.selection_threshold(), std::numeric_limits<int32_t>::max()));
+  }
   return out;
 }
 
@@ -119,6 +114,18 @@ void ToProto(const StreamItem& final_item, const std::string& request_id, v1::Ge
   usage->set_image_tokens(final_item.usage.image_tokens);
   usage->set_selected_hr_tokens(final_item.usage.selected_hr_tokens);
   usage->set_generated_tokens(final_item.usage.generated_tokens);
+  const FlopCount& f = final_item.flops;
+  auto phase_total = [&f](FlopCount::Phase phase) {
+    double total = 0;
+    for (double flops : f.flops[phase]) total += flops;
+    return total;
+  };
+  v1::FlopsByPhase* by_phase = out->mutable_flops_by_phase();
+  by_phase->set_vision(phase_total(FlopCount::kVision));
+  by_phase->set_projector(phase_total(FlopCount::kProjector));
+  by_phase->set_prefill(phase_total(FlopCount::kPrefill));
+  by_phase->set_decode(phase_total(FlopCount::kDecode));
+  out->set_flops(f.Total());
   const RequestTimings& t = final_item.timings;
   v1::Timings* timings = out->mutable_timings();
   timings->set_queue_ms(t.queue_ms);
@@ -128,7 +135,6 @@ void ToProto(const StreamItem& final_item, const std::string& request_id, v1::Ge
   timings->set_first_token_ms(t.first_token_ms);
   timings->set_decode_ms(t.decode_ms);
   timings->set_total_ms(t.total_ms);
-  out->set_flops(0);  // The engine does not report FLOPs yet.
 }
 
 void ToProto(const ModelInfo& info, const ServerLimits& limits, v1::ModelInfoResponse* out) {

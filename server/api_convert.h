@@ -1,6 +1,6 @@
 // Between the API (proto/flexvqa/v1/vqa.proto) and the engine's plain structs, with the API-level checks
-// the engine cannot make (question vs. turns, number of images, MIME type, selection threshold, request
-// id). Sampling ranges, image contents and prompt length are the engine's to check (Engine::Prepare).
+// the engine cannot make (question vs. turns, number of images, MIME type, request id). Sampling ranges,
+// the selection threshold, image contents and prompt length are the engine's to check (Engine::Prepare).
 // Pure functions; any thread.
 #pragma once
 
@@ -18,7 +18,7 @@ inline constexpr int kMaxRequestIdBytes = 128;
 inline constexpr const char* kImageMimeTypes[] = {"image/jpeg", "image/png"};
 
 // INVALID_ARGUMENT naming the field when the request breaks the API's rules.
-StatusOr<GenerationRequest> FromProto(const v1::GenerateRequest& request, const ModelInfo& info);
+StatusOr<GenerationRequest> FromProto(const v1::GenerateRequest& request);
 
 // The final message of a request that reached the scheduler.
 void ToProto(const StreamItem& final_item, const std::string& request_id, v1::GenerateFinal* out);

@@ -20,7 +20,9 @@ void AddServerFlags(ServerConfig* c, FlagSet* f) {
   f->Add("preprocess_threads", "CPU threads for image decoding, preprocessing and tokenisation",
          &c->scheduler.preprocess_threads);
 
-  f->Add("model_dir", "checkpoint directory (config.json, *.safetensors, tokenizer.model)",
+  f->Add("model_dir",
+         "checkpoint directory (config.json, *.safetensors, tokenizer.model); flexvqa_server's default "
+         "is the embedded tiny model, written there on first start",
          &c->engine.model_dir);
   f->Add("vision_dir", "original-LLaVA layout only: the CLIP directory; empty: from config",
          &c->engine.vision_dir);

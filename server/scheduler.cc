@@ -30,7 +30,7 @@ struct Scheduler::Sequence {
   SequenceId id = -1;  // Engine sequence id once admitted.
   int64_t prefill_step = -1;
   int generated = 0;
-  double prefill_ms = 0;
+  SequenceReport report;  // The engine's, taken just before Release.
   Clock::time_point prepare_start, prepare_end, admitted, first_token, last_token;
 };
 
@@ -179,7 +179,6 @@ std::vector<Scheduler::SequencePtr> Scheduler::TakeAdmissions(
 
 void Scheduler::AdmitAndPrefill(std::vector<SequencePtr> admitted) {
   std::vector<SequenceId> ids;
-  const size_t first_new = running_.size();
   for (SequencePtr& sequence : admitted) {
     StatusOr<SequenceId> id = engine_->Admit(sequence->prepared);
     if (!id.ok()) {
@@ -196,10 +195,8 @@ void Scheduler::AdmitAndPrefill(std::vector<SequencePtr> admitted) {
   std::vector<TokenEvent> events;
   const Clock::time_point start = Clock::now();
   engine_->Prefill(ids, &events);
-  const double prefill_ms = Ms(Clock::now() - start);
-  for (size_t i = first_new; i < running_.size(); ++i) running_[i]->prefill_ms = prefill_ms;
   Logger("scheduler")->debug("step {}: prefilled {} sequences in {:.2f} ms", step_, ids.size(),
-                             prefill_ms);
+                             Ms(Clock::now() - start));
   ApplyEvents(events);
 }
 
@@ -247,6 +244,7 @@ void Scheduler::ApplyEvents(const std::vector<TokenEvent>& events) {
 void Scheduler::Retire(size_t index, Status status, FinishReason reason) {
   SequencePtr sequence = std::move(running_[index]);
   running_.erase(running_.begin() + static_cast<std::ptrdiff_t>(index));
+  sequence->report = engine_->Report(sequence->id);  // Valid until Release.
   engine_->Release(sequence->id);
   Finish(*sequence, std::move(status), reason);
 }
@@ -274,14 +272,18 @@ void Scheduler::Finish(Sequence& sequence, Status status, FinishReason reason) {
     item.usage.prompt_tokens = sequence.prepared->prompt_tokens;
     item.usage.image_tokens = sequence.prepared->image_tokens;
   }
+  // The tokens streamed, counted here: an engine that does not report them still gets them right.
   item.usage.generated_tokens = sequence.generated;
+  item.usage.selected_hr_tokens = sequence.report.selected_hr_tokens;
+  item.flops = sequence.report.flops;
   RequestTimings& t = item.timings;
   if (IsSet(sequence.prepare_start)) {
     t.queue_ms = Ms(sequence.prepare_start - arrival);
     t.preprocess_ms = Ms(sequence.prepare_end - sequence.prepare_start);
   }
   if (IsSet(sequence.admitted)) t.queue_ms += Ms(sequence.admitted - sequence.prepare_end);
-  t.prefill_ms = sequence.prefill_ms;
+  t.vision_ms = sequence.report.vision_ms;
+  t.prefill_ms = sequence.report.prefill_ms;
   if (IsSet(sequence.first_token)) {
     t.first_token_ms = Ms(sequence.first_token - arrival);
     t.decode_ms = Ms(sequence.last_token - sequence.first_token);
@@ -301,6 +303,7 @@ void Scheduler::Drain(Clock::time_point deadline) {
     draining_ = true;
     stats_.draining = true;
   }
+  stats_cv_.notify_all();  // WaitFor(draining): no step may come to wake it for a while.
   auto all_finished = [](const SchedulerStats& s) { return s.finished == s.accepted; };
   if (WaitUntil(all_finished, deadline)) return;
   Logger("scheduler")->warn("drain time over: ending the requests still running");

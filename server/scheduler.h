@@ -30,7 +30,7 @@ using Clock = std::chrono::steady_clock;
 struct RequestUsage {
   int prompt_tokens = 0;  // Image tokens included.
   int image_tokens = 0;
-  int selected_hr_tokens = 0;  // Flex models only; 0 until the engine reports it.
+  int64_t selected_hr_tokens = 0;  // Flex models only: summed over FlexAttention layers and steps.
   int generated_tokens = 0;
 };
 
@@ -38,8 +38,8 @@ struct RequestUsage {
 struct RequestTimings {
   double queue_ms = 0;
   double preprocess_ms = 0;
-  double vision_ms = 0;  // 0 while the engine reports vision inside prefill.
-  double prefill_ms = 0;
+  double vision_ms = 0;   // From the engine's SequenceReport.
+  double prefill_ms = 0;  // From the engine's SequenceReport (vision excluded).
   double first_token_ms = 0;
   double decode_ms = 0;
   double total_ms = 0;
@@ -55,6 +55,7 @@ struct StreamItem {
   FinishReason reason = FinishReason::kNone;
   RequestUsage usage;
   RequestTimings timings;
+  FlopCount flops;             // The engine's SequenceReport's; zeros when it does not count.
   bool reached_model = false;  // Admitted into the batch (a final message is worth sending).
 };
 
@@ -128,7 +129,7 @@ class Scheduler {
   void AdmitAndPrefill(std::vector<SequencePtr> admitted);
   void DecodeRunning();
   void ApplyEvents(const std::vector<TokenEvent>& events);
-  // Releases running_[index]'s slot, sends its final item and removes it.
+  // Takes running_[index]'s report, releases its slot, sends its final item and removes it.
   void Retire(size_t index, Status status, FinishReason reason);
   void PublishStep();
   // Sends the final item. Any scheduler thread; the sequence must no longer hold a slot.

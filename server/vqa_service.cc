@@ -53,11 +53,14 @@ void LogRequest(const CallInfo& call, const Status& status, const StreamItem* fi
     line["prompt_tokens"] = u.prompt_tokens;
     line["image_tokens"] = u.image_tokens;
     line["generated_tokens"] = u.generated_tokens;
+    if (u.selected_hr_tokens > 0) line["selected_hr_tokens"] = u.selected_hr_tokens;
     line["queue_ms"] = t.queue_ms;
     line["preprocess_ms"] = t.preprocess_ms;
+    line["vision_ms"] = t.vision_ms;
     line["prefill_ms"] = t.prefill_ms;
     line["first_token_ms"] = t.first_token_ms;
     line["decode_ms"] = t.decode_ms;
+    line["flops"] = final_item->flops.Total();
   }
   line["total_ms"] = std::chrono::duration<double, std::milli>(Clock::now() - call.arrival).count();
   std::string text;
@@ -114,9 +117,9 @@ void Serialize(const Message& message, grpc::ByteBuffer* out) {
 }
 
 // Converts and submits. On error the call is finished by the caller with the returned status.
-Status SubmitCall(const v1::GenerateRequest& request, const ModelInfo& info, const CallInfo& call,
-                  Scheduler* scheduler, ItemCallback on_item, CancelLink* cancel) {
-  StatusOr<GenerationRequest> converted = FromProto(request, info);
+Status SubmitCall(const v1::GenerateRequest& request, const CallInfo& call, Scheduler* scheduler,
+                  ItemCallback on_item, CancelLink* cancel) {
+  StatusOr<GenerationRequest> converted = FromProto(request);
   if (!converted.ok()) return converted.status();
   auto submit = std::make_unique<SubmitRequest>();
   submit->request = std::move(converted).value();
@@ -134,10 +137,10 @@ class GenerateReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
   explicit GenerateReactor(CallInfo call) : call_(std::move(call)) {}
 
   void Start(std::shared_ptr<GenerateReactor> self, const v1::GenerateRequest* request,
-             const Status& parsed, const ModelInfo& info, Scheduler* scheduler) {
+             const Status& parsed, Scheduler* scheduler) {
     self_ = self;
     Status submitted = !parsed.ok() ? parsed : SubmitCall(
-        *request, info, call_, scheduler,
+        *request, call_, scheduler,
         [self](StreamItem item) { self->OnItem(std::move(item)); }, &cancel_);
     if (!submitted.ok()) {
       {
@@ -231,10 +234,10 @@ class AnswerReactor : public grpc::ServerUnaryReactor {
       : call_(std::move(call)), response_(response) {}
 
   void Start(std::shared_ptr<AnswerReactor> self, const v1::GenerateRequest* request,
-             const Status& parsed, const ModelInfo& info, Scheduler* scheduler) {
+             const Status& parsed, Scheduler* scheduler) {
     self_ = self;
     Status submitted = !parsed.ok() ? parsed : SubmitCall(
-        *request, info, call_, scheduler,
+        *request, call_, scheduler,
         [self](StreamItem item) { self->OnItem(std::move(item)); }, &cancel_);
     if (!submitted.ok()) {
       LogRequest(call_, submitted, nullptr);
@@ -295,7 +298,7 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* VqaService::Generate(
   const Status parsed = ParseRequest(*raw_request, &request);
   auto reactor =
       std::make_shared<GenerateReactor>(MakeCallInfo("Generate", context, request, &next_id_));
-  reactor->Start(reactor, &request, parsed, info_, scheduler_);
+  reactor->Start(reactor, &request, parsed, scheduler_);
   return reactor.get();
 }
 
@@ -306,7 +309,7 @@ grpc::ServerUnaryReactor* VqaService::Answer(grpc::CallbackServerContext* contex
   const Status parsed = ParseRequest(*raw_request, &request);
   auto reactor = std::make_shared<AnswerReactor>(
       MakeCallInfo("Answer", context, request, &next_id_), response);
-  reactor->Start(reactor, &request, parsed, info_, scheduler_);
+  reactor->Start(reactor, &request, parsed, scheduler_);
   return reactor.get();
 }
 

@@ -3,24 +3,17 @@
 
 #include <gtest/gtest.h>
 
+#include <limits>
+
 namespace flexvqa {
 namespace {
 
-ModelInfo Info(const std::string& mode = "full") {
-  ModelInfo info;
-  info.mode = mode;
-  info.context_length = 2048;
-  return info;
-}
-
-StatusCode CodeOf(const v1::GenerateRequest& request, const std::string& mode = "full") {
-  return FromProto(request, Info(mode)).status().code();
-}
+StatusCode CodeOf(const v1::GenerateRequest& request) { return FromProto(request).status().code(); }
 
 TEST(ApiConvertTest, QuestionBecomesOneUserTurnWithDefaults) {
   v1::GenerateRequest request;
   request.set_question("what is it?");
-  auto converted = FromProto(request, Info());
+  auto converted = FromProto(request);
   ASSERT_TRUE(converted.ok());
   ASSERT_EQ(converted->turns.size(), 1u);
   EXPECT_EQ(converted->turns[0].text, "what is it?");
@@ -36,7 +29,7 @@ TEST(ApiConvertTest, SetSamplingFieldsPassThroughEvenWhenZero) {
   request.mutable_sampling()->set_top_p(0.5f);
   request.mutable_sampling()->set_seed(9);
   request.mutable_sampling()->add_stop("END");
-  auto converted = FromProto(request, Info());
+  auto converted = FromProto(request);
   ASSERT_TRUE(converted.ok());
   EXPECT_EQ(converted->sampling.max_new_tokens, 0);
   EXPECT_EQ(converted->sampling.top_p, 0.5f);
@@ -64,7 +57,7 @@ TEST(ApiConvertTest, RejectsApiLevelMistakes) {
   two_images.set_question("q");
   two_images.add_images()->set_data("x");
   two_images.add_images()->set_data("y");
-  auto status = FromProto(two_images, Info()).status();
+  auto status = FromProto(two_images).status();
   EXPECT_EQ(status.code(), StatusCode::kInvalidArgument);
   EXPECT_NE(status.message().find("at most 1"), std::string::npos);
 
@@ -80,14 +73,17 @@ TEST(ApiConvertTest, RejectsApiLevelMistakes) {
   EXPECT_EQ(CodeOf(zero_bytes), StatusCode::kInvalidArgument);
 }
 
-TEST(ApiConvertTest, SelectionThresholdOnlyForFlexModelsAndInRange) {
+// The engine checks the threshold (mode and range); the conversion only keeps set from unset.
+TEST(ApiConvertTest, SelectionThresholdPassesThroughForTheEngineToCheck) {
   v1::GenerateRequest request;
   request.set_question("q");
+  EXPECT_FALSE(FromProto(request)->selection_threshold.has_value());
   request.set_selection_threshold(0);  // Set, even to 0, differs from unset.
-  EXPECT_EQ(CodeOf(request, "full"), StatusCode::kInvalidArgument);
-  EXPECT_EQ(CodeOf(request, "flex"), StatusCode::kOk);
+  EXPECT_EQ(FromProto(request)->selection_threshold, 0);
   request.set_selection_threshold(256);
-  EXPECT_EQ(CodeOf(request, "flex"), StatusCode::kInvalidArgument);
+  EXPECT_EQ(FromProto(request)->selection_threshold, 256);
+  request.set_selection_threshold(4'000'000'000u);  // Beyond int: saturates, still out of range.
+  EXPECT_EQ(FromProto(request)->selection_threshold, std::numeric_limits<int32_t>::max());
 }
 
 TEST(ApiConvertTest, FinalMessageCarriesUsageAndTimings) {
@@ -98,6 +94,12 @@ TEST(ApiConvertTest, FinalMessageCarriesUsageAndTimings) {
   item.usage.image_tokens = 576;
   item.usage.generated_tokens = 12;
   item.timings.first_token_ms = 5.5;
+  item.timings.vision_ms = 1.25;
+  item.flops.flops[FlopCount::kVision][FlopCount::kMlp] = 100;
+  item.flops.flops[FlopCount::kProjector][FlopCount::kProjections] = 10;
+  item.flops.flops[FlopCount::kPrefill][FlopCount::kAttention] = 1000;
+  item.flops.flops[FlopCount::kPrefill][FlopCount::kLmHead] = 2000;
+  item.flops.flops[FlopCount::kDecode][FlopCount::kMlp] = 30000;
   v1::GenerateFinal out;
   ToProto(item, "id-1", &out);
   EXPECT_EQ(out.request_id(), "id-1");
@@ -105,6 +107,12 @@ TEST(ApiConvertTest, FinalMessageCarriesUsageAndTimings) {
   EXPECT_EQ(out.usage().image_tokens(), 576);
   EXPECT_EQ(out.usage().generated_tokens(), 12);
   EXPECT_DOUBLE_EQ(out.timings().first_token_ms(), 5.5);
+  EXPECT_DOUBLE_EQ(out.timings().vision_ms(), 1.25);
+  EXPECT_DOUBLE_EQ(out.flops_by_phase().vision(), 100);
+  EXPECT_DOUBLE_EQ(out.flops_by_phase().projector(), 10);
+  EXPECT_DOUBLE_EQ(out.flops_by_phase().prefill(), 3000);
+  EXPECT_DOUBLE_EQ(out.flops_by_phase().decode(), 30000);
+  EXPECT_DOUBLE_EQ(out.flops(), 33110);
 }
 
 }  // namespace

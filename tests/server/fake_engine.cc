@@ -125,7 +125,13 @@ class FakePrepared : public PreparedRequest {
  public:
   uint64_t state = 0;
   bool oom = false;
+  int64_t selected_hr_tokens = 0;
 };
+
+double MsSince(std::chrono::steady_clock::time_point start) {
+  const auto elapsed = std::chrono::steady_clock::now() - start;
+  return std::chrono::duration<double, std::milli>(elapsed).count();
+}
 
 constexpr const char* kWords[] = {"a",   "cat",  "sits", "on",    "the",  "red",  "mat",  "and",
                                   "dog", "runs", "in",   "green", "park", "with", "blue", "ball"};
@@ -140,6 +146,7 @@ struct FakeEngine::Sequence {
   size_t emitted = 0;
   bool prefilled = false;
   bool finished = false;
+  SequenceReport report;
 };
 
 FakeEngine::FakeEngine(FakeEngineOptions options) : options_(std::move(options)) {
@@ -190,6 +197,21 @@ StatusOr<std::shared_ptr<const PreparedRequest>> FakeEngine::Prepare(
     return InvalidArgumentError("prompt has " + std::to_string(prepared->prompt_tokens) +
                                 " tokens; the model accepts at most " + std::to_string(max_prompt));
   }
+  if (request.selection_threshold) {
+    const int threshold = *request.selection_threshold;
+    if (info_.mode != "flex") {
+      return InvalidArgumentError("selection_threshold applies to FlexAttention models only; this "
+                                  "model's attention mode is '" + info_.mode + "'");
+    }
+    if (threshold < 0 || threshold > 255) {
+      return InvalidArgumentError("selection_threshold must be in [0, 255], got " +
+                                  std::to_string(threshold));
+    }
+  }
+  if (info_.mode == "flex") {
+    const int threshold = request.selection_threshold.value_or(kFakeDefaultThreshold);
+    prepared->selected_hr_tokens = int64_t{prepared->image_tokens} * (255 - threshold) / 255;
+  }
   prepared->sampling = request.sampling;
   // Greedy decoding ignores the seed, as the real sampler does.
   prepared->state = request.sampling.temperature > 0 ? Mix(state ^ request.sampling.seed) : state;
@@ -209,6 +231,8 @@ StatusOr<SequenceId> FakeEngine::Admit(std::shared_ptr<const PreparedRequest> re
   auto sequence = std::make_unique<Sequence>();
   sequence->request = prepared;
   sequence->state = prepared->state;
+  sequence->report.prompt_tokens = prepared->prompt_tokens;
+  sequence->report.image_tokens = prepared->image_tokens;
   const SequenceId id = next_id_++;
   sequences_[id] = std::move(sequence);
   resident_.store(static_cast<int>(sequences_.size()));
@@ -239,6 +263,18 @@ TokenEvent FakeEngine::Step(SequenceId id, bool prefill) {
   s.state = Mix(s.state + static_cast<uint64_t>(s.generated));
   const int32_t token = static_cast<int32_t>(s.state % static_cast<uint64_t>(info_.vocab_size));
   ++s.generated;
+  SequenceReport& report = s.report;
+  report.generated_tokens = s.generated;
+  if (prefill) {
+    if (s.request->image_tokens > 0) {
+      report.flops.flops[FlopCount::kVision][FlopCount::kOther] = kFakeVisionFlops;
+    }
+    report.flops.flops[FlopCount::kPrefill][FlopCount::kOther] =
+        kFakePrefillFlopsPerToken * s.request->prompt_tokens;
+    report.selected_hr_tokens = s.request->selected_hr_tokens;
+  } else {
+    report.flops.flops[FlopCount::kDecode][FlopCount::kOther] += kFakeDecodeFlopsPerStep;
+  }
   event.token_id = token;
   s.text += Piece(token);
   size_t visible = s.text.size();
@@ -269,13 +305,24 @@ TokenEvent FakeEngine::Step(SequenceId id, bool prefill) {
 void FakeEngine::Prefill(const std::vector<SequenceId>& sequences,
                          std::vector<TokenEvent>* events) {
   if (options_.step_hook) options_.step_hook();
+  const auto start = std::chrono::steady_clock::now();
   if (options_.step_delay.count() > 0) std::this_thread::sleep_for(options_.step_delay);
   ++prefill_calls_;
   for (SequenceId id : sequences) events->push_back(Step(id, /*prefill=*/true));
+  const double ms = MsSince(start);
+  for (SequenceId id : sequences) {
+    auto it = sequences_.find(id);
+    if (it == sequences_.end()) continue;
+    // Half "vision" for a request with an image, as the real engine splits its prefill time.
+    const bool image = it->second->request->image_tokens > 0;
+    it->second->report.vision_ms = image ? ms / 2 : 0;
+    it->second->report.prefill_ms = image ? ms / 2 : ms;
+  }
 }
 
 void FakeEngine::Decode(const std::vector<SequenceId>& sequences, std::vector<TokenEvent>* events) {
   if (options_.step_hook) options_.step_hook();
+  const auto start = std::chrono::steady_clock::now();
   if (options_.step_delay.count() > 0) std::this_thread::sleep_for(options_.step_delay);
   ++decode_calls_;
   const int batch = static_cast<int>(sequences.size());
@@ -283,6 +330,16 @@ void FakeEngine::Decode(const std::vector<SequenceId>& sequences, std::vector<To
   while (batch > seen && !max_batch_seen_.compare_exchange_weak(seen, batch)) {
   }
   for (SequenceId id : sequences) events->push_back(Step(id, /*prefill=*/false));
+  const double ms = MsSince(start);
+  for (SequenceId id : sequences) {
+    auto it = sequences_.find(id);
+    if (it != sequences_.end()) it->second->report.decode_ms += ms;
+  }
+}
+
+SequenceReport FakeEngine::Report(SequenceId sequence) const {
+  auto it = sequences_.find(sequence);
+  return it == sequences_.end() ? SequenceReport() : it->second->report;
 }
 
 void FakeEngine::Release(SequenceId sequence) {

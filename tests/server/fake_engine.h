@@ -1,9 +1,10 @@
 // A deterministic Engine for scheduler and service tests (as leveldb's in-memory Env): no model, no
 // torch. The next token is a hash of the sequence's own prompt, seed (when sampling) and tokens so far, so
-// results never depend on what else is batched. Prepare validates like the real engine (sampling ranges,
-// UTF-8, image headers and limits, prompt length) and is thread-safe; the rest is worker-thread only,
-// except the counters, which any thread may read. Hooks and failure injection make timing and errors
-// controllable without sleeps.
+// results never depend on what else is batched. Prepare validates like the real engine (sampling
+// ranges, UTF-8, image headers and limits, prompt length, selection threshold) and is thread-safe.
+// Report counts made-up but exact FLOPs (kFake*Flops) and, in "flex" mode, selected high-res tokens
+// that fall as the threshold rises. The rest is worker-thread only, except the counters, which any
+// thread may read. Hooks and failure injection make timing and errors controllable without sleeps.
 #pragma once
 
 #include <atomic>
@@ -17,6 +18,14 @@
 #include "model/engine.h"
 
 namespace flexvqa::testing {
+
+// The fake's FLOP model: per image (vision), per prompt token (prefill), per decode step (decode).
+inline constexpr double kFakeVisionFlops = 5000;
+inline constexpr double kFakePrefillFlopsPerToken = 100;
+inline constexpr double kFakeDecodeFlopsPerStep = 10;
+// "flex" mode: selected_hr_tokens = image_tokens * (255 - threshold) / 255 per prefill; this is the
+// threshold when a request leaves it unset.
+inline constexpr int kFakeDefaultThreshold = 51;
 
 struct FakeEngineOptions {
   int max_sequences = 8;
@@ -50,6 +59,7 @@ class FakeEngine : public Engine {
   void Prefill(const std::vector<SequenceId>& sequences, std::vector<TokenEvent>* events) override;
   void Decode(const std::vector<SequenceId>& sequences, std::vector<TokenEvent>* events) override;
   void Release(SequenceId sequence) override;
+  SequenceReport Report(SequenceId sequence) const override;
 
   // Observations; any thread.
   int64_t prefill_calls() const { return prefill_calls_.load(); }

@@ -154,6 +154,44 @@ TEST_F(ServiceTest, SixtyFourConcurrentGreedyRequestsAnswerAsAlone) {
   EXPECT_GT(engine_->max_batch_seen(), 1);
 }
 
+// The threshold reaches the engine, which checks it; its report (selected tokens, FLOPs, timings)
+// reaches the final message.
+TEST_F(ServiceTest, FlexThresholdReachesTheEngineAndTheFinalMessageCarriesItsReport) {
+  FakeEngineOptions options;
+  options.mode = "flex";
+  StartServer(options);
+  v1::GenerateRequest request = Question("what is this?", 6);
+  request.add_images()->set_data(testing::MakePng(32, 24));
+  request.mutable_sampling()->set_ignore_eos(true);
+  auto selected = [&](std::optional<int> threshold) {
+    v1::GenerateRequest r = request;
+    if (threshold) r.set_selection_threshold(*threshold);
+    StreamResult result = Generate(r);
+    EXPECT_TRUE(result.status.ok()) << result.status.error_message();
+    return result.final ? result.final->usage().selected_hr_tokens() : -1;
+  };
+  EXPECT_EQ(selected(0), 16);  // Every image token.
+  EXPECT_EQ(selected(255), 0);
+  EXPECT_EQ(selected(std::nullopt), 16 * (255 - testing::kFakeDefaultThreshold) / 255);
+  request.set_selection_threshold(256);
+  StreamResult out_of_range = Generate(request);
+  EXPECT_EQ(out_of_range.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(out_of_range.status.error_message().find("[0, 255]"), std::string::npos);
+
+  request.clear_selection_threshold();
+  StreamResult result = Generate(request);
+  ASSERT_TRUE(result.final.has_value());
+  const v1::GenerateFinal& final = *result.final;
+  const double prefill = testing::kFakePrefillFlopsPerToken * final.usage().prompt_tokens();
+  const double decode = testing::kFakeDecodeFlopsPerStep * 5;  // 6 tokens: 1 from prefill, 5 decoded.
+  EXPECT_DOUBLE_EQ(final.flops_by_phase().vision(), testing::kFakeVisionFlops);
+  EXPECT_DOUBLE_EQ(final.flops_by_phase().prefill(), prefill);
+  EXPECT_DOUBLE_EQ(final.flops_by_phase().decode(), decode);
+  EXPECT_DOUBLE_EQ(final.flops(), testing::kFakeVisionFlops + prefill + decode);
+  EXPECT_GT(final.timings().vision_ms(), 0);
+  EXPECT_GT(final.timings().prefill_ms(), 0);
+}
+
 TEST_F(ServiceTest, ModelInfoDescribesModelAndLimits) {
   StartServer();
   grpc::ClientContext context;
