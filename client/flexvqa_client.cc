@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "client/grpc_status_name.h"
 #include "flexvqa/v1/vqa.grpc.pb.h"
 
 namespace {
@@ -26,16 +27,6 @@ constexpr char kUsage[] =
     "         [--top_p=P] [--top_k=K] [--repetition_penalty=R] [--seed=S] [--stop=STR]...\n"
     "         [--ignore_eos] [--request_id=ID] [--timeout_ms=MS] [IMAGE] QUESTION\n"
     "       flexvqa_client [--server=host:port] --info\n";
-
-const char* CodeName(grpc::StatusCode code) {
-  static const char* kNames[] = {"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT",
-                                 "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
-                                 "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
-                                 "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL",
-                                 "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"};
-  const int i = static_cast<int>(code);
-  return i >= 0 && i < 17 ? kNames[i] : "UNKNOWN";
-}
 
 std::string ToJson(const google::protobuf::Message& message) {
   std::string json;
@@ -48,7 +39,7 @@ std::string ToJson(const google::protobuf::Message& message) {
 }
 
 int Fail(const grpc::Status& status) {
-  std::fprintf(stderr, "\nerror: %s: %s\n", CodeName(status.error_code()),
+  std::fprintf(stderr, "\nerror: %s: %s\n", flexvqa::client::GrpcCodeName(status.error_code()),
                status.error_message().c_str());
   return 1;
 }

@@ -21,6 +21,7 @@
 #include <thread>
 #include <vector>
 
+#include "client/grpc_status_name.h"
 #include "flexvqa/v1/vqa.grpc.pb.h"
 
 namespace {
@@ -33,16 +34,6 @@ constexpr char kUsage[] =
     "usage: flexvqa_loadgen [--server=host:port] (--rate=R | --concurrency=C) [--requests=N]\n"
     "         [--duration_s=S] [--images=a.jpg,b.png] [--prompts=FILE] [--max_new_tokens=N]\n"
     "         [--temperature=T] [--ignore_eos] [--timeout_s=S] [--seed=N] [--json]\n";
-
-const char* CodeName(grpc::StatusCode code) {
-  static const char* kNames[] = {"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT",
-                                 "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
-                                 "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
-                                 "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL",
-                                 "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"};
-  const int i = static_cast<int>(code);
-  return i >= 0 && i < 17 ? kNames[i] : "UNKNOWN";
-}
 
 double Ms(Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
 
@@ -124,7 +115,7 @@ class Generator {
               const grpc::Status& status) {
     {
       std::lock_guard<std::mutex> lock(results_.mu);
-      results_.status_counts[CodeName(status.error_code())]++;
+      results_.status_counts[flexvqa::client::GrpcCodeName(status.error_code())]++;
       if (status.ok()) {
         results_.tokens += tokens;
         if (tokens > 0) results_.ttft_ms.push_back(ttft_ms);
