@@ -72,7 +72,7 @@ struct EngineOptions {
 
 struct ModelInfo {
   std::string name;    // Directory name of the checkpoint.
-  std::string mode;    // Attention mode: full (LLaVA-1.5) for now.
+  std::string mode;    // Attention mode: full (LLaVA-1.5) | flex (FlexAttention, 1008 px).
   std::string dtype;   // float32 | bfloat16 | float16
   std::string device;  // cpu | cuda:N
   int context_length = 0;
@@ -121,6 +121,21 @@ struct SequenceReport {
   FlopCount flops;
 };
 
+// flex: which high-resolution tokens each FlexAttention layer used at each step (step 0 is the prefill's
+// last prompt token, step s the s-th decode step). Selections are 9x9 block masks (block = (hr_side/9)^2
+// HR tokens; flexattention.md §3). Empty for other modes and for requests without an image.
+struct SelectionTrace {
+  int first_fa_layer = 0;  // Decoder layer of FA layer 0 (N_SA).
+  int num_fa_layers = 0;
+  int grid = 9;            // Blocks per side.
+  int hr_side = 0;         // High-resolution tokens per side (72 for LLaVA-1.5 at 1008 px).
+  int num_steps = 0;
+  // [num_steps][num_fa_layers][grid * grid], row-major blocks, 1 = selected.
+  std::vector<uint8_t> masks;
+  // [num_steps][num_fa_layers]: selected HR tokens (64 per block at 72x72).
+  std::vector<int32_t> selected_tokens;
+};
+
 enum class FinishReason { kNone, kStop, kLength, kCancelled, kError };
 
 // One step's result for one sequence. `text` is the newly completed UTF-8 text (possibly empty while a
@@ -156,6 +171,11 @@ class Engine {
   virtual void Release(SequenceId sequence) = 0;
   // Usage, timings and FLOPs of an admitted sequence so far (zeros for unknown ids).
   virtual SequenceReport Report(SequenceId sequence) const {
+    (void)sequence;
+    return {};
+  }
+  // flex: the selections of an admitted sequence so far (empty for unknown ids and other modes).
+  virtual SelectionTrace Selections(SequenceId sequence) const {
     (void)sequence;
     return {};
   }

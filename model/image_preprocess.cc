@@ -245,4 +245,16 @@ std::vector<float> ResizeBilinearAntialiased(const std::vector<float>& planes, i
   return out;
 }
 
+StatusOr<TwoResolutionPixels> PreprocessFlexAttention(const RgbImage& image,
+                                                      const PreprocessOptions& options, int low_size) {
+  if (low_size <= 0 || low_size > options.crop_size) {
+    return InvalidArgumentError("the low-resolution side must be in (0, crop_size]");
+  }
+  TwoResolutionPixels out;
+  FLEXVQA_ASSIGN_OR_RETURN(out.high, PreprocessLlava(image, options));
+  out.low = ResizeBilinearAntialiased(out.high, 3, options.crop_size, options.crop_size, low_size,
+                                      low_size);
+  return out;
+}
+
 }  // namespace flexvqa

@@ -61,8 +61,8 @@ at::Tensor LlamaDecoder::Embed(const at::Tensor& token_ids) const {
 
 at::Tensor LlamaDecoder::AttentionBlock(const Layer& layer, int layer_index, const at::Tensor& x,
                                         const at::Tensor& positions,
-                                        const std::vector<ChunkSpan>& chunks,
-                                        KvCache& cache) const {
+                                        const std::vector<ChunkSpan>& chunks, KvCache& cache,
+                                        LastRowAttention* last_row) const {
   const int64_t h = config_.num_attention_heads;
   const int64_t kv = config_.num_key_value_heads;
   const int64_t dh = config_.head_dim();
@@ -80,7 +80,8 @@ at::Tensor LlamaDecoder::AttentionBlock(const Layer& layer, int layer_index, con
   const double scale = 1.0 / std::sqrt(static_cast<double>(dh));
   std::vector<at::Tensor> outputs;
   outputs.reserve(chunks.size());
-  for (const ChunkSpan& c : chunks) {
+  for (size_t ci = 0; ci < chunks.size(); ++ci) {
+    const ChunkSpan& c = chunks[ci];
     cache.Write(layer_index, c.slot, c.start, k.narrow(1, c.row_begin, c.length),
                 v.narrow(1, c.row_begin, c.length));
     const int64_t total = c.start + c.length;
@@ -91,7 +92,14 @@ at::Tensor LlamaDecoder::AttentionBlock(const Layer& layer, int layer_index, con
       values = values.repeat_interleave(h / kv, 0);
     }
     const at::Tensor qc = q.narrow(1, c.row_begin, c.length);  // [H, T, Dh]
-    outputs.push_back(Attention(qc, keys, values, scale, /*causal_offset=*/c.start));
+    at::Tensor out = Attention(qc, keys, values, scale, /*causal_offset=*/c.start);  // [H, T, Dh]
+    if (last_row != nullptr) {
+      // The last row sees every key written so far, so `keys` is exactly its causal set.
+      const at::Tensor row = last_row->LastRow(layer_index, ci, qc.select(1, c.length - 1), keys,
+                                               values, scale);  // [H, Dh]
+      if (row.defined()) out.select(1, c.length - 1).copy_(row);
+    }
+    outputs.push_back(out);
   }
   // [H, N, Dh] -> [N, H Dh]
   const at::Tensor attn = at::cat(outputs, 1).transpose(0, 1).reshape({n, h * dh});
@@ -99,7 +107,7 @@ at::Tensor LlamaDecoder::AttentionBlock(const Layer& layer, int layer_index, con
 }
 
 at::Tensor LlamaDecoder::Forward(const at::Tensor& x_in, const std::vector<ChunkSpan>& chunks,
-                                 KvCache& cache) const {
+                                 KvCache& cache, LastRowAttention* last_row) const {
   // Positions of every packed row, for RoPE.
   std::vector<int64_t> pos;
   pos.reserve(x_in.size(0));
@@ -113,7 +121,8 @@ at::Tensor LlamaDecoder::Forward(const at::Tensor& x_in, const std::vector<Chunk
   for (size_t l = 0; l < layers_.size(); ++l) {
     const Layer& layer = layers_[l];
     const at::Tensor h = RmsNorm(x, layer.input_norm, config_.rms_norm_eps);
-    x = x + AttentionBlock(layer, static_cast<int>(l), h, positions, chunks, cache);
+    if (last_row != nullptr) last_row->BeginLayer(static_cast<int>(l));
+    x = x + AttentionBlock(layer, static_cast<int>(l), h, positions, chunks, cache, last_row);
     const at::Tensor h2 = RmsNorm(x, layer.post_attn_norm, config_.rms_norm_eps);
     const at::Tensor gate_up = Linear(h2, layer.gate_up_proj);  // [N, 2I]
     const at::Tensor act = Activation(gate_up.narrow(1, 0, inter), config_.hidden_act) *

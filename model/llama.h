@@ -27,6 +27,22 @@ struct ChunkSpan {
   int64_t length = 0;
 };
 
+// Lets a caller change what the LAST row of each chunk attends to: FlexAttention's hierarchical
+// attention, where only the newest token also sees the selected high-resolution keys
+// (model/flex_attention.h). Forward calls it on the worker thread; every other row stays causal
+// self-attention.
+class LastRowAttention {
+ public:
+  virtual ~LastRowAttention() = default;
+  // Called once per layer, before its attention, with the chunks of this Forward.
+  virtual void BeginLayer(int layer) = 0;
+  // q [H, Dh]: chunk `chunk`'s last row after RoPE; keys/values [H, total, Dh]: the causal keys that row
+  // sees (grouped KV heads already repeated). Returns the row's attention output [H, Dh] to use instead of
+  // the ordinary one, or an undefined tensor to keep it.
+  virtual at::Tensor LastRow(int layer, size_t chunk, const at::Tensor& q, const at::Tensor& keys,
+                             const at::Tensor& values, double scale) = 0;
+};
+
 class LlamaDecoder {
  public:
   static StatusOr<std::unique_ptr<LlamaDecoder>> Load(const WeightLoader& weights,
@@ -40,8 +56,13 @@ class LlamaDecoder {
   at::Tensor Embed(const at::Tensor& token_ids) const;
 
   // Runs the blocks over packed rows x [N, D], writing each chunk's keys/values into its slot and
-  // extending the slot's length. Returns the final-normed hidden states [N, D].
-  at::Tensor Forward(const at::Tensor& x, const std::vector<ChunkSpan>& chunks, KvCache& cache) const;
+  // extending the slot's length. Returns the final-normed hidden states [N, D]. `last_row` (optional)
+  // replaces the attention of each chunk's last row (see LastRowAttention).
+  at::Tensor Forward(const at::Tensor& x, const std::vector<ChunkSpan>& chunks, KvCache& cache,
+                     LastRowAttention* last_row = nullptr) const;
+
+  // Rows of the RoPE tables (model dtype), for keys placed by position outside the sequence.
+  const RotaryTables& rotary() const { return rotary_; }
 
   // lm_head over hidden rows [R, D] -> fp32 logits [R, V].
   at::Tensor Logits(const at::Tensor& hidden) const;
@@ -58,7 +79,7 @@ class LlamaDecoder {
 
   at::Tensor AttentionBlock(const Layer& layer, int layer_index, const at::Tensor& x,
                             const at::Tensor& positions, const std::vector<ChunkSpan>& chunks,
-                            KvCache& cache) const;
+                            KvCache& cache, LastRowAttention* last_row) const;
 
   TextConfig config_;
   at::Tensor embed_tokens_;  // [V, D]

@@ -1,9 +1,12 @@
-// LLaVA-1.5 ("full" attention mode) behind the Engine interface of model/engine.h: CLIP tower +
+// LLaVA-1.5 behind the Engine interface of model/engine.h, in the attention mode its checkpoint asks for:
+// "full" (LLaVA-1.5 at 336 px) or "flex" (FlexAttention at 1008 px, model/flex_attention.h). CLIP tower +
 // mlp2x_gelu projector + LLaMA decoder, a slot-per-sequence KV cache, per-sequence samplers, streaming
 // detokenisation and stop strings. Prefill packs every new sequence's prompt into one forward pass;
-// decode packs one row per running sequence (model/llama.h).
+// decode packs one row per running sequence (model/llama.h). flex keeps each request's high-resolution
+// state (features, HR keys/values, selection trace) beside its slot and frees it at Release.
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
@@ -11,6 +14,8 @@
 
 #include "model/detokenizer.h"
 #include "model/engine.h"
+#include "model/flex_attention.h"
+#include "model/flop_counter.h"
 #include "model/image_decode.h"
 #include "model/image_preprocess.h"
 #include "model/kv_cache.h"
@@ -31,6 +36,12 @@ class LlavaPrepared : public PreparedRequest {
  public:
   std::vector<int32_t> tokens;
   std::vector<float> pixels;  // [3, S, S] normalised; empty without an image.
+  // flex only: the normalised high-resolution image [3, Z S, Z S] (`pixels` is its downsample), the
+  // original image size (for the selection's padding bands) and the selection threshold.
+  std::vector<float> highres_pixels;
+  int image_width = 0;
+  int image_height = 0;
+  int threshold = 0;
 };
 
 struct Sequence {
@@ -43,6 +54,11 @@ struct Sequence {
   std::unique_ptr<SequenceSampler> sampler;
   std::unique_ptr<StreamingDetokenizer> detokenizer;
   std::unique_ptr<StopStringMatcher> stop;
+  std::unique_ptr<HighResSequence> highres;  // flex with an image: created at prefill.
+  struct {
+    int64_t rescored_keys = 0;
+    int64_t hr_rows = 0;
+  } counted;  // flex: the counters' values already turned into FLOPs.
   SequenceReport report;
 };
 
@@ -97,6 +113,7 @@ class LlavaEngine : public Engine {
   void Decode(const std::vector<SequenceId>& sequences, std::vector<TokenEvent>* events) override;
   void Release(SequenceId sequence) override;
   SequenceReport Report(SequenceId sequence) const override;
+  SelectionTrace Selections(SequenceId sequence) const override;
 
  private:
   // Chooses each sequence's next token from fp32 logits [B, V] (rows in `batch` order) and emits it.
@@ -105,6 +122,12 @@ class LlavaEngine : public Engine {
   TokenEvent Emit(SequenceId id, Sequence& seq, int32_t token);
   void Fail(const std::vector<SequenceId>& batch, const Status& status,
             std::vector<TokenEvent>* events);
+  // flex: the hook for one forward pass over `batch` (null in other modes).
+  std::unique_ptr<FlexAttention> FlexHook(const std::vector<SequenceId>& batch);
+  // After a forward pass over `batch`: selected HR tokens and the FLOPs the pass ran (chunk starts and
+  // lengths as run; flex's extra last-row work from the sequences' counters).
+  void UpdateReports(const std::vector<SequenceId>& batch, const std::vector<int64_t>& starts,
+                     const std::vector<int64_t>& lengths, FlopCount::Phase phase);
 
   LlavaConfig config_;
   ModelInfo info_;
@@ -112,7 +135,6 @@ class LlavaEngine : public Engine {
   at::ScalarType dtype_ = at::kFloat;
   std::unique_ptr<Tokenizer> tokenizer_;
   std::unique_ptr<LlavaModel> model_;
-  const LlamaDecoder* decoder_ = nullptr;  // model_->decoder()
   std::unique_ptr<KvCache> cache_;
   PreprocessOptions preprocess_;
   std::unordered_map<SequenceId, Sequence> sequences_;
@@ -134,7 +156,6 @@ StatusOr<std::unique_ptr<Engine>> LlavaEngine::Create(const EngineOptions& optio
   try {
     FLEXVQA_ASSIGN_OR_RETURN(engine->model_,
                              LlavaModel::Load(config, engine->dtype_, engine->device_, context));
-    engine->decoder_ = &engine->model_->decoder();
     KvCacheShape shape;
     shape.num_layers = config.text.num_hidden_layers;
     shape.num_slots = options.max_sequences;
@@ -153,7 +174,12 @@ StatusOr<std::unique_ptr<Engine>> LlavaEngine::Create(const EngineOptions& optio
   pre.mean = config.image_mean;
   pre.std = config.image_std;
   pre.pad_to_square = config.image_aspect_ratio == "pad";
-  if (pre.crop_size != config.vision.image_size) {
+  if (config.flex.enabled) {
+    // The CLIP processor's pipeline at the high-resolution side (mm_utils.py:166-182); the LR view is
+    // derived from it (PreprocessFlexAttention).
+    pre.crop_size = config.flex.highres_size;
+    pre.resize_shortest_edge = config.flex.highres_size;
+  } else if (pre.crop_size != config.vision.image_size) {
     return InvalidArgumentError("crop size " + std::to_string(pre.crop_size) +
                                 " differs from the vision tower's image size " +
                                 std::to_string(config.vision.image_size));
@@ -164,7 +190,7 @@ StatusOr<std::unique_ptr<Engine>> LlavaEngine::Create(const EngineOptions& optio
   if (info.name.empty()) {
     info.name = std::filesystem::path(options.model_dir).lexically_normal().parent_path().filename();
   }
-  info.mode = "full";
+  info.mode = config.flex.enabled ? "flex" : "full";
   info.dtype = DtypeName(engine->dtype_);
   info.device = engine->device_.str();
   info.context_length = context;
@@ -205,9 +231,15 @@ StatusOr<std::shared_ptr<const PreparedRequest>> LlavaEngine::Prepare(
         std::to_string(request.sampling.max_new_tokens) + " new): lower max_new_tokens to at most " +
         std::to_string(info_.context_length - prepared->prompt_tokens));
   }
-  if (request.selection_threshold) {
+  const bool flex = config_.flex.enabled;
+  if (request.selection_threshold && !flex) {
     return InvalidArgumentError("selection_threshold applies to FlexAttention models only; this model's "
                                 "attention mode is '" + info_.mode + "'");
+  }
+  prepared->threshold = request.selection_threshold.value_or(config_.flex.threshold);
+  if (flex && (prepared->threshold < 0 || prepared->threshold > 255)) {
+    return InvalidArgumentError("selection_threshold must be between 0 and 255, got " +
+                                std::to_string(prepared->threshold));
   }
   if (request.image) {
     ImageLimits image_limits;
@@ -215,7 +247,16 @@ StatusOr<std::shared_ptr<const PreparedRequest>> LlavaEngine::Prepare(
     image_limits.max_pixels = limits.max_image_pixels;
     FLEXVQA_ASSIGN_OR_RETURN(RgbImage image,
                              DecodeImage(request.image->bytes, request.image->mime_type, image_limits));
-    FLEXVQA_ASSIGN_OR_RETURN(prepared->pixels, PreprocessLlava(image, preprocess_));
+    if (flex) {
+      FLEXVQA_ASSIGN_OR_RETURN(TwoResolutionPixels views,
+                               PreprocessFlexAttention(image, preprocess_, config_.flex.lowres_size));
+      prepared->pixels = std::move(views.low);
+      prepared->highres_pixels = std::move(views.high);
+      prepared->image_width = image.width;
+      prepared->image_height = image.height;
+    } else {
+      FLEXVQA_ASSIGN_OR_RETURN(prepared->pixels, PreprocessLlava(image, preprocess_));
+    }
   }
   return std::shared_ptr<const PreparedRequest>(std::move(prepared));
 }
@@ -253,6 +294,36 @@ SequenceReport LlavaEngine::Report(SequenceId sequence) const {
   return it == sequences_.end() ? SequenceReport() : it->second.report;
 }
 
+SelectionTrace LlavaEngine::Selections(SequenceId sequence) const {
+  auto it = sequences_.find(sequence);
+  if (it == sequences_.end() || !it->second.highres) return {};
+  return it->second.highres->trace();
+}
+
+std::unique_ptr<FlexAttention> LlavaEngine::FlexHook(const std::vector<SequenceId>& batch) {
+  if (model_->highres() == nullptr) return nullptr;
+  std::vector<HighResSequence*> chunks;
+  for (SequenceId id : batch) chunks.push_back(sequences_.at(id).highres.get());
+  return std::make_unique<FlexAttention>(*model_->highres(), std::move(chunks));
+}
+
+void LlavaEngine::UpdateReports(const std::vector<SequenceId>& batch, const std::vector<int64_t>& starts,
+                                const std::vector<int64_t>& lengths, FlopCount::Phase phase) {
+  for (size_t i = 0; i < batch.size(); ++i) {
+    Sequence& seq = sequences_.at(batch[i]);
+    SequenceReport& report = seq.report;
+    AddDecoderChunkFlops(config_.text, starts[i], lengths[i], phase, &report.flops);
+    if (!seq.highres) continue;
+    const HighResSequence& hr = *seq.highres;
+    AddFlexFlops(config_.text, hr.rescored_keys() - seq.counted.rescored_keys,
+                 hr.selected_tokens_total() - report.selected_hr_tokens,
+                 hr.computed_rows() - seq.counted.hr_rows, phase, &report.flops);
+    seq.counted.rescored_keys = hr.rescored_keys();
+    seq.counted.hr_rows = hr.computed_rows();
+    report.selected_hr_tokens = hr.selected_tokens_total();
+  }
+}
+
 void LlavaEngine::Fail(const std::vector<SequenceId>& batch, const Status& status,
                        std::vector<TokenEvent>* events) {
   for (SequenceId id : batch) {
@@ -276,42 +347,64 @@ void LlavaEngine::Prefill(const std::vector<SequenceId>& sequences,
   }
   if (batch.empty()) return;
   try {
-    // Vision tower and projector over every image of the batch at once.
-    const int side = preprocess_.crop_size;
-    std::vector<at::Tensor> images;
+    // Vision tower and projector over every image of the batch at once (flex: the HR tiles too).
+    const int side = config_.vision.image_size;
+    const int high_side = preprocess_.crop_size;
+    const auto f32 = at::TensorOptions().dtype(at::kFloat);
+    std::vector<at::Tensor> images, highres_images;
     for (SequenceId id : batch) {
       const LlavaPrepared& r = *sequences_.at(id).request;
-      if (!r.pixels.empty()) {
-        images.push_back(at::from_blob(const_cast<float*>(r.pixels.data()), {3, side, side},
-                                       at::TensorOptions().dtype(at::kFloat)));
+      if (r.pixels.empty()) continue;
+      images.push_back(at::from_blob(const_cast<float*>(r.pixels.data()), {3, side, side}, f32));
+      if (!r.highres_pixels.empty()) {
+        highres_images.push_back(at::from_blob(const_cast<float*>(r.highres_pixels.data()),
+                                               {3, high_side, high_side}, f32));
       }
     }
     const auto start = std::chrono::steady_clock::now();
     at::Tensor features;  // [images, tokens, D]
-    if (!images.empty()) features = model_->EncodeImages(at::stack(images));
+    at::Tensor highres;   // flex: [images, hr^2, D]
+    if (!highres_images.empty()) {
+      std::tie(features, highres) =
+          model_->EncodeTwoResolutions(at::stack(highres_images).to(device_), at::stack(images).to(device_));
+    } else if (!images.empty()) {
+      features = model_->EncodeImages(at::stack(images));
+    }
     const auto vision_done = std::chrono::steady_clock::now();
-    // Embeddings of every prompt, packed row after row, image rows replaced by the features.
-    std::vector<at::Tensor> rows;
-    std::vector<ChunkSpan> chunks;
-    int64_t row = 0;
+    std::vector<PromptChunk> prompts;
     int image_index = 0;
     for (SequenceId id : batch) {
-      const Sequence& seq = sequences_.at(id);
+      Sequence& seq = sequences_.at(id);
       const LlavaPrepared& r = *seq.request;
-      const at::Tensor ids = at::tensor(std::vector<int64_t>(r.tokens.begin(), r.tokens.end()),
-                                        at::TensorOptions().dtype(at::kLong))
-                                 .to(device_);
-      rows.push_back(
-          model_->EmbedPrompt(ids, r.pixels.empty() ? at::Tensor() : features[image_index++]));
-      chunks.push_back({seq.slot, 0, row, static_cast<int64_t>(r.tokens.size())});
-      row += static_cast<int64_t>(r.tokens.size());
+      PromptChunk chunk;
+      chunk.tokens = &r.tokens;
+      chunk.slot = seq.slot;
+      if (!r.pixels.empty()) {
+        chunk.image_features = features[image_index];
+        if (highres.defined()) {
+          const int64_t begin =
+              std::find(r.tokens.begin(), r.tokens.end(), config_.image_token_id) - r.tokens.begin();
+          seq.highres = std::make_unique<HighResSequence>(*model_->highres(),
+                                                          highres[image_index].clone(),
+                                                          begin, r.image_width, r.image_height,
+                                                          r.threshold);
+        }
+        ++image_index;
+      }
+      prompts.push_back(chunk);
     }
-    const at::Tensor hidden = decoder_->Forward(at::cat(rows, 0), chunks, *cache_);
-    std::vector<int64_t> last_rows;
-    for (const ChunkSpan& c : chunks) last_rows.push_back(c.row_begin + c.length - 1);
-    const at::Tensor last = hidden.index_select(
-        0, at::tensor(last_rows, at::TensorOptions().dtype(at::kLong)).to(device_));
-    const at::Tensor logits = decoder_->Logits(last);
+    const std::unique_ptr<FlexAttention> hook = FlexHook(batch);
+    const at::Tensor logits = model_->PrefillLogits(prompts, *cache_, hook.get());
+    std::vector<int64_t> starts(batch.size(), 0), lengths;
+    for (SequenceId id : batch) {
+      Sequence& seq = sequences_.at(id);
+      lengths.push_back(static_cast<int64_t>(seq.request->tokens.size()));
+      if (seq.request->pixels.empty()) continue;
+      // This sequence's own images: 1 (LR), plus the Z^2 HR tiles in flex.
+      const int64_t images = seq.highres ? 1 + config_.flex.zoom_ratio * config_.flex.zoom_ratio : 1;
+      AddVisionFlops(config_, images, &seq.report.flops);
+    }
+    UpdateReports(batch, starts, lengths, FlopCount::kPrefill);
     for (SequenceId id : batch) sequences_.at(id).prefilled = true;
     SampleAndEmit(logits, batch, events);  // Ends with token ids on the host: the device is done.
     const auto done = std::chrono::steady_clock::now();
@@ -333,17 +426,20 @@ void LlavaEngine::Decode(const std::vector<SequenceId>& sequences, std::vector<T
   }
   if (batch.empty()) return;
   try {
-    std::vector<int64_t> tokens;
-    std::vector<ChunkSpan> chunks;
+    std::vector<int32_t> tokens;
+    std::vector<int> slots;
+    std::vector<int64_t> starts, lengths(batch.size(), 1);
     for (SequenceId id : batch) {
       const Sequence& seq = sequences_.at(id);
-      chunks.push_back({seq.slot, cache_->length(seq.slot), static_cast<int64_t>(tokens.size()), 1});
       tokens.push_back(seq.last_token);
+      slots.push_back(seq.slot);
+      starts.push_back(cache_->length(seq.slot));
     }
     const auto start = std::chrono::steady_clock::now();
-    const at::Tensor ids = at::tensor(tokens, at::TensorOptions().dtype(at::kLong)).to(device_);
-    const at::Tensor hidden = decoder_->Forward(decoder_->Embed(ids), chunks, *cache_);  // [B, D]
-    SampleAndEmit(decoder_->Logits(hidden), batch, events);
+    const std::unique_ptr<FlexAttention> hook = FlexHook(batch);
+    const at::Tensor logits = model_->DecodeLogits(tokens, slots, *cache_, hook.get());  // [B, V]
+    UpdateReports(batch, starts, lengths, FlopCount::kDecode);
+    SampleAndEmit(logits, batch, events);
     const double ms = MsBetween(start, std::chrono::steady_clock::now());
     for (SequenceId id : batch) sequences_.at(id).report.decode_ms += ms;
   } catch (const std::exception& e) {

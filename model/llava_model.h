@@ -1,7 +1,10 @@
 // The LLaVA-1.5 network (CLIP tower + projector + LLaMA decoder) loaded from a checkpoint, with the two
 // steps the engine and the parity tests share: encoding images to projected features, and building a
 // prompt's input embeddings with the image placeholder rows replaced by those features
-// (HF LlavaForConditionalGeneration's merge). Worker thread only.
+// (HF LlavaForConditionalGeneration's merge), and the batched prefill / decode steps that turn packed
+// prompts or tokens into next-token logits (with an optional last-row attention hook: flex). For
+// FlexAttention checkpoints it also holds the HR projections and runs the two-resolution vision pass.
+// Worker thread only.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -10,11 +13,20 @@
 #include <vector>
 
 #include "model/clip_vision.h"
+#include "model/flex_attention.h"
 #include "model/llama.h"
 #include "model/model_config.h"
 #include "model/status.h"
 
 namespace flexvqa {
+
+// One prompt of a packed prefill: its ids (image placeholders expanded), the image features its
+// placeholder rows take ([image_tokens, D], or undefined), and the KV-cache slot it fills from 0.
+struct PromptChunk {
+  const std::vector<int32_t>* tokens = nullptr;
+  at::Tensor image_features;
+  int slot = 0;
+};
 
 class LlavaModel {
  public:
@@ -29,6 +41,22 @@ class LlavaModel {
 
   // pixels [N, 3, S, S] -> projected image features [N, image_tokens, D].
   at::Tensor EncodeImages(const at::Tensor& pixels) const;
+
+  // flex: the HR projections (null for other checkpoints).
+  const HighResProjections* highres() const { return highres_.get(); }
+  // flex: one vision pass over both views (llava_arch.py:205-225). high [N, 3, Z S, Z S] is cut into
+  // Z x Z tiles of S, row-major; low [N, 3, S, S]. Returns {LR features [N, s^2, D] (they enter the
+  // sequence), raw HR features [N, (Z s)^2, D] stitched row-major over the (Z s) x (Z s) grid}.
+  std::pair<at::Tensor, at::Tensor> EncodeTwoResolutions(const at::Tensor& high,
+                                                         const at::Tensor& low) const;
+
+  // Prefills the prompts in one packed forward pass; returns the fp32 logits of each prompt's last
+  // position [B, V]. last_row: optional hook, its chunk c being prompts[c].
+  at::Tensor PrefillLogits(const std::vector<PromptChunk>& prompts, KvCache& cache,
+                           LastRowAttention* last_row = nullptr) const;
+  // One decode step: tokens[b] is appended to slots[b]. Returns fp32 logits [B, V].
+  at::Tensor DecodeLogits(const std::vector<int32_t>& tokens, const std::vector<int>& slots,
+                          KvCache& cache, LastRowAttention* last_row = nullptr) const;
 
   // token ids [T] (on the model's device) -> embeddings [T, D]; the rows whose id is the image token
   // take `features` [image_tokens, D] in order (features may be undefined for text-only prompts).
@@ -46,6 +74,7 @@ class LlavaModel {
   std::unique_ptr<ClipVisionTower> vision_;
   std::unique_ptr<MultiModalProjector> projector_;
   std::unique_ptr<LlamaDecoder> decoder_;
+  std::unique_ptr<HighResProjections> highres_;
 };
 
 }  // namespace flexvqa

@@ -230,6 +230,35 @@ Status CheckPositive(int value, const char* name) {
   return Status::Ok();
 }
 
+// FlexAttention's geometry must be the paper's shape: LR image = the tower's native size, HR image =
+// zoom_ratio tiles of it per side, and an LR grid whose 9x9 pooling (modeling_llama.py:566) is whole.
+Status ValidateFlex(const LlavaConfig& c) {
+  const FlexAttentionConfig& f = c.flex;
+  if (!f.enabled) return Status::Ok();
+  if (f.zoom_ratio < 1 || f.lowres_size != c.vision.image_size ||
+      f.highres_size != f.zoom_ratio * f.lowres_size) {
+    return InvalidArgumentError(
+        "FlexAttention needs extra.lowres_size == the vision tower's image_size (" +
+        std::to_string(c.vision.image_size) + ") and extra.highres_size == zoom_ratio * lowres_size; got " +
+        std::to_string(f.lowres_size) + ", " + std::to_string(f.highres_size) + ", zoom " +
+        std::to_string(f.zoom_ratio));
+  }
+  const int side = c.vision.image_size / c.vision.patch_size;
+  if (side < 9 || (side * f.zoom_ratio) % 9 != 0) {
+    return InvalidArgumentError("FlexAttention needs an LR grid of at least 9 and an HR grid (" +
+                                std::to_string(side * f.zoom_ratio) + ") divisible by 9");
+  }
+  if (f.num_sa_layers < 1 || f.num_sa_layers > c.text.num_hidden_layers) {
+    return InvalidArgumentError("extra.num_sa_layers must be in [1, " +
+                                std::to_string(c.text.num_hidden_layers) + "], got " +
+                                std::to_string(f.num_sa_layers));
+  }
+  if (c.vision_feature_select != "default" && c.vision_feature_select != "patch") {
+    return InvalidArgumentError("FlexAttention needs patch features (no CLS token)");
+  }
+  return Status::Ok();
+}
+
 Status Validate(const LlavaConfig& c) {
   const TextConfig& t = c.text;
   const VisionConfig& v = c.vision;
@@ -303,7 +332,7 @@ Status Validate(const LlavaConfig& c) {
   if (c.crop_size < 0 || c.resize_shortest_edge < 0) {
     return InvalidArgumentError("crop_size and size must be positive");
   }
-  return Status::Ok();
+  return ValidateFlex(c);
 }
 
 Status ParseHfLayout(const json& j, LlavaConfig* c) {
@@ -345,8 +374,46 @@ Status ParseHfLayout(const json& j, LlavaConfig* c) {
   return Status::Ok();
 }
 
-// Also accepts the flexattn variant, whose extra keys ("extra": {...}) are ignored like any unknown
-// key.
+// "extra" values are strings in the released config ("48"); integers are accepted too.
+Status ReadExtraInt(const json& extra, const char* key, int* out) {
+  auto it = extra.find(key);
+  if (it == extra.end() || it->is_null()) return Status::Ok();
+  if (it->is_number_integer()) return ReadInt(extra, key, out);
+  if (!it->is_string()) {
+    return InvalidArgumentError(std::string("'extra.") + key + "' must be an integer or a string");
+  }
+  const std::string text = it->get<std::string>();
+  size_t used = 0;
+  long value = 0;
+  try {
+    value = std::stol(text, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used == 0 || used != text.size() || value < std::numeric_limits<int>::min() ||
+      value > std::numeric_limits<int>::max()) {
+    return InvalidArgumentError(std::string("'extra.") + key + "' must hold an integer, got '" +
+                                text + "'");
+  }
+  *out = static_cast<int>(value);
+  return Status::Ok();
+}
+
+// The FlexAttention checkpoint's "extra" dict (senfu/llava-v1.5-7b-flexattn config.json).
+Status ParseFlexExtra(const json& j, FlexAttentionConfig* flex) {
+  auto it = j.find("extra");
+  if (it == j.end() || it->is_null()) return Status::Ok();
+  if (!it->is_object()) return InvalidArgumentError("'extra' must be an object");
+  flex->enabled = it->contains("zoom_ratio");
+  FLEXVQA_RETURN_IF_ERROR(ReadExtraInt(*it, "zoom_ratio", &flex->zoom_ratio));
+  FLEXVQA_RETURN_IF_ERROR(ReadExtraInt(*it, "threshold", &flex->threshold));
+  FLEXVQA_RETURN_IF_ERROR(ReadExtraInt(*it, "highres_size", &flex->highres_size));
+  FLEXVQA_RETURN_IF_ERROR(ReadExtraInt(*it, "lowres_size", &flex->lowres_size));
+  FLEXVQA_RETURN_IF_ERROR(ReadExtraInt(*it, "num_sa_layers", &flex->num_sa_layers));
+  return Status::Ok();
+}
+
+// Also accepts the flexattn variant (its "extra" dict, see ParseFlexExtra).
 Status ParseOriginalLayout(const json& j, LlavaConfig* c, int* mm_hidden_size) {
   c->layout = CheckpointLayout::kOriginalLlava;
   FLEXVQA_RETURN_IF_ERROR(ReadTextConfig(j, &c->text));
@@ -376,7 +443,7 @@ Status ParseOriginalLayout(const json& j, LlavaConfig* c, int* mm_hidden_size) {
   if (merge != "flat") {
     return UnimplementedError("mm_patch_merge_type '" + merge + "' is not supported (only flat)");
   }
-  return Status::Ok();
+  return ParseFlexExtra(j, &c->flex);
 }
 
 Status ParseConfig(const json& j, LlavaConfig* c, int* mm_hidden_size) {

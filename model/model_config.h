@@ -51,6 +51,20 @@ enum class CheckpointLayout {
 
 const char* CheckpointLayoutName(CheckpointLayout layout);
 
+// FlexAttention (arXiv 2407.20228; ../shared/flexattention.md), read from the checkpoint's "extra" dict,
+// whose values are strings ("threshold": "48"). Enabled when "extra" has "zoom_ratio", as the authors'
+// code decides (modeling_llama.py:326-329).
+struct FlexAttentionConfig {
+  bool enabled = false;
+  int threshold = 64;        // extra.threshold; the code's default is 64 (modeling_llama.py:523).
+  int highres_size = 1008;   // extra.highres_size: side of the high-resolution image.
+  int lowres_size = 336;     // extra.lowres_size: side of the image whose tokens enter the sequence.
+  int zoom_ratio = 3;        // extra.zoom_ratio: HR tiles per side (highres_size / lowres_size).
+  // extra.num_sa_layers (ours; the authors hard-code 9 at modeling_llama.py:424-426): layers before it
+  // are plain self-attention, layers from it on are FlexAttention layers. Default: 9.
+  int num_sa_layers = 9;
+};
+
 struct LlavaConfig {
   CheckpointLayout layout = CheckpointLayout::kHfLlava;
   std::string model_dir;
@@ -75,6 +89,7 @@ struct LlavaConfig {
   int crop_size = 0;             // Default: vision.image_size (filled in by LoadLlavaConfig).
   int resize_shortest_edge = 0;  // preprocessor "size"; Default: crop_size (filled in likewise).
   std::string torch_dtype = "float32";  // As stored in the checkpoint; informational.
+  FlexAttentionConfig flex;             // Original layout only.
 
   int num_image_tokens() const {
     const int side = vision.image_size / vision.patch_size;

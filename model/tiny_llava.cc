@@ -104,6 +104,14 @@ Sections MakeWeights(const TinyLlavaOptions& o, int vocab, at::ScalarType dtype)
   s.projector.emplace_back("linear_1.bias", w.Vector(d, 0.0, 0.1));
   s.projector.emplace_back("linear_2.weight", w.Matrix(d, d));
   s.projector.emplace_back("linear_2.bias", w.Vector(d, 0.0, 0.1));
+  if (o.mode == "flex") {
+    // Drawn last, so every other weight equals the full-mode checkpoint of the same seed.
+    for (int i = 0; i < o.num_layers; ++i) {
+      const std::string p = "layers." + std::to_string(i) + ".self_attn.";
+      s.text.emplace_back(p + "k_proj_hd.weight", w.Matrix(o.num_kv_heads * dh, d));
+      s.text.emplace_back(p + "v_proj_hd.weight", w.Matrix(o.num_kv_heads * dh, d));
+    }
+  }
   return s;
 }
 
@@ -170,7 +178,24 @@ Status TrainTokenizer(const std::string& trainer, const std::string& corpus, con
 
 }  // namespace
 
+TinyLlavaOptions TinyFlexLlavaOptions(uint64_t seed) {
+  TinyLlavaOptions o;
+  o.mode = "flex";
+  o.layout = CheckpointLayout::kOriginalLlava;
+  o.seed = seed;
+  o.image_size = 336;
+  o.patch_size = 14;
+  o.num_layers = 4;
+  o.max_positions = 1024;  // 576 image tokens + text + generated tokens.
+  o.flex_num_sa_layers = 2;
+  return o;
+}
+
 Status WriteTinyLlava(const std::string& dir_text, const TinyLlavaOptions& o) {
+  if (o.mode != "full" && o.mode != "flex") return InvalidArgumentError("mode must be full or flex");
+  if (o.mode == "flex" && o.layout != CheckpointLayout::kOriginalLlava) {
+    return InvalidArgumentError("flex checkpoints use the original LLaVA layout");
+  }
   const fs::path dir(dir_text);
   std::error_code ec;
   fs::create_directories(dir, ec);
@@ -243,6 +268,15 @@ Status WriteTinyLlava(const std::string& dir_text, const TinyLlavaOptions& o) {
     config["mm_use_im_patch_token"] = false;
     config["image_aspect_ratio"] = "pad";
     config["pad_token_id"] = 0;
+    if (o.mode == "flex") {
+      const int lowres = o.image_size;
+      config["extra"] = {{"zoom_ratio", "3"},
+                         {"highres_size", std::to_string(3 * lowres)},
+                         {"lowres_size", std::to_string(lowres)},
+                         {"threshold", std::to_string(o.flex_threshold)},
+                         {"warmup", "10"},
+                         {"num_sa_layers", std::to_string(o.flex_num_sa_layers)}};
+    }
     const fs::path clip = dir / "clip";
     fs::create_directories(clip, ec);
     NamedTensors vision;

@@ -2,7 +2,9 @@
 // model.safetensors, tokenizer.model (SentencePiece trained on model/data/tiny_corpus.txt) and
 // preprocessor_config.json; for the original-LLaVA layout also the separate CLIP directory ("clip/").
 // The same seed gives the same weights in either layout, so the two layouts must produce the same
-// numbers. Runs in about a second.
+// numbers. Runs in about a second. mode "flex" writes a FlexAttention checkpoint as
+// senfu/llava-v1.5-7b-flexattn lays it out (original layout, k_proj_hd / v_proj_hd in every layer, the
+// "extra" dict with string values); TinyFlexLlavaOptions() gives it the paper's image geometry.
 #pragma once
 
 #include <string>
@@ -31,7 +33,15 @@ struct TinyLlavaOptions {
   std::string dtype = "float32";  // float32 | float16 | bfloat16 (stored dtype)
   std::string corpus_path;        // Default: FLEXVQA_DATA_DIR/tiny_corpus.txt.
   std::string trainer_path;       // flexvqa_train_tokenizer. Default: the one built with this library.
+  std::string mode = "full";      // full | flex (flex implies the original layout).
+  int flex_num_sa_layers = 2;     // flex: extra.num_sa_layers (N_SA).
+  int flex_threshold = 48;        // flex: extra.threshold (the released checkpoint's value).
 };
+
+// flex at the real geometry: CLIP 336 px / patch 14 (24x24 LR tokens, 72x72 HR tokens at 1008 px, so the
+// 9x9 / 8x8-block steps are exactly the paper's) with tiny widths: vision 32 wide, 3 layers; LLM 64
+// wide, 4 layers, N_SA = 2.
+TinyLlavaOptions TinyFlexLlavaOptions(uint64_t seed = 0);
 
 // Creates `dir` (and parents) and writes the checkpoint into it.
 Status WriteTinyLlava(const std::string& dir, const TinyLlavaOptions& options);

@@ -73,6 +73,13 @@ at::Tensor Attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   return at::matmul(probs, v);
 }
 
+at::Tensor InterpolateBicubic(const at::Tensor& x, int64_t out_h, int64_t out_w) {
+  // No scale factors: the kernel uses in / out, as F.interpolate does when given a size.
+  const std::vector<int64_t> size = {out_h, out_w};
+  return at::upsample_bicubic2d(x, at::IntArrayRef(size), /*align_corners=*/false, c10::nullopt,
+                                c10::nullopt);
+}
+
 Status StatusFromTorchError(const std::exception& error, const std::string& context) {
   if (dynamic_cast<const c10::OutOfMemoryError*>(&error) != nullptr) {
     return ResourceExhaustedError(context + ": out of device memory: " + error.what());

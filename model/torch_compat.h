@@ -29,6 +29,9 @@ const char* DtypeName(at::ScalarType dtype);
 at::Tensor Attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale,
                      int64_t causal_offset);
 
+// F.interpolate(x, size=(out_h, out_w), mode="bicubic", align_corners=False) for x [N, C, H, W].
+at::Tensor InterpolateBicubic(const at::Tensor& x, int64_t out_h, int64_t out_w);
+
 // Maps a LibTorch exception to a Status: out-of-memory becomes RESOURCE_EXHAUSTED, the rest INTERNAL.
 Status StatusFromTorchError(const std::exception& error, const std::string& context);
 

@@ -1,5 +1,7 @@
 // make_tiny_llava: writes a tiny random LLaVA-1.5 checkpoint (model/tiny_llava.h) for tests and the demo.
-//   make_tiny_llava --out DIR [--layout hf|original] [--seed N] [--dtype float32|float16|bfloat16]
+//   make_tiny_llava --out DIR [--mode full|flex] [--layout hf|original] [--seed N]
+//                   [--dtype float32|float16|bfloat16]
+// --mode flex: a FlexAttention checkpoint (original layout, 336 px CLIP, 1008 px high resolution).
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -30,13 +32,28 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "--layout must be hf or original\n");
         return 2;
       }
+    } else if (arg == "--mode") {
+      const std::string mode = value("--mode");
+      if (mode == "flex") {
+        const flexvqa::TinyLlavaOptions flex = flexvqa::TinyFlexLlavaOptions(options.seed);
+        options.mode = flex.mode;
+        options.layout = flex.layout;
+        options.image_size = flex.image_size;
+        options.patch_size = flex.patch_size;
+        options.num_layers = flex.num_layers;
+        options.max_positions = flex.max_positions;
+        options.flex_num_sa_layers = flex.flex_num_sa_layers;
+      } else if (mode != "full") {
+        std::fprintf(stderr, "--mode must be full or flex\n");
+        return 2;
+      }
     } else if (arg == "--seed") {
       options.seed = std::strtoull(value("--seed"), nullptr, 10);
     } else if (arg == "--dtype") {
       options.dtype = value("--dtype");
     } else {
       std::fprintf(stderr,
-                   "usage: make_tiny_llava --out DIR [--layout hf|original] [--seed N] "
+                   "usage: make_tiny_llava --out DIR [--mode full|flex] [--layout hf|original] [--seed N] "
                    "[--dtype float32|float16|bfloat16]\n");
       return arg == "--help" ? 0 : 2;
     }

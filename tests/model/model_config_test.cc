@@ -361,3 +361,31 @@ TEST_F(ModelConfigDirTest, LoadErrorsNameThePaths) {
 
 }  // namespace
 }  // namespace flexvqa
+
+namespace flexvqa {
+namespace {
+
+// The FlexAttention checkpoint's "extra" dict: string values, zoom_ratio enables flex.
+TEST(ModelConfigFlexTest, ReadsExtraStrings) {
+  const std::string base = R"({"architectures": ["LlavaLlamaForCausalLM"], "model_type": "llava",
+      "mm_vision_tower": "openai/clip-vit-large-patch14-336", "num_hidden_layers": 32, "extra": )";
+  auto c = ParseLlavaConfigJson(base + R"({"zoom_ratio": "3", "highres_size": "1008",
+      "lowres_size": "336", "threshold": "48", "warmup": "10"}})");
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_TRUE(c->flex.enabled);
+  EXPECT_EQ(c->flex.threshold, 48);
+  EXPECT_EQ(c->flex.num_sa_layers, 9);
+  EXPECT_EQ(c->flex.highres_size, 1008);
+  auto plain = ParseLlavaConfigJson(base + R"({}})");
+  ASSERT_TRUE(plain.ok());
+  EXPECT_FALSE(plain->flex.enabled);
+  EXPECT_EQ(ParseLlavaConfigJson(base + R"({"zoom_ratio": "three"}})").status().code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(ParseLlavaConfigJson(base + R"({"zoom_ratio": "3", "highres_size": "1000"}})").status().code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(ParseLlavaConfigJson(base + R"({"zoom_ratio": "3", "num_sa_layers": "40"}})").status().code(),
+            StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace flexvqa
