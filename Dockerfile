@@ -1,23 +1,75 @@
-# flexvqa server image (CPU, Debian 12). Multi-stage: the build stage runs the same project scripts CI
-# runs (scripts/install_deps.sh, scripts/build.sh); the runtime stage carries only the binaries and the
-# shared libraries they need, and runs as a non-root user. The CUDA image, probes and Kubernetes wiring
-# come with the deployment issue (issue 5).
-FROM debian:12 AS build
+# flexvqa server images, multi-stage (deploy/README.md).
+#   docker build --target runtime-cpu  -t flexvqa:cpu  .   # Debian 12, CPU LibTorch: what CI builds
+#   docker build --target runtime-cuda -t flexvqa:cuda .   # CUDA runtime image, LibTorch from the torch wheel
+# Both build with the project's own scripts: scripts/install_deps.sh + scripts/build.sh (the ones CI runs)
+# for CPU; scripts/gpu/fetch_devdeps.sh + scripts/gpu/build.sh (the GPU machine's recipe, shared gpu.md)
+# for CUDA. Runtime images run as a non-root user with the server as entrypoint; gRPC on 50051 with the
+# standard grpc.health.v1 service (Kubernetes' native gRPC probes need nothing in the image), Prometheus
+# metrics on 9464. Flags come from FLEXVQA_<FLAG> environment variables (deploy/k8s/base/configmap.yaml).
+
+ARG CUDA_VERSION=12.8.1
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cu128
+
+# ---------------------------------------------------------------- CPU (Debian 12)
+FROM debian:12 AS build-cpu
 WORKDIR /src
 COPY . .
 RUN scripts/install_deps.sh && BUILD_DIR=/src/build scripts/build.sh -DFLEXVQA_BUILD_TESTS=OFF \
  && /src/build/tools/make_tiny_llava --out /opt/flexvqa/models/tiny-llava
 
-FROM debian:12-slim AS runtime
+FROM debian:12-slim AS runtime-cpu
 RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       libtorch1.13 libopenblas0-pthread libgrpc++1.51 libspdlog1.10 libturbojpeg0 libpng16-16 \
-      ca-certificates \
+      libprometheus-cpp-core1.0 ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --home-dir /opt/flexvqa flexvqa
-COPY --from=build /src/build/server/flexvqa_server /src/build/client/flexvqa_client \
+COPY --from=build-cpu /src/build/server/flexvqa_server /src/build/client/flexvqa_client \
      /src/build/tools/flexvqa_run /usr/local/bin/
-COPY --from=build --chown=flexvqa /opt/flexvqa /opt/flexvqa
-USER flexvqa
-EXPOSE 50051
+COPY --from=build-cpu --chown=flexvqa /opt/flexvqa /opt/flexvqa
+USER 10001
+ENV FLEXVQA_LISTEN_ADDRESS=0.0.0.0:50051 FLEXVQA_METRICS_LISTEN_ADDRESS=0.0.0.0:9464 \
+    FLEXVQA_MODEL_DIR=/opt/flexvqa/models/tiny-llava
+EXPOSE 50051 9464
+# For `docker run` (Kubernetes uses its own gRPC probe): the client's ModelInfo call answers once serving.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=600s \
+  CMD ["/usr/local/bin/flexvqa_client", "--server=127.0.0.1:50051", "--info"]
 ENTRYPOINT ["/usr/local/bin/flexvqa_server"]
-CMD ["--model_dir=/opt/flexvqa/models/tiny-llava", "--listen_address=0.0.0.0:50051"]
+
+# ---------------------------------------------------------------- CUDA
+# The Debian packages the CUDA build lacks (gRPC, spdlog/fmt 9, prometheus-cpp, ...), fetched on Debian.
+FROM debian:12 AS devdeps
+WORKDIR /src
+COPY scripts/gpu/fetch_devdeps.sh scripts/gpu/fetch_devdeps.sh
+RUN apt-get update && scripts/gpu/fetch_devdeps.sh
+
+FROM nvidia/cuda:${CUDA_VERSION}-cudnn-devel-ubuntu24.04 AS build-cuda
+ARG TORCH_INDEX
+RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+      python3 python3-venv cmake ninja-build g++ pkg-config git zlib1g-dev libpng-dev libssl-dev \
+ && rm -rf /var/lib/apt/lists/* \
+ && python3 -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir --index-url ${TORCH_INDEX} torch
+ENV PATH=/opt/venv/bin:$PATH
+WORKDIR /src
+COPY . .
+COPY --from=devdeps /src/.devdeps .devdeps
+RUN scripts/gpu/build.sh -DFLEXVQA_BUILD_TESTS=OFF -DTORCH_CUDA_ARCH_LIST="8.0;8.6;8.9;9.0" \
+ && mkdir -p /opt/flexvqa/lib \
+ && cp -a /opt/deps/usr/lib/x86_64-linux-gnu/*.so* /opt/flexvqa/lib/ \
+ && cp -a "$(python3 -c 'import torch, os; print(os.path.dirname(torch.__file__))')"/lib/*.so* /opt/flexvqa/lib/
+
+FROM nvidia/cuda:${CUDA_VERSION}-cudnn-runtime-ubuntu24.04 AS runtime-cuda
+RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+      libssl3t64 zlib1g libpng16-16t64 libjpeg-turbo8 libgomp1 ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --home-dir /opt/flexvqa flexvqa
+COPY --from=build-cuda /opt/flexvqa/lib /opt/flexvqa/lib
+COPY --from=build-cuda /src/build-gpu/server/flexvqa_server /src/build-gpu/client/flexvqa_client \
+     /usr/local/bin/
+ENV LD_LIBRARY_PATH=/opt/flexvqa/lib \
+    FLEXVQA_LISTEN_ADDRESS=0.0.0.0:50051 FLEXVQA_METRICS_LISTEN_ADDRESS=0.0.0.0:9464 \
+    FLEXVQA_DEVICE=cuda FLEXVQA_MODEL_DIR=/models/llava-1.5-7b-hf
+USER 10001
+EXPOSE 50051 9464
+HEALTHCHECK --interval=10s --timeout=5s --start-period=600s \
+  CMD ["/usr/local/bin/flexvqa_client", "--server=127.0.0.1:50051", "--info"]
+ENTRYPOINT ["/usr/local/bin/flexvqa_server"]

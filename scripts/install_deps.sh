@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages flexvqa builds, tests and runs with; installs only what is missing.
-# Needs root (or sudo). Safe to run again.
+# Needs root (or sudo). Safe to run again. Ends with deploy/install_test_deps.sh (the deploy checks).
 set -euo pipefail
 
 PACKAGES=(
@@ -20,11 +20,13 @@ for p in "${PACKAGES[@]}"; do
 done
 if [ ${#missing[@]} -eq 0 ]; then
   echo "install_deps: all ${#PACKAGES[@]} packages present"
-  exit 0
+else
+  echo "install_deps: installing ${missing[*]}"
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
-echo "install_deps: installing ${missing[*]}"
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+# What the deploy/ checks need: Prometheus and promtool, python3-yaml, pinned npm schema packages.
+"$(dirname "$0")/../deploy/install_test_deps.sh"

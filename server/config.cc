@@ -39,6 +39,10 @@ void AddServerFlags(ServerConfig* c, FlagSet* f) {
   f->Add("max_new_tokens", "upper bound of a request's max_new_tokens",
          &c->engine.limits.max_new_tokens);
 
+  f->Add("metrics_listen_address",
+         "host:port of the Prometheus /metrics endpoint; port 0 picks a free one; empty: none",
+         &c->metrics.listen_address);
+
   f->Add("log_level", "trace | debug | info | warn | error | critical | off", &c->logging.level);
   f->Add("log_json", "log one JSON object per line", &c->logging.json);
 }

@@ -10,6 +10,7 @@
 #include "server/batch_policy.h"
 #include "server/flags.h"
 #include "server/logging.h"
+#include "server/metrics.h"
 #include "server/vqa_server.h"
 
 namespace flexvqa {
@@ -19,6 +20,7 @@ struct ServerConfig {
   SchedulerConfig scheduler;  // server/batch_policy.h
   EngineOptions engine;       // model/engine.h
   LoggingConfig logging;      // server/logging.h
+  MetricsConfig metrics;      // server/metrics.h
 };
 
 inline constexpr char kEnvPrefix[] = "FLEXVQA_";

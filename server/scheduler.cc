@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "server/logging.h"
+#include "server/metrics.h"
 
 namespace flexvqa {
 
@@ -34,8 +35,8 @@ struct Scheduler::Sequence {
   Clock::time_point prepare_start, prepare_end, admitted, first_token, last_token;
 };
 
-Scheduler::Scheduler(Engine* engine, const SchedulerConfig& config)
-    : engine_(engine), config_(config), pool_(config.preprocess_threads) {
+Scheduler::Scheduler(Engine* engine, const SchedulerConfig& config, ServerMetrics* metrics)
+    : engine_(engine), config_(config), metrics_(metrics), pool_(config.preprocess_threads) {
   stats_.free_slots = engine_->Info().max_sequences;
   worker_ = std::thread([this] { WorkerLoop(); });
 }
@@ -195,6 +196,7 @@ void Scheduler::AdmitAndPrefill(std::vector<SequencePtr> admitted) {
   std::vector<TokenEvent> events;
   const Clock::time_point start = Clock::now();
   engine_->Prefill(ids, &events);
+  if (metrics_ != nullptr) metrics_->ObserveStep(static_cast<int>(ids.size()), 0);
   Logger("scheduler")->debug("step {}: prefilled {} sequences in {:.2f} ms", step_, ids.size(),
                              Ms(Clock::now() - start));
   ApplyEvents(events);
@@ -208,6 +210,7 @@ void Scheduler::DecodeRunning() {
   if (ids.empty()) return;
   std::vector<TokenEvent> events;
   engine_->Decode(ids, &events);
+  if (metrics_ != nullptr) metrics_->ObserveStep(0, static_cast<int>(ids.size()));
   ApplyEvents(events);
 }
 
@@ -224,6 +227,10 @@ void Scheduler::ApplyEvents(const std::vector<TokenEvent>& events) {
     if (event.token_id >= 0) {
       ++sequence.generated;
       if (!IsSet(sequence.first_token)) sequence.first_token = now;
+      if (metrics_ != nullptr && IsSet(sequence.last_token)) {
+        metrics_->ObserveInterToken(
+            std::chrono::duration<double>(now - sequence.last_token).count());
+      }
       sequence.last_token = now;
     }
     if (event.token_id >= 0 || !event.text.empty()) {
@@ -245,6 +252,9 @@ void Scheduler::Retire(size_t index, Status status, FinishReason reason) {
   SequencePtr sequence = std::move(running_[index]);
   running_.erase(running_.begin() + static_cast<std::ptrdiff_t>(index));
   sequence->report = engine_->Report(sequence->id);  // Valid until Release.
+  if (metrics_ != nullptr && sequence->prepared->image_tokens > 0) {
+    metrics_->ObserveSelection(engine_->Selections(sequence->id));  // Empty unless it selected.
+  }
   engine_->Release(sequence->id);
   Finish(*sequence, std::move(status), reason);
 }

@@ -25,6 +25,8 @@
 
 namespace flexvqa {
 
+class ServerMetrics;  // server/metrics.h
+
 using Clock = std::chrono::steady_clock;
 
 struct RequestUsage {
@@ -94,8 +96,9 @@ struct SchedulerStats {
 
 class Scheduler {
  public:
-  // `engine` must outlive the scheduler. Starts the worker and the preprocessing pool.
-  Scheduler(Engine* engine, const SchedulerConfig& config);
+  // `engine` (and `metrics` when not null) must outlive the scheduler. Starts the worker and the
+  // preprocessing pool. `metrics` receives batch sizes, inter-token gaps and flex selections.
+  Scheduler(Engine* engine, const SchedulerConfig& config, ServerMetrics* metrics = nullptr);
   // Drains with no grace time (everything still running ends UNAVAILABLE), then joins.
   ~Scheduler();
   Scheduler(const Scheduler&) = delete;
@@ -141,6 +144,7 @@ class Scheduler {
 
   Engine* const engine_;
   const SchedulerConfig config_;
+  ServerMetrics* const metrics_;  // May be null.
 
   mutable std::mutex mu_;
   mutable std::condition_variable work_cv_;           // Worker: new work or stop.

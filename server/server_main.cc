@@ -10,6 +10,7 @@
 #include <string>
 
 #include "server/logging.h"
+#include "server/metrics.h"
 #include "server/vqa_server.h"
 
 namespace flexvqa {
@@ -47,13 +48,18 @@ int RunServerMain(int argc, char** argv, ServerConfig config, const EngineFactor
   auto log = Logger("server");
   log->info("configuration:\n{}", flags.Describe());
 
+  // Before the model loads, so that the endpoint answers (up=1) while a large checkpoint is read.
+  // Serving never depends on it: a failed bind is logged and serving goes on.
+  ServerMetrics metrics;
+  (void)metrics.StartEndpoint(config.metrics);
+
   StatusOr<std::unique_ptr<Engine>> engine = create_engine(config);
   if (!engine.ok()) {
     log->critical("cannot load the model: {}", engine.status().ToString());
     return 1;
   }
   StatusOr<std::unique_ptr<VqaServer>> server =
-      VqaServer::Start(engine->get(), config.server, config.scheduler);
+      VqaServer::Start(engine->get(), config.server, config.scheduler, &metrics);
   if (!server.ok()) {
     log->critical("{}", server.status().ToString());
     return 1;

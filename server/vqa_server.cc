@@ -24,16 +24,22 @@ void SetServing(grpc::Server& server, bool serving) {
 }  // namespace
 
 StatusOr<std::unique_ptr<VqaServer>> VqaServer::Start(Engine* engine, const ServerOptions& options,
-                                                       const SchedulerConfig& scheduler) {
+                                                       const SchedulerConfig& scheduler,
+                                                       ServerMetrics* metrics) {
   std::unique_ptr<VqaServer> server(new VqaServer());
   server->info_ = engine->Info();
-  server->scheduler_ = std::make_unique<Scheduler>(engine, scheduler);
+  server->metrics_ = metrics;
+  server->scheduler_ = std::make_unique<Scheduler>(engine, scheduler, metrics);
+  if (metrics != nullptr) {
+    metrics->SetModel(server->info_, scheduler.max_queued, scheduler.max_running);
+    metrics->SetStatsSource([s = server->scheduler_.get()] { return s->Stats(); });
+  }
   ServerLimits limits;
   limits.max_message_bytes = options.max_message_bytes;
   limits.max_queued = scheduler.max_queued;
   limits.max_running = scheduler.max_running;
   server->service_ =
-      std::make_unique<VqaService>(server->info_, server->scheduler_.get(), limits);
+      std::make_unique<VqaService>(server->info_, server->scheduler_.get(), limits, metrics);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -58,6 +64,7 @@ StatusOr<std::unique_ptr<VqaServer>> VqaServer::Start(Engine* engine, const Serv
 
 VqaServer::~VqaServer() {
   if (!shut_down_) Shutdown(Clock::now());
+  if (metrics_ != nullptr) metrics_->SetStatsSource(nullptr);  // The scheduler goes next.
 }
 
 void VqaServer::Shutdown(Clock::time_point drain_deadline) {

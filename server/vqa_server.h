@@ -14,6 +14,7 @@
 #include "model/engine.h"
 #include "model/status.h"
 #include "server/batch_policy.h"
+#include "server/metrics.h"
 #include "server/scheduler.h"
 #include "server/vqa_service.h"
 
@@ -37,9 +38,11 @@ inline constexpr char kHealthServiceName[] = "flexvqa.v1.VqaService";
 
 class VqaServer {
  public:
-  // `engine` must outlive the server. UNAVAILABLE when the address cannot be bound.
+  // `engine` (and `metrics` when not null) must outlive the server. UNAVAILABLE when the address
+  // cannot be bound. `metrics` learns the model, counts every call and reads the scheduler's state.
   static StatusOr<std::unique_ptr<VqaServer>> Start(Engine* engine, const ServerOptions& options,
-                                                    const SchedulerConfig& scheduler);
+                                                    const SchedulerConfig& scheduler,
+                                                    ServerMetrics* metrics = nullptr);
   ~VqaServer();  // Shutdown with no drain time if it did not run.
   VqaServer(const VqaServer&) = delete;
   VqaServer& operator=(const VqaServer&) = delete;
@@ -55,6 +58,7 @@ class VqaServer {
   ModelInfo info_;
   int port_ = 0;
   bool shut_down_ = false;
+  ServerMetrics* metrics_ = nullptr;
   std::unique_ptr<Scheduler> scheduler_;
   std::unique_ptr<VqaService> service_;
   std::unique_ptr<grpc::Server> server_;  // Declared last: destroyed first.

@@ -22,6 +22,7 @@ struct VqaService::CallInfo {
   std::string peer;
   Clock::time_point arrival;
   Clock::time_point deadline;
+  ServerMetrics* metrics = nullptr;  // Counts the call when it ends; may be null.
 };
 
 namespace {
@@ -38,8 +39,10 @@ Clock::time_point SteadyDeadline(const grpc::CallbackServerContext& context) {
   return Clock::now() + std::chrono::duration_cast<Clock::duration>(remaining);
 }
 
-// One line per request: what was asked, by whom, how it ended, where the time went.
+// One line per request: what was asked, by whom, how it ended, where the time went. Also counts the
+// call in the metrics.
 void LogRequest(const CallInfo& call, const Status& status, const StreamItem* final_item) {
+  if (call.metrics != nullptr) call.metrics->ObserveRequest(call.method, status.code(), final_item);
   nlohmann::ordered_json line;  // Keeps the fields in this order.
   line["method"] = call.method;
   line["id"] = call.id;
@@ -272,15 +275,17 @@ class AnswerReactor : public grpc::ServerUnaryReactor {
 }  // namespace
 
 VqaService::VqaService(const ::flexvqa::ModelInfo& info, Scheduler* scheduler,
-                       const ServerLimits& limits)
-    : info_(info), scheduler_(scheduler), limits_(limits) {}
+                       const ServerLimits& limits, ServerMetrics* metrics)
+    : info_(info), scheduler_(scheduler), limits_(limits), metrics_(metrics) {}
 
 namespace {
 
 CallInfo MakeCallInfo(const char* method, grpc::CallbackServerContext* context,
-                      const v1::GenerateRequest& request, std::atomic<int64_t>* next_id) {
+                      const v1::GenerateRequest& request, std::atomic<int64_t>* next_id,
+                      ServerMetrics* metrics) {
   CallInfo call;
   call.method = method;
+  call.metrics = metrics;
   call.arrival = Clock::now();
   call.deadline = SteadyDeadline(*context);
   call.peer = context->peer();
@@ -296,8 +301,8 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* VqaService::Generate(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* raw_request) {
   v1::GenerateRequest request;
   const Status parsed = ParseRequest(*raw_request, &request);
-  auto reactor =
-      std::make_shared<GenerateReactor>(MakeCallInfo("Generate", context, request, &next_id_));
+  auto reactor = std::make_shared<GenerateReactor>(
+      MakeCallInfo("Generate", context, request, &next_id_, metrics_));
   reactor->Start(reactor, &request, parsed, scheduler_);
   return reactor.get();
 }
@@ -308,7 +313,7 @@ grpc::ServerUnaryReactor* VqaService::Answer(grpc::CallbackServerContext* contex
   v1::GenerateRequest request;
   const Status parsed = ParseRequest(*raw_request, &request);
   auto reactor = std::make_shared<AnswerReactor>(
-      MakeCallInfo("Answer", context, request, &next_id_), response);
+      MakeCallInfo("Answer", context, request, &next_id_, metrics_), response);
   reactor->Start(reactor, &request, parsed, scheduler_);
   return reactor.get();
 }

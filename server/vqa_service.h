@@ -14,6 +14,7 @@
 #include "flexvqa/v1/vqa.grpc.pb.h"
 #include "model/engine.h"
 #include "server/api_convert.h"
+#include "server/metrics.h"
 #include "server/scheduler.h"
 
 namespace flexvqa {
@@ -24,8 +25,10 @@ using VqaServiceBase = v1::VqaService::WithRawCallbackMethod_Generate<
 
 class VqaService final : public VqaServiceBase {
  public:
-  // `info` describes the engine behind `scheduler`; both must outlive the service.
-  VqaService(const ::flexvqa::ModelInfo& info, Scheduler* scheduler, const ServerLimits& limits);
+  // `info` describes the engine behind `scheduler`; both (and `metrics` when not null, which counts
+  // every call once as it ends) must outlive the service.
+  VqaService(const ::flexvqa::ModelInfo& info, Scheduler* scheduler, const ServerLimits& limits,
+             ServerMetrics* metrics = nullptr);
 
   // Request: v1::GenerateRequest; responses: v1::GenerateResponse.
   grpc::ServerWriteReactor<grpc::ByteBuffer>* Generate(grpc::CallbackServerContext* context,
@@ -45,6 +48,7 @@ class VqaService final : public VqaServiceBase {
   const ::flexvqa::ModelInfo& info_;
   Scheduler* const scheduler_;
   const ServerLimits limits_;
+  ServerMetrics* const metrics_;  // May be null.
   std::atomic<int64_t> next_id_{1};
 };
 

@@ -8,6 +8,7 @@
 int main(int argc, char** argv) {
   flexvqa::ServerConfig defaults;
   defaults.server.listen_address = "127.0.0.1:0";
+  defaults.metrics.listen_address = "127.0.0.1:0";  // Tests run in parallel: no fixed port.
   return flexvqa::RunServerMain(
       argc, argv, defaults, [](const flexvqa::ServerConfig& config) {
         flexvqa::testing::FakeEngineOptions options;

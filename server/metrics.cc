@@ -1,0 +1,401 @@
+#include "server/metrics.h"
+
+#include <prometheus/counter.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+#include <prometheus/text_serializer.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <exception>
+#include <fstream>
+#include <utility>
+#include <vector>
+
+#include "server/logging.h"
+#include "server/metrics_endpoint.h"
+
+#ifndef FLEXVQA_VERSION
+#define FLEXVQA_VERSION "unknown"
+#endif
+#ifndef FLEXVQA_GIT_REVISION
+#define FLEXVQA_GIT_REVISION "unknown"
+#endif
+
+namespace flexvqa {
+
+namespace {
+
+using prometheus::Histogram;
+using Buckets = Histogram::BucketBoundaries;
+
+// Latency buckets, seconds. Each histogram's range runs from what the tiny model does on a CPU to
+// what a 7B model does on a loaded GPU (gpu.md: TTFT 30-600 ms, decode 5-90 ms per step).
+const Buckets kQueueBuckets = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                               0.5,   1,      2.5,   5,    10,    30,   60};
+const Buckets kPreprocessBuckets = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                                    0.05,   0.1,   0.25,   0.5,   1,    2.5};
+const Buckets kVisionBuckets = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5};
+const Buckets kPrefillBuckets = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                 0.25,  0.5,    1,     2.5,  5,     10};
+const Buckets kFirstTokenBuckets = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                                    1,     2.5,  5,     10,   20,  30,   60};
+const Buckets kInterTokenBuckets = {0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02,
+                                    0.03,  0.05,   0.075, 0.1,    0.2,  0.5,   1};
+const Buckets kDurationBuckets = {0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,  2.5,
+                                  5,    10,    20,   30,  60,   120, 300};
+// Sequences per step: powers of two up to well past any KV-slot count we run.
+const Buckets kBatchBuckets = {1, 2, 4, 8, 16, 32, 64, 128, 256};
+// Selected HR tokens summed over FA layers and steps: 64 per 8x8 block (72x72 grid, 81 blocks),
+// times up to 30 FA layers and hundreds of steps.
+const Buckets kSelectedTokenBuckets = {0,     64,     256,     1024,    4096,     16384,
+                                       65536, 262144, 1048576, 4194304, 16777216, 67108864};
+const Buckets kFractionBuckets = {0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5,
+                                  0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1};
+
+const char* PhaseName(int phase) {
+  switch (phase) {
+    case FlopCount::kVision:
+      return "vision";
+    case FlopCount::kProjector:
+      return "projector";
+    case FlopCount::kPrefill:
+      return "prefill";
+    default:
+      return "decode";
+  }
+}
+
+const char* ComponentName(int component) {
+  switch (component) {
+    case FlopCount::kProjections:
+      return "projections";
+    case FlopCount::kAttention:
+      return "attention";
+    case FlopCount::kMlp:
+      return "mlp";
+    case FlopCount::kLmHead:
+      return "lm_head";
+    case FlopCount::kHighResProjections:
+      return "high_res_projections";
+    default:
+      return "other";
+  }
+}
+
+double ResidentBytes() {
+  std::ifstream statm("/proc/self/statm");
+  long pages_total = 0;
+  long pages_resident = 0;
+  if (!(statm >> pages_total >> pages_resident)) return 0;
+  return static_cast<double>(pages_resident) * static_cast<double>(sysconf(_SC_PAGESIZE));
+}
+
+}  // namespace
+
+// References into the registry (which owns the metrics); the mode-labelled children are made once
+// the mode is known (SetModel).
+struct ServerMetrics::Families {
+  explicit Families(prometheus::Registry& r)
+      : requests(prometheus::BuildCounter()
+                     .Name("flexvqa_requests_total")
+                     .Help("Requests by gRPC method, attention mode and final status code")
+                     .Register(r)),
+        prompt_tokens(
+            prometheus::BuildCounter()
+                .Name("flexvqa_prompt_tokens_total")
+                .Help("Prompt tokens (image tokens included) of requests that reached the model")
+                .Register(r)),
+        image_tokens(prometheus::BuildCounter()
+                         .Name("flexvqa_image_tokens_total")
+                         .Help("Image tokens in the prompts of requests that reached the model")
+                         .Register(r)),
+        selected_hr_tokens(
+            prometheus::BuildCounter()
+                .Name("flexvqa_selected_hr_tokens_total")
+                .Help("High-resolution tokens selected (flex), summed over FA layers and steps")
+                .Register(r)),
+        generated_tokens(prometheus::BuildCounter()
+                             .Name("flexvqa_generated_tokens_total")
+                             .Help("Generated tokens, the stop token included")
+                             .Register(r)),
+        flops(
+            prometheus::BuildCounter()
+                .Name("flexvqa_flops_total")
+                .Help(
+                    "Floating-point operations the engine counted (a multiply-add is 2), by phase "
+                    "and component")
+                .Register(r)),
+        queue(prometheus::BuildHistogram()
+                  .Name("flexvqa_request_queue_seconds")
+                  .Help("Wait for a preprocessing thread and then for a batch slot")
+                  .Register(r)
+                  .Add({}, kQueueBuckets)),
+        preprocess(
+            prometheus::BuildHistogram()
+                .Name("flexvqa_request_preprocess_seconds")
+                .Help("Validation, tokenisation, image decoding and preprocessing (CPU pool)")
+                .Register(r)
+                .Add({}, kPreprocessBuckets)),
+        vision(
+            prometheus::BuildHistogram()
+                .Name("flexvqa_request_vision_seconds")
+                .Help(
+                    "Vision tower and projector of the prefill step a request with an image joined")
+                .Register(r)
+                .Add({}, kVisionBuckets)),
+        prefill(prometheus::BuildHistogram()
+                    .Name("flexvqa_request_prefill_seconds")
+                    .Help("Prompt forward of the prefill step a request joined (vision excluded)")
+                    .Register(r)
+                    .Add({}, kPrefillBuckets)),
+        first_token(prometheus::BuildHistogram()
+                        .Name("flexvqa_time_to_first_token_seconds")
+                        .Help("From a call's arrival to its first token")
+                        .Register(r)
+                        .Add({}, kFirstTokenBuckets)),
+        inter_token(prometheus::BuildHistogram()
+                        .Name("flexvqa_inter_token_latency_seconds")
+                        .Help("Gap between two consecutive tokens of one sequence")
+                        .Register(r)
+                        .Add({}, kInterTokenBuckets)),
+        duration(
+            prometheus::BuildHistogram()
+                .Name("flexvqa_request_duration_seconds")
+                .Help(
+                    "From a call's arrival to its final message (calls that reached the scheduler)")
+                .Register(r)
+                .Add({}, kDurationBuckets)),
+        batch_family(prometheus::BuildHistogram()
+                         .Name("flexvqa_batch_size_sequences")
+                         .Help("Sequences in one worker step, by phase (prefill, decode)")
+                         .Register(r)),
+        prefill_batch(batch_family.Add({{"phase", "prefill"}}, kBatchBuckets)),
+        decode_batch(batch_family.Add({{"phase", "decode"}}, kBatchBuckets)),
+        selected_per_request(
+            prometheus::BuildHistogram()
+                .Name("flexvqa_request_selected_hr_tokens")
+                .Help("Selected high-resolution tokens per flex request with an image, "
+                      "summed over FA layers and steps")
+                .Register(r)
+                .Add({}, kSelectedTokenBuckets)),
+        selected_ratio(
+            prometheus::BuildHistogram()
+                .Name("flexvqa_request_selected_hr_ratio")
+                .Help("Fraction of the high-resolution tokens a flex request selected, over "
+                      "FA layers and steps")
+                .Register(r)
+                .Add({}, kFractionBuckets)),
+        running(Gauge(r, "flexvqa_requests_running", "Sequences holding a KV-cache slot")),
+        waiting(
+            Gauge(r, "flexvqa_requests_waiting",
+                  "Requests accepted but not running: being preprocessed or waiting for a slot")),
+        max_queued(
+            Gauge(r, "flexvqa_max_queued_requests",
+                  "Waiting requests beyond which new ones get RESOURCE_EXHAUSTED (--max_queued)")),
+        max_running(
+            Gauge(r, "flexvqa_max_running_requests", "Sequences decoded together (--max_running)")),
+        free_slots(
+            Gauge(r, "flexvqa_kv_cache_free_slots", "KV-cache slots free after the last step")),
+        kv_cache_bytes(Gauge(r, "flexvqa_kv_cache_memory_bytes",
+                             "KV-cache memory in use; 0 while the engine does not report it")),
+        hr_cache_bytes(
+            Gauge(r, "flexvqa_hr_cache_memory_bytes",
+                  "High-resolution feature cache in use (flex); 0 while the engine does not "
+                  "report it")),
+        device_bytes(Gauge(r, "flexvqa_device_memory_used_bytes",
+                           "Accelerator memory in use; 0 while the engine does not report it")),
+        resident_bytes(
+            Gauge(r, "flexvqa_process_resident_memory_bytes",
+                  "Resident host memory of the server process (the model's memory on CPU)")),
+        draining(Gauge(r, "flexvqa_draining", "1 while the server drains (SIGTERM received)")),
+        start_time(Gauge(r, "flexvqa_process_start_time_seconds", "Unix time the server started")),
+        model_info(prometheus::BuildGauge()
+                       .Name("flexvqa_model_info")
+                       .Help("The model served (value 1): name, attention mode, dtype, device")
+                       .Register(r)) {
+    prometheus::BuildGauge()
+        .Name("flexvqa_build_info")
+        .Help("The server build (value 1)")
+        .Register(r)
+        .Add({{"version", FLEXVQA_VERSION},
+              {"revision", FLEXVQA_GIT_REVISION},
+              {"compiler", __VERSION__}})
+        .Set(1);
+  }
+
+  static prometheus::Gauge& Gauge(prometheus::Registry& r, const char* name, const char* help) {
+    return prometheus::BuildGauge().Name(name).Help(help).Register(r).Add({});
+  }
+
+  prometheus::Family<prometheus::Counter>& requests;
+  prometheus::Family<prometheus::Counter>& prompt_tokens;
+  prometheus::Family<prometheus::Counter>& image_tokens;
+  prometheus::Family<prometheus::Counter>& selected_hr_tokens;
+  prometheus::Family<prometheus::Counter>& generated_tokens;
+  prometheus::Family<prometheus::Counter>& flops;
+  Histogram& queue;
+  Histogram& preprocess;
+  Histogram& vision;
+  Histogram& prefill;
+  Histogram& first_token;
+  Histogram& inter_token;
+  Histogram& duration;
+  prometheus::Family<Histogram>& batch_family;
+  Histogram& prefill_batch;
+  Histogram& decode_batch;
+  Histogram& selected_per_request;
+  Histogram& selected_ratio;
+  prometheus::Gauge& running;
+  prometheus::Gauge& waiting;
+  prometheus::Gauge& max_queued;
+  prometheus::Gauge& max_running;
+  prometheus::Gauge& free_slots;
+  prometheus::Gauge& kv_cache_bytes;
+  prometheus::Gauge& hr_cache_bytes;
+  prometheus::Gauge& device_bytes;
+  prometheus::Gauge& resident_bytes;
+  prometheus::Gauge& draining;
+  prometheus::Gauge& start_time;
+  prometheus::Family<prometheus::Gauge>& model_info;
+
+  // Made by SetModel; null before.
+  prometheus::Counter* prompt_tokens_mode = nullptr;
+  prometheus::Counter* image_tokens_mode = nullptr;
+  prometheus::Counter* selected_hr_tokens_mode = nullptr;
+  prometheus::Counter* generated_tokens_mode = nullptr;
+  prometheus::Counter* flops_mode[FlopCount::kNumPhases][FlopCount::kNumComponents] = {};
+};
+
+ServerMetrics::ServerMetrics()
+    : registry_(std::make_shared<prometheus::Registry>()),
+      f_(std::make_unique<Families>(*registry_)) {
+  f_->start_time.Set(
+      std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count());
+}
+
+ServerMetrics::~ServerMetrics() = default;
+
+Status ServerMetrics::StartEndpoint(const MetricsConfig& config) {
+  auto log = Logger("metrics");
+  if (config.listen_address.empty()) {
+    log->info("no metrics endpoint (--metrics_listen_address is empty)");
+    return Status::Ok();
+  }
+  StatusOr<std::unique_ptr<MetricsEndpoint>> endpoint =
+      MetricsEndpoint::Start(config.listen_address, [this] { return Serialize(); });
+  if (!endpoint.ok()) {
+    log->error("{}; serving without a metrics endpoint", endpoint.status().ToString());
+    return endpoint.status();
+  }
+  endpoint_ = std::move(endpoint).value();
+  port_ = endpoint_->port();
+  const std::string host = config.listen_address.substr(0, config.listen_address.rfind(':'));
+  log->info("metrics on http://{}:{}/metrics", host, port_);
+  return Status::Ok();
+}
+
+void ServerMetrics::SetModel(const ModelInfo& info, int max_queued, int max_running) {
+  mode_ = info.mode.empty() ? "unknown" : info.mode;
+  f_->model_info
+      .Add({{"model", info.name}, {"mode", mode_}, {"dtype", info.dtype}, {"device", info.device}})
+      .Set(1);
+  f_->max_queued.Set(max_queued);
+  f_->max_running.Set(max_running);
+  f_->free_slots.Set(info.max_sequences);
+  const prometheus::Labels mode{{"mode", mode_}};
+  f_->prompt_tokens_mode = &f_->prompt_tokens.Add(mode);
+  f_->image_tokens_mode = &f_->image_tokens.Add(mode);
+  f_->selected_hr_tokens_mode = &f_->selected_hr_tokens.Add(mode);
+  f_->generated_tokens_mode = &f_->generated_tokens.Add(mode);
+  for (int p = 0; p < FlopCount::kNumPhases; ++p) {
+    for (int c = 0; c < FlopCount::kNumComponents; ++c) {
+      f_->flops_mode[p][c] = &f_->flops.Add(
+          {{"mode", mode_}, {"phase", PhaseName(p)}, {"component", ComponentName(c)}});
+    }
+  }
+  // Every (method, code) series exists from the start at 0, so that rate() sees a first error (a
+  // series born at 1 has no increase to see) and the ratios dashboards and alerts divide by exist.
+  for (const char* method : {"Generate", "Answer"}) {
+    for (int code = 0; code <= static_cast<int>(StatusCode::kDataLoss); ++code) {
+      f_->requests.Add({{"method", method},
+                        {"mode", mode_},
+                        {"code", StatusCodeName(static_cast<StatusCode>(code))}});
+    }
+  }
+}
+
+void ServerMetrics::SetStatsSource(std::function<SchedulerStats()> source) {
+  std::lock_guard<std::mutex> lock(source_mu_);
+  stats_source_ = std::move(source);
+}
+
+void ServerMetrics::ObserveRequest(const std::string& method, StatusCode code,
+                                   const StreamItem* final_item) {
+  f_->requests.Add({{"method", method}, {"mode", mode_}, {"code", StatusCodeName(code)}})
+      .Increment();
+  if (final_item == nullptr) return;
+  const RequestTimings& t = final_item->timings;
+  f_->queue.Observe(t.queue_ms / 1e3);
+  f_->preprocess.Observe(t.preprocess_ms / 1e3);
+  f_->duration.Observe(t.total_ms / 1e3);
+  if (!final_item->reached_model || f_->prompt_tokens_mode == nullptr) return;
+  const RequestUsage& u = final_item->usage;
+  f_->prompt_tokens_mode->Increment(u.prompt_tokens);
+  f_->image_tokens_mode->Increment(u.image_tokens);
+  f_->selected_hr_tokens_mode->Increment(static_cast<double>(u.selected_hr_tokens));
+  f_->generated_tokens_mode->Increment(u.generated_tokens);
+  for (int p = 0; p < FlopCount::kNumPhases; ++p) {
+    for (int c = 0; c < FlopCount::kNumComponents; ++c) {
+      const double flops = final_item->flops.flops[p][c];
+      if (flops > 0) f_->flops_mode[p][c]->Increment(flops);
+    }
+  }
+  if (u.image_tokens > 0 && t.vision_ms > 0) f_->vision.Observe(t.vision_ms / 1e3);
+  if (u.generated_tokens > 0) {
+    f_->prefill.Observe(t.prefill_ms / 1e3);
+    f_->first_token.Observe(t.first_token_ms / 1e3);
+  }
+}
+
+void ServerMetrics::ObserveStep(int prefill_sequences, int decode_sequences) {
+  if (prefill_sequences > 0) f_->prefill_batch.Observe(prefill_sequences);
+  if (decode_sequences > 0) f_->decode_batch.Observe(decode_sequences);
+}
+
+void ServerMetrics::ObserveInterToken(double seconds) { f_->inter_token.Observe(seconds); }
+
+void ServerMetrics::ObserveSelection(const SelectionTrace& trace) {
+  const double available =
+      static_cast<double>(trace.hr_side) * trace.hr_side * trace.num_fa_layers * trace.num_steps;
+  if (available <= 0) return;
+  double selected = 0;
+  for (int32_t tokens : trace.selected_tokens) selected += tokens;
+  f_->selected_per_request.Observe(selected);
+  f_->selected_ratio.Observe(selected / available);
+}
+
+void ServerMetrics::SetMemory(double kv_cache_bytes, double hr_cache_bytes, double device_bytes) {
+  f_->kv_cache_bytes.Set(kv_cache_bytes);
+  f_->hr_cache_bytes.Set(hr_cache_bytes);
+  f_->device_bytes.Set(device_bytes);
+}
+
+void ServerMetrics::Refresh() const {
+  f_->resident_bytes.Set(ResidentBytes());
+  std::lock_guard<std::mutex> lock(source_mu_);
+  if (!stats_source_) return;
+  const SchedulerStats stats = stats_source_();
+  f_->running.Set(stats.running);
+  f_->waiting.Set(stats.queued + stats.preparing);
+  f_->free_slots.Set(stats.free_slots);
+  f_->draining.Set(stats.draining ? 1 : 0);
+}
+
+std::string ServerMetrics::Serialize() const {
+  Refresh();
+  return prometheus::TextSerializer().Serialize(registry_->Collect());
+}
+
+}  // namespace flexvqa

@@ -1,0 +1,400 @@
+#!/usr/bin/env python3
+"""Metrics, dashboard and alerts against a real server and a real Prometheus, all on loopback.
+
+Starts flexvqa_server (on a tiny flex checkpoint written by make_tiny_llava, or its default model) and
+Debian's prometheus with deploy/prometheus/prometheus.yml adjusted to the test (1 s scrapes, the server's
+metrics port, the alert rules with every `for` shortened to 0s), then:
+  - promtool check config / check rules on the shipped files;
+  - sends good requests (with and without images), a burst of bad ones and a flood beyond the queue;
+  - checks the metric values against what the clients received: calls by status, token sums, FLOPs by
+    phase equal to the sum of the final messages' figures, histogram counts;
+  - evaluates every PromQL expression of every panel of deploy/grafana/flexvqa.json (template variables
+    substituted) and the KEDA trigger's query, failing on an error or on no data;
+  - checks every alert rule evaluates without error, sees FlexvqaHighErrorRatio and FlexvqaQueueSaturated
+    fire, then stops the server (SIGTERM: exit 0) and sees FlexvqaDown fire.
+Bounded: everything ends within --timeout seconds (default 85) and the processes are stopped.
+
+    metrics_e2e_test.py --server_bin BIN --stubs DIR --deploy_dir deploy [--make_model BIN]
+"""
+import argparse
+import concurrent.futures
+import copy
+import json
+import math
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import zlib
+
+import yaml  # python3-yaml
+
+FAILURES = []
+CHECKS = [0]
+START = time.monotonic()
+
+
+def check(condition, what):
+    CHECKS[0] += 1
+    print("%s %6.1fs %s" % ("ok  " if condition else "FAIL", time.monotonic() - START, what), flush=True)
+    if not condition:
+        FAILURES.append(what)
+    return condition
+
+
+def png(width, height):
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xffffffff)
+    rows = b"".join(b"\0" + b"".join(bytes([x * 255 // max(1, width - 1), y * 255 // max(1, height - 1), 90])
+                                       for x in range(width)) for y in range(height))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout, interval=0.1):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(interval)
+
+
+class Prometheus:
+    def __init__(self, port):
+        self.base = "http://127.0.0.1:%d" % port
+
+    def get(self, path, **params):
+        url = self.base + path + ("?" + urllib.parse.urlencode(params, doseq=True) if params else "")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return json.load(response)
+        except urllib.error.HTTPError as e:
+            return json.load(e)
+        except (urllib.error.URLError, ConnectionError, json.JSONDecodeError) as e:
+            return {"status": "error", "error": str(e)}
+
+    def query(self, expr):
+        """(result list or None, error)."""
+        reply = self.get("/api/v1/query", query=expr)
+        if reply.get("status") != "success":
+            return None, reply.get("error", "no reply")
+        return reply["data"]["result"], None
+
+    def value(self, expr):
+        result, error = self.query(expr)
+        if error or not result:
+            return None
+        return float(result[0]["value"][1])
+
+    def ready(self):
+        try:
+            with urllib.request.urlopen(self.base + "/-/ready", timeout=1) as response:
+                return response.status == 200
+        except (urllib.error.URLError, ConnectionError, OSError):
+            return False
+
+
+def shorten_rules(rules):
+    test_rules = copy.deepcopy(rules)
+    for group in test_rules["groups"]:
+        group["interval"] = "1s"
+        for rule in group["rules"]:
+            if "for" in rule:
+                rule["for"] = "0s"
+    return test_rules
+
+
+def substitute(expr, instance_regex):
+    return expr.replace("$__rate_interval", "30s").replace("$instance", instance_regex)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--server_bin", required=True)
+    parser.add_argument("--stubs", required=True)
+    parser.add_argument("--deploy_dir", required=True)
+    parser.add_argument("--make_model", help="make_tiny_llava: serve a tiny flex checkpoint")
+    parser.add_argument("--prometheus", default="/usr/bin/prometheus")
+    parser.add_argument("--promtool", default="/usr/bin/promtool")
+    parser.add_argument("--timeout", type=float, default=85)
+    args = parser.parse_args()
+    sys.path.insert(0, args.stubs)
+    import grpc  # noqa: E402  (python3-grpcio)
+    from flexvqa.v1 import vqa_pb2, vqa_pb2_grpc  # noqa: E402
+
+    deadline = START + args.timeout
+    left = lambda: max(0.5, deadline - time.monotonic())  # noqa: E731
+    prom_dir = os.path.join(args.deploy_dir, "prometheus")
+
+    # --- The shipped files pass promtool. ---
+    def promtool(*argv):
+        return subprocess.run([args.promtool] + list(argv), capture_output=True, text=True, timeout=30)
+    r = promtool("check", "rules", os.path.join(prom_dir, "flexvqa-alerts.yml"))
+    check(r.returncode == 0, "promtool check rules flexvqa-alerts.yml" + ("" if r.returncode == 0 else ": " + r.stdout + r.stderr))
+    r = promtool("check", "config", os.path.join(prom_dir, "prometheus.yml"))
+    check(r.returncode == 0, "promtool check config prometheus.yml" + ("" if r.returncode == 0 else ": " + r.stdout + r.stderr))
+    r = promtool("check", "config", os.path.join(prom_dir, "prometheus-kubernetes.yml"))
+    if r.returncode != 0 and "kubernetes_sd_configs not found" in r.stdout + r.stderr:
+        print("skip promtool check config prometheus-kubernetes.yml: this promtool is built without Kubernetes discovery")
+    else:
+        check(r.returncode == 0, "promtool check config prometheus-kubernetes.yml" + ("" if r.returncode == 0 else ": " + r.stdout + r.stderr))
+
+    with open(os.path.join(prom_dir, "flexvqa-alerts.yml")) as f:
+        rules = yaml.safe_load(f)
+    with open(os.path.join(prom_dir, "prometheus.yml")) as f:
+        prom_config = yaml.safe_load(f)
+    with open(os.path.join(args.deploy_dir, "grafana", "flexvqa.json")) as f:
+        dashboard = json.load(f)
+    with open(os.path.join(args.deploy_dir, "k8s", "components", "keda", "scaledobject.yaml")) as f:
+        scaled_object = yaml.safe_load(f)
+
+    tmp = tempfile.mkdtemp(prefix="flexvqa_metrics_e2e_")
+    processes = []
+    try:
+        # --- The server. ---
+        server_args = [args.server_bin, "--listen_address=127.0.0.1:0", "--port_file=" + os.path.join(tmp, "port"),
+                       "--max_sequences=2", "--max_running=2", "--max_queued=6", "--preprocess_threads=2",
+                       "--log_level=warn"]
+        if args.make_model:
+            model_dir = os.path.join(tmp, "tiny-flex")
+            r = subprocess.run([args.make_model, "--mode", "flex", "--out", model_dir], capture_output=True,
+                               text=True, timeout=left())
+            if not check(r.returncode == 0, "make_tiny_llava --mode flex" + ("" if r.returncode == 0 else ": " + r.stderr)):
+                return 1
+            server_args.append("--model_dir=" + model_dir)
+        metrics_port = free_port()
+        server_args.append("--metrics_listen_address=127.0.0.1:%d" % metrics_port)
+        server = subprocess.Popen(server_args)
+        processes.append(server)
+        port_file = os.path.join(tmp, "port")
+        started = wait_until(lambda: os.path.exists(port_file) or server.poll() is not None, min(left(), 60), 0.05)
+        if not check(started and server.poll() is None, "server started and published its port"):
+            return 1
+        address = "127.0.0.1:%d" % int(open(port_file).read())
+
+        # --- Prometheus with our config, adjusted to the test. ---
+        test_config = copy.deepcopy(prom_config)
+        test_config["global"]["scrape_interval"] = "1s"
+        test_config["global"]["evaluation_interval"] = "1s"
+        job = next(j for j in test_config["scrape_configs"] if j["job_name"] == "flexvqa")
+        job["scrape_timeout"] = "1s"
+        job["static_configs"] = [{"targets": ["127.0.0.1:%d" % metrics_port]}]
+        test_config["rule_files"] = [os.path.join(tmp, "rules.yml")]
+        with open(os.path.join(tmp, "rules.yml"), "w") as f:
+            yaml.safe_dump(shorten_rules(rules), f)
+        with open(os.path.join(tmp, "prometheus.yml"), "w") as f:
+            yaml.safe_dump(test_config, f)
+        r = promtool("check", "config", os.path.join(tmp, "prometheus.yml"))
+        check(r.returncode == 0, "promtool check config on the test's copy" + ("" if r.returncode == 0 else ": " + r.stdout))
+        prom_port = free_port()
+        prom_log = open(os.path.join(tmp, "prometheus.log"), "w")
+        prometheus = subprocess.Popen(
+            [args.prometheus, "--config.file=" + os.path.join(tmp, "prometheus.yml"),
+             "--storage.tsdb.path=" + os.path.join(tmp, "data"), "--web.listen-address=127.0.0.1:%d" % prom_port,
+             "--log.level=warn"], stdout=prom_log, stderr=subprocess.STDOUT)
+        processes.append(prometheus)
+        prom = Prometheus(prom_port)
+        if not check(wait_until(prom.ready, min(left(), 30)), "prometheus ready on 127.0.0.1:%d" % prom_port):
+            return 1
+        check(wait_until(lambda: prom.value('up{job="flexvqa"}') == 1, min(left(), 20)), "prometheus scrapes the server: up == 1")
+
+        # --- Traffic. ---
+        options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+        channel = grpc.insecure_channel(address, options=options)
+        stub = vqa_pb2_grpc.VqaServiceStub(channel)
+        info = stub.ModelInfo(vqa_pb2.ModelInfoRequest(), timeout=10)
+        image = png(48, 40)
+
+        def generate(request):
+            """(status code name, final message or None) as the client saw them."""
+            final = None
+            try:
+                for response in stub.Generate(request, timeout=min(left(), 60)):
+                    if response.HasField("final"):
+                        final = response.final
+                return "OK", final
+            except grpc.RpcError as e:
+                return e.code().name, final
+
+        def good(i):
+            request = vqa_pb2.GenerateRequest(question="what is shown here, number %d?" % i)
+            if i % 2 == 0:
+                request.images.add(data=image, mime_type="image/png")
+            request.sampling.max_new_tokens = 4 + i % 5
+            request.sampling.seed = i
+            return request
+
+        def bad(i):
+            kinds = [
+                vqa_pb2.GenerateRequest(question=""),
+                vqa_pb2.GenerateRequest(question="q", sampling=vqa_pb2.SamplingParams(temperature=-1)),
+                vqa_pb2.GenerateRequest(question="q", sampling=vqa_pb2.SamplingParams(max_new_tokens=0)),
+                vqa_pb2.GenerateRequest(question="q", images=[vqa_pb2.Image(data=b"not an image", mime_type="image/png")]),
+                vqa_pb2.GenerateRequest(question="q", images=[vqa_pb2.Image(data=image[:40], mime_type="image/png")]),
+            ]
+            return kinds[i % len(kinds)]
+
+        def flood(i):
+            request = vqa_pb2.GenerateRequest(question="keep talking %d" % i)
+            if i % 3 == 0:
+                request.images.add(data=image, mime_type="image/png")
+            request.sampling.max_new_tokens = 48
+            request.sampling.ignore_eos = True
+            return request
+
+        results = []
+        with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:  # Within the queue limit.
+            results += list(pool.map(generate, [good(i) for i in range(12)]))
+        check(all(code == "OK" for code, _ in results),
+              "12 good requests, 4 at a time, answered OK (%s)" % sorted({c for c, _ in results}))
+        with concurrent.futures.ThreadPoolExecutor(max_workers=40) as pool:
+            bad_results = list(pool.map(generate, [bad(i) for i in range(25)]))
+            check(all(code == "INVALID_ARGUMENT" for code, _ in bad_results),
+                  "25 bad requests got INVALID_ARGUMENT (%s)" % sorted({c for c, _ in bad_results}))
+            results += bad_results
+            flood_results = list(pool.map(generate, [flood(i) for i in range(40)]))
+            check(any(code == "RESOURCE_EXHAUSTED" for code, _ in flood_results) and
+                  any(code == "OK" for code, _ in flood_results),
+                  "a flood of 40 beyond the queue: some OK, some RESOURCE_EXHAUSTED (%s)" %
+                  {c: sum(1 for x, _ in flood_results if x == c) for c, _ in flood_results})
+            results += flood_results
+        codes = {}
+        for code, _ in results:
+            codes[code] = codes.get(code, 0) + 1
+        finals = [final for _, final in results if final is not None]
+
+        # --- Values against what the clients saw. ---
+        total = len(results)
+        check(wait_until(lambda: prom.value('sum(flexvqa_requests_total{job="flexvqa"})') == total, min(left(), 10)),
+              "Prometheus has all %d calls in flexvqa_requests_total" % total)
+        for code, count in sorted(codes.items()):
+            got = prom.value('sum(flexvqa_requests_total{job="flexvqa", method="Generate", code="%s"})' % code)
+            check(got == count, "flexvqa_requests_total{code=%s} = %s (clients saw %d)" % (code, got, count))
+        got_mode = prom.query('flexvqa_model_info{job="flexvqa"}')[0]
+        check(bool(got_mode) and got_mode[0]["metric"].get("mode") == info.mode and
+              got_mode[0]["metric"].get("dtype") == info.dtype and got_mode[0]["metric"].get("device") == info.device,
+              "flexvqa_model_info{mode=%s, dtype=%s, device=%s} as ModelInfo says" % (info.mode, info.dtype, info.device))
+        check(prom.value('count(flexvqa_build_info{job="flexvqa"})') == 1, "flexvqa_build_info present")
+
+        def close(a, b):
+            return a is not None and math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-6)
+        sums = {
+            "flexvqa_prompt_tokens_total": sum(f.usage.prompt_tokens for f in finals),
+            "flexvqa_image_tokens_total": sum(f.usage.image_tokens for f in finals),
+            "flexvqa_generated_tokens_total": sum(f.usage.generated_tokens for f in finals),
+            "flexvqa_selected_hr_tokens_total": sum(f.usage.selected_hr_tokens for f in finals),
+        }
+        for name, expected in sums.items():
+            got = prom.value('sum(%s{job="flexvqa"})' % name)
+            check(close(got, expected), "%s = %s, the sum over the %d final messages: %s" % (name, got, len(finals), expected))
+        for phase in ("vision", "projector", "prefill", "decode"):
+            expected = sum(getattr(f.flops_by_phase, phase) for f in finals)
+            got = prom.value('sum(flexvqa_flops_total{job="flexvqa", phase="%s"})' % phase)
+            check(close(got, expected), "flexvqa_flops_total{phase=%s} = %s, the final messages' sum %s" % (phase, got, expected))
+        got = prom.value('sum(flexvqa_flops_total{job="flexvqa"})')
+        check(close(got, sum(f.flops for f in finals)), "flexvqa_flops_total = the sum of GenerateFinal.flops (%s)" % got)
+        with_tokens = sum(1 for f in finals if f.usage.generated_tokens > 0)
+        check(prom.value('flexvqa_time_to_first_token_seconds_count{job="flexvqa"}') == with_tokens,
+              "one time-to-first-token observation per request with a token (%d)" % with_tokens)
+        check(prom.value('flexvqa_inter_token_latency_seconds_count{job="flexvqa"}') ==
+              sum(f.usage.generated_tokens - 1 for f in finals if f.usage.generated_tokens > 0),
+              "one inter-token observation per token after the first")
+        check(prom.value('sum(flexvqa_batch_size_sequences_sum{job="flexvqa", phase="prefill"})') == len(finals),
+              "every admitted request was prefilled once (batch size sums)")
+        if info.mode == "flex":
+            with_image = sum(1 for f in finals if f.usage.image_tokens > 0)
+            check(prom.value('flexvqa_request_selected_hr_ratio_count{job="flexvqa"}') == with_image,
+                  "one selected-fraction observation per flex request with an image (%d)" % with_image)
+
+        # --- Every panel's expressions return data. ---
+        instances = prom.get("/api/v1/label/instance/values", **{"match[]": 'flexvqa_build_info{job="flexvqa"}'})
+        check(instances.get("status") == "success" and len(instances["data"]) == 1,
+              "the $instance variable's query (label_values(flexvqa_build_info, instance)) finds the server")
+        instance_regex = instances["data"][0].replace(".", "\\\\.") if instances.get("data") else ".*"
+        panels = [p for p in dashboard["panels"] if p.get("type") != "row"]
+        check(any(v["name"] == "datasource" and v["type"] == "datasource" for v in dashboard["templating"]["list"]),
+              "the dashboard has a datasource variable")
+        expressions = 0
+        for p in panels:
+            for target in p.get("targets", []):
+                expressions += 1
+                for regex in (".*", instance_regex):
+                    expr = substitute(target["expr"], regex)
+                    result, error = prom.query(expr)
+                    # NaN everywhere (a quantile of an empty histogram) is no data too.
+                    numbers = [float(r["value"][1]) for r in result or []]
+                    has_data = any(not math.isnan(v) for v in numbers)
+                    check(error is None and has_data, "panel '%s' %s (instance=~%s): %s" % (
+                        p["title"], target["refId"], regex, error or ("%d series, values %s" % (
+                            len(numbers), ", ".join("%.4g" % v for v in numbers[:4])))))
+        check(expressions >= 30, "%d panel expressions evaluated" % expressions)
+        for trigger in scaled_object["spec"]["triggers"]:
+            result, error = prom.query(trigger["metadata"]["query"])
+            check(error is None and bool(result), "KEDA trigger query returns data: %s" % (error or result[0]["value"][1]))
+
+        # --- Alert rules: all evaluate; the provoked ones fire. ---
+        for group in rules["groups"]:
+            for rule in group["rules"]:
+                _, error = prom.query(rule["expr"])
+                check(error is None, "rule %s's expression evaluates" % rule["alert"])
+
+        def rule_health():
+            reply = prom.get("/api/v1/rules")
+            found = {r["name"]: r for g in reply.get("data", {}).get("groups", []) for r in g["rules"]}
+            done = len(found) == sum(len(g["rules"]) for g in rules["groups"]) and all(
+                r.get("lastEvaluation", "").startswith("2") and not r["lastEvaluation"].startswith("0001") for r in found.values())
+            return found if done else None
+        found = wait_until(rule_health, min(left(), 10), 0.2) or {}
+        for name, rule in sorted(found.items()):
+            check(rule.get("health") == "ok", "Prometheus evaluated %s: health %s %s" % (name, rule.get("health"), rule.get("lastError", "")))
+
+        def firing(names):
+            def now_firing():
+                alerts = prom.get("/api/v1/alerts").get("data", {}).get("alerts", [])
+                on = {a["labels"]["alertname"] for a in alerts if a["state"] == "firing"}
+                return on if names <= on else None
+            return now_firing
+        on = wait_until(firing({"FlexvqaHighErrorRatio", "FlexvqaQueueSaturated"}), min(left(), 15), 0.2)
+        check(on is not None, "FlexvqaHighErrorRatio and FlexvqaQueueSaturated fire (firing: %s)" % on)
+        check(prom.value('sum(flexvqa_draining{job="flexvqa"})') == 0, "not draining while serving")
+
+        channel.close()
+        server.send_signal(signal.SIGTERM)
+        check(server.wait(timeout=min(left(), 30)) == 0, "SIGTERM: the server drained and exited 0")
+        on = wait_until(firing({"FlexvqaDown"}), min(left(), 15), 0.2)
+        check(on is not None, "FlexvqaDown fires once the server is gone")
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+        if FAILURES:
+            log = os.path.join(tmp, "prometheus.log")
+            if os.path.exists(log):
+                print("--- prometheus.log ---\n" + open(log).read()[-3000:])
+        subprocess.run(["rm", "-rf", tmp])
+    check(time.monotonic() - START < args.timeout, "finished within %.0f s" % args.timeout)
+    print("%d passed, %d failed" % (CHECKS[0] - len(FAILURES), len(FAILURES)))
+    return 1 if FAILURES else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
