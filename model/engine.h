@@ -72,7 +72,8 @@ struct EngineOptions {
 
 struct ModelInfo {
   std::string name;    // Directory name of the checkpoint.
-  std::string mode;    // Attention mode: full (LLaVA-1.5) | flex (FlexAttention, 1008 px).
+  std::string mode;    // Attention mode: full (LLaVA-1.5) | flex (FlexAttention, 1008 px) | hd |
+                       // composite | xattn (docs/modes.md).
   std::string dtype;   // float32 | bfloat16 | float16
   std::string device;  // cpu | cuda:N
   int context_length = 0;

@@ -1,5 +1,7 @@
 #include "model/flop_counter.h"
 
+#include <algorithm>
+
 namespace flexvqa {
 
 double LinearFlops(int64_t rows, int64_t in, int64_t out) {
@@ -36,16 +38,42 @@ void AddVisionFlops(const LlavaConfig& config, int64_t images, FlopCount* count)
 
 void AddDecoderChunkFlops(const TextConfig& c, int64_t start, int64_t length, FlopCount::Phase phase,
                           FlopCount* count) {
+  AddDecoderChunkFlops(c, start, length, 0, 0, phase, count);
+}
+
+void AddDecoderChunkFlops(const TextConfig& c, int64_t start, int64_t length, int64_t skip_begin,
+                          int64_t skip, FlopCount::Phase phase, FlopCount* count) {
   const int64_t d = c.hidden_size, dh = c.head_dim();
   const int64_t qkv = static_cast<int64_t>(c.num_attention_heads + 2 * c.num_key_value_heads) * dh;
+  const int64_t begin = std::clamp(skip_begin, int64_t{0}, length);
+  const int64_t end = std::clamp(skip_begin + skip, begin, length);
   double* f = count->flops[phase];
   for (int l = 0; l < c.num_hidden_layers; ++l) {
     f[FlopCount::kProjections] += LinearFlops(length, d, qkv) + LinearFlops(length, c.num_attention_heads * dh, d);
-    f[FlopCount::kAttention] += AttentionFlops(c.num_attention_heads, length, start + length, dh);
+    if (end == begin) {
+      f[FlopCount::kAttention] += AttentionFlops(c.num_attention_heads, length, start + length, dh);
+    } else {  // Matches LlamaDecoder::AttentionBlock's two rectangles.
+      f[FlopCount::kAttention] +=
+          AttentionFlops(c.num_attention_heads, begin, start + begin, dh) +
+          AttentionFlops(c.num_attention_heads, length - end, start + length, dh);
+    }
     f[FlopCount::kMlp] += LinearFlops(length, d, 2 * static_cast<int64_t>(c.intermediate_size)) +
                           LinearFlops(length, c.intermediate_size, d);
   }
   f[FlopCount::kLmHead] += LinearFlops(1, d, c.vocab_size);
+}
+
+void AddCrossAttentionFlops(const LlavaConfig& config, int64_t rows, int64_t hr_keys,
+                            int64_t hr_rows_computed, FlopCount::Phase phase, FlopCount* count) {
+  const int64_t d = config.text.hidden_size, c = config.mode.xattn_hidden,
+                heads = config.mode.xattn_heads;
+  double* f = count->flops[phase];
+  for (int l = 0; l < config.text.num_hidden_layers; ++l) {
+    if (!config.mode.cross_attends(l)) continue;
+    f[FlopCount::kProjections] += LinearFlops(rows, d, c) + LinearFlops(rows, c, d);
+    f[FlopCount::kAttention] += AttentionFlops(heads, rows, hr_keys, c / heads);
+    f[FlopCount::kHighResProjections] += LinearFlops(hr_rows_computed, d, 2 * c);
+  }
 }
 
 void AddFlexFlops(const TextConfig& c, int64_t rescored_keys, int64_t hr_keys_attended,

@@ -27,6 +27,21 @@ void AddVisionFlops(const LlavaConfig& config, int64_t images, FlopCount* count)
 void AddDecoderChunkFlops(const TextConfig& config, int64_t start, int64_t length,
                           FlopCount::Phase phase, FlopCount* count);
 
+// composite (docs/modes.md): as above, but the rows [skip_begin, skip_begin + skip) of the chunk
+// (relative to it; clamped to it) run no attention: the rows before them attend to start +
+// skip_begin keys, the rows after them to start + length keys, each as its own rectangle.
+// Projections and MLP run on every row.
+void AddDecoderChunkFlops(const TextConfig& config, int64_t start, int64_t length,
+                          int64_t skip_begin, int64_t skip, FlopCount::Phase phase,
+                          FlopCount* count);
+
+// xattn (model/cross_attention.h), one chunk in every cross-attending layer: q and o projections of
+// its `rows` (computed for every row of a batch), attention of those rows to `hr_keys` HR tokens (0
+// for a chunk without an image), and `hr_rows_computed` HR tokens through the k/v projections
+// (once, at prefill).
+void AddCrossAttentionFlops(const LlavaConfig& config, int64_t rows, int64_t hr_keys,
+                            int64_t hr_rows_computed, FlopCount::Phase phase, FlopCount* count);
+
 // flex: the extra work of last rows (model/flex_attention.cc). `rescored_keys`: ordinary keys whose
 // scores the hook recomputed for the last row (summed over layers; selection and hierarchical softmax);
 // `hr_keys_attended`: HR keys that joined the last row's attention (summed over FA layers);

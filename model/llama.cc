@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "model/torch_compat.h"
@@ -92,7 +93,27 @@ at::Tensor LlamaDecoder::AttentionBlock(const Layer& layer, int layer_index, con
       values = values.repeat_interleave(h / kv, 0);
     }
     const at::Tensor qc = q.narrow(1, c.row_begin, c.length);  // [H, T, Dh]
-    at::Tensor out = Attention(qc, keys, values, scale, /*causal_offset=*/c.start);  // [H, T, Dh]
+    // composite: rows [skip_begin, skip_end) of the chunk (its image tokens) attend to nothing.
+    const int64_t skip_begin = std::clamp(c.no_attention_begin - c.start, int64_t{0}, c.length);
+    const int64_t skip_end =
+        std::clamp(c.no_attention_begin + c.no_attention_length - c.start, skip_begin, c.length);
+    at::Tensor out;
+    if (skip_end == skip_begin) {
+      out = Attention(qc, keys, values, scale, /*causal_offset=*/c.start);  // [H, T, Dh]
+    } else {
+      out = at::zeros_like(qc);  // [H, T, Dh]
+      if (skip_begin > 0) {      // Rows before the image: causal over the keys up to theirs.
+        const int64_t seen = c.start + skip_begin;
+        out.narrow(1, 0, skip_begin)
+            .copy_(Attention(qc.narrow(1, 0, skip_begin), keys.narrow(1, 0, seen),
+                             values.narrow(1, 0, seen), scale, c.start));
+      }
+      if (skip_end < c.length) {  // Rows after it: causal over everything, image keys included.
+        out.narrow(1, skip_end, c.length - skip_end)
+            .copy_(Attention(qc.narrow(1, skip_end, c.length - skip_end), keys, values, scale,
+                             c.start + skip_end));
+      }
+    }
     if (last_row != nullptr) {
       // The last row sees every key written so far, so `keys` is exactly its causal set.
       const at::Tensor row = last_row->LastRow(layer_index, ci, qc.select(1, c.length - 1), keys,
@@ -107,7 +128,8 @@ at::Tensor LlamaDecoder::AttentionBlock(const Layer& layer, int layer_index, con
 }
 
 at::Tensor LlamaDecoder::Forward(const at::Tensor& x_in, const std::vector<ChunkSpan>& chunks,
-                                 KvCache& cache, LastRowAttention* last_row) const {
+                                 KvCache& cache, LastRowAttention* last_row,
+                                 CrossAttentionHook* cross) const {
   // Positions of every packed row, for RoPE.
   std::vector<int64_t> pos;
   pos.reserve(x_in.size(0));
@@ -123,6 +145,10 @@ at::Tensor LlamaDecoder::Forward(const at::Tensor& x_in, const std::vector<Chunk
     const at::Tensor h = RmsNorm(x, layer.input_norm, config_.rms_norm_eps);
     if (last_row != nullptr) last_row->BeginLayer(static_cast<int>(l));
     x = x + AttentionBlock(layer, static_cast<int>(l), h, positions, chunks, cache, last_row);
+    if (cross != nullptr) {
+      const at::Tensor residual = cross->Residual(static_cast<int>(l), x, chunks);
+      if (residual.defined()) x = x + residual;
+    }
     const at::Tensor h2 = RmsNorm(x, layer.post_attn_norm, config_.rms_norm_eps);
     const at::Tensor gate_up = Linear(h2, layer.gate_up_proj);  // [N, 2I]
     const at::Tensor act = Activation(gate_up.narrow(1, 0, inter), config_.hidden_act) *

@@ -19,12 +19,17 @@
 namespace flexvqa {
 
 // One sequence's chunk in a packed batch: rows [row_begin, row_begin + length) of the input go to
-// positions [start, start + length) of `slot`.
+// positions [start, start + length) of `slot`. composite mode (docs/modes.md): the rows at
+// positions [no_attention_begin, no_attention_begin + no_attention_length) run no self-attention
+// (their attention output is zero, so the block adds only the MLP), while their keys/values are
+// written to the cache as usual.
 struct ChunkSpan {
   int slot = 0;
   int64_t start = 0;
   int64_t row_begin = 0;
   int64_t length = 0;
+  int64_t no_attention_begin = 0;
+  int64_t no_attention_length = 0;
 };
 
 // Lets a caller change what the LAST row of each chunk attends to: FlexAttention's hierarchical
@@ -43,6 +48,16 @@ class LastRowAttention {
                              const at::Tensor& values, double scale) = 0;
 };
 
+// xattn (model/cross_attention.h): an extra residual sub-block between self-attention and the MLP.
+class CrossAttentionHook {
+ public:
+  virtual ~CrossAttentionHook() = default;
+  // x [N, D]: the packed rows after self-attention's residual. Returns the residual to add [N, D],
+  // or an undefined tensor when `layer` has none.
+  virtual at::Tensor Residual(int layer, const at::Tensor& x,
+                              const std::vector<ChunkSpan>& chunks) = 0;
+};
+
 class LlamaDecoder {
  public:
   static StatusOr<std::unique_ptr<LlamaDecoder>> Load(const WeightLoader& weights,
@@ -56,10 +71,12 @@ class LlamaDecoder {
   at::Tensor Embed(const at::Tensor& token_ids) const;
 
   // Runs the blocks over packed rows x [N, D], writing each chunk's keys/values into its slot and
-  // extending the slot's length. Returns the final-normed hidden states [N, D]. `last_row` (optional)
-  // replaces the attention of each chunk's last row (see LastRowAttention).
+  // extending the slot's length. Returns the final-normed hidden states [N, D]. `last_row`
+  // (optional) replaces the attention of each chunk's last row (see LastRowAttention); `cross`
+  // (optional) adds xattn's cross-attention after self-attention.
   at::Tensor Forward(const at::Tensor& x, const std::vector<ChunkSpan>& chunks, KvCache& cache,
-                     LastRowAttention* last_row = nullptr) const;
+                     LastRowAttention* last_row = nullptr,
+                     CrossAttentionHook* cross = nullptr) const;
 
   // Rows of the RoPE tables (model dtype), for keys placed by position outside the sequence.
   const RotaryTables& rotary() const { return rotary_; }

@@ -1,9 +1,11 @@
-// LLaVA-1.5 behind the Engine interface of model/engine.h, in the attention mode its checkpoint asks for:
-// "full" (LLaVA-1.5 at 336 px) or "flex" (FlexAttention at 1008 px, model/flex_attention.h). CLIP tower +
-// mlp2x_gelu projector + LLaMA decoder, a slot-per-sequence KV cache, per-sequence samplers, streaming
-// detokenisation and stop strings. Prefill packs every new sequence's prompt into one forward pass;
-// decode packs one row per running sequence (model/llama.h). flex keeps each request's high-resolution
-// state (features, HR keys/values, selection trace) beside its slot and frees it at Release.
+// LLaVA-1.5 behind the Engine interface of model/engine.h, in the attention mode its checkpoint
+// asks for: "full" (LLaVA-1.5 at 336 px), "flex" (FlexAttention at 1008 px,
+// model/flex_attention.h), "hd" (HR tile tokens in the sequence), "composite" (image tokens skip
+// attention) or "xattn" (cross-attention to HR features, model/cross_attention.h); docs/modes.md. CLIP tower + mlp2x_gelu projector + LLaMA decoder, a slot-per-sequence
+// KV cache, per-sequence samplers, streaming detokenisation and stop strings. Prefill packs every
+// new sequence's prompt into one forward pass; decode packs one row per running sequence
+// (model/llama.h). flex and xattn keep each request's high-resolution state (flex: features, HR
+// keys/values, selection trace; xattn: cross-attention keys/values) beside its slot, freed at Release.
 #include <ATen/ATen.h>
 
 #include <algorithm>
@@ -12,6 +14,7 @@
 #include <filesystem>
 #include <unordered_map>
 
+#include "model/cross_attention.h"
 #include "model/detokenizer.h"
 #include "model/engine.h"
 #include "model/flex_attention.h"
@@ -36,8 +39,8 @@ class LlavaPrepared : public PreparedRequest {
  public:
   std::vector<int32_t> tokens;
   std::vector<float> pixels;  // [3, S, S] normalised; empty without an image.
-  // flex only: the normalised high-resolution image [3, Z S, Z S] (`pixels` is its downsample), the
-  // original image size (for the selection's padding bands) and the selection threshold.
+  // flex, hd, xattn: the normalised high-resolution image [3, Z S, Z S] (`pixels` is its downsample);
+  // flex: the original image size (for the selection's padding bands) and the selection threshold.
   std::vector<float> highres_pixels;
   int image_width = 0;
   int image_height = 0;
@@ -55,6 +58,7 @@ struct Sequence {
   std::unique_ptr<StreamingDetokenizer> detokenizer;
   std::unique_ptr<StopStringMatcher> stop;
   std::unique_ptr<HighResSequence> highres;  // flex with an image: created at prefill.
+  std::unique_ptr<CrossKeyValues> cross;     // xattn with an image: HR K/V, computed at prefill.
   struct {
     int64_t rescored_keys = 0;
     int64_t hr_rows = 0;
@@ -124,10 +128,19 @@ class LlavaEngine : public Engine {
             std::vector<TokenEvent>* events);
   // flex: the hook for one forward pass over `batch` (null in other modes).
   std::unique_ptr<FlexAttention> FlexHook(const std::vector<SequenceId>& batch);
+  // xattn: the cross-attention hook for one forward pass over `batch` (null in other modes).
+  std::unique_ptr<CrossAttention> CrossHook(const std::vector<SequenceId>& batch);
   // After a forward pass over `batch`: selected HR tokens and the FLOPs the pass ran (chunk starts and
   // lengths as run; flex's extra last-row work from the sequences' counters).
   void UpdateReports(const std::vector<SequenceId>& batch, const std::vector<int64_t>& starts,
                      const std::vector<int64_t>& lengths, FlopCount::Phase phase);
+
+  // xattn: HR tokens per image ((Z s)^2).
+  int64_t HighResTokens() const {
+    const int64_t side = static_cast<int64_t>(config_.mode.zoom()) *
+                         (config_.vision.image_size / config_.vision.patch_size);
+    return side * side;
+  }
 
   LlavaConfig config_;
   ModelInfo info_;
@@ -179,6 +192,10 @@ StatusOr<std::unique_ptr<Engine>> LlavaEngine::Create(const EngineOptions& optio
     // derived from it (PreprocessFlexAttention).
     pre.crop_size = config.flex.highres_size;
     pre.resize_shortest_edge = config.flex.highres_size;
+  } else if (config.mode.zoom() > 0) {
+    // hd and xattn reuse flex's two views at Z x the tower's size (docs/modes.md).
+    pre.crop_size = config.mode.zoom() * config.vision.image_size;
+    pre.resize_shortest_edge = pre.crop_size;
   } else if (pre.crop_size != config.vision.image_size) {
     return InvalidArgumentError("crop size " + std::to_string(pre.crop_size) +
                                 " differs from the vision tower's image size " +
@@ -190,7 +207,7 @@ StatusOr<std::unique_ptr<Engine>> LlavaEngine::Create(const EngineOptions& optio
   if (info.name.empty()) {
     info.name = std::filesystem::path(options.model_dir).lexically_normal().parent_path().filename();
   }
-  info.mode = config.flex.enabled ? "flex" : "full";
+  info.mode = config.flex.enabled ? "flex" : config.mode.name;
   info.dtype = DtypeName(engine->dtype_);
   info.device = engine->device_.str();
   info.context_length = context;
@@ -232,6 +249,7 @@ StatusOr<std::shared_ptr<const PreparedRequest>> LlavaEngine::Prepare(
         std::to_string(info_.context_length - prepared->prompt_tokens));
   }
   const bool flex = config_.flex.enabled;
+  const bool two_views = flex || config_.mode.zoom() > 0;
   if (request.selection_threshold && !flex) {
     return InvalidArgumentError("selection_threshold applies to FlexAttention models only; this model's "
                                 "attention mode is '" + info_.mode + "'");
@@ -247,9 +265,10 @@ StatusOr<std::shared_ptr<const PreparedRequest>> LlavaEngine::Prepare(
     image_limits.max_pixels = limits.max_image_pixels;
     FLEXVQA_ASSIGN_OR_RETURN(RgbImage image,
                              DecodeImage(request.image->bytes, request.image->mime_type, image_limits));
-    if (flex) {
-      FLEXVQA_ASSIGN_OR_RETURN(TwoResolutionPixels views,
-                               PreprocessFlexAttention(image, preprocess_, config_.flex.lowres_size));
+    if (two_views) {
+      FLEXVQA_ASSIGN_OR_RETURN(
+          TwoResolutionPixels views,
+          PreprocessFlexAttention(image, preprocess_, config_.vision.image_size));
       prepared->pixels = std::move(views.low);
       prepared->highres_pixels = std::move(views.high);
       prepared->image_width = image.width;
@@ -307,12 +326,29 @@ std::unique_ptr<FlexAttention> LlavaEngine::FlexHook(const std::vector<SequenceI
   return std::make_unique<FlexAttention>(*model_->highres(), std::move(chunks));
 }
 
+std::unique_ptr<CrossAttention> LlavaEngine::CrossHook(const std::vector<SequenceId>& batch) {
+  if (model_->cross() == nullptr) return nullptr;
+  std::vector<const CrossKeyValues*> memory;
+  for (SequenceId id : batch) memory.push_back(sequences_.at(id).cross.get());
+  return std::make_unique<CrossAttention>(*model_->cross(), std::move(memory));
+}
+
 void LlavaEngine::UpdateReports(const std::vector<SequenceId>& batch, const std::vector<int64_t>& starts,
                                 const std::vector<int64_t>& lengths, FlopCount::Phase phase) {
   for (size_t i = 0; i < batch.size(); ++i) {
     Sequence& seq = sequences_.at(batch[i]);
     SequenceReport& report = seq.report;
-    AddDecoderChunkFlops(config_.text, starts[i], lengths[i], phase, &report.flops);
+    // composite: the prompt's image rows ran no attention (LlavaModel::PromptSpan).
+    const ChunkSpan span = phase == FlopCount::kPrefill
+                               ? model_->PromptSpan(seq.request->tokens, 0, 0)
+                               : ChunkSpan{0, starts[i], 0, lengths[i]};
+    AddDecoderChunkFlops(config_.text, starts[i], lengths[i], span.no_attention_begin - starts[i],
+                         span.no_attention_length, phase, &report.flops);
+    if (model_->cross() != nullptr) {
+      const int64_t hr = seq.cross ? HighResTokens() : 0;
+      AddCrossAttentionFlops(config_, lengths[i], hr, phase == FlopCount::kPrefill ? hr : 0, phase,
+                             &report.flops);
+    }
     if (!seq.highres) continue;
     const HighResSequence& hr = *seq.highres;
     AddFlexFlops(config_.text, hr.rescored_keys() - seq.counted.rescored_keys,
@@ -364,7 +400,10 @@ void LlavaEngine::Prefill(const std::vector<SequenceId>& sequences,
     const auto start = std::chrono::steady_clock::now();
     at::Tensor features;  // [images, tokens, D]
     at::Tensor highres;   // flex: [images, hr^2, D]
-    if (!highres_images.empty()) {
+    if (!highres_images.empty() && config_.mode.name == "hd") {
+      features =
+          model_->EncodeHd(at::stack(highres_images).to(device_), at::stack(images).to(device_));
+    } else if (!highres_images.empty()) {
       std::tie(features, highres) =
           model_->EncodeTwoResolutions(at::stack(highres_images).to(device_), at::stack(images).to(device_));
     } else if (!images.empty()) {
@@ -381,7 +420,10 @@ void LlavaEngine::Prefill(const std::vector<SequenceId>& sequences,
       chunk.slot = seq.slot;
       if (!r.pixels.empty()) {
         chunk.image_features = features[image_index];
-        if (highres.defined()) {
+        if (model_->cross() != nullptr) {
+          seq.cross = std::make_unique<CrossKeyValues>(
+              model_->cross()->KeysAndValues(highres[image_index]));
+        } else if (highres.defined()) {
           const int64_t begin =
               std::find(r.tokens.begin(), r.tokens.end(), config_.image_token_id) - r.tokens.begin();
           seq.highres = std::make_unique<HighResSequence>(*model_->highres(),
@@ -394,14 +436,16 @@ void LlavaEngine::Prefill(const std::vector<SequenceId>& sequences,
       prompts.push_back(chunk);
     }
     const std::unique_ptr<FlexAttention> hook = FlexHook(batch);
-    const at::Tensor logits = model_->PrefillLogits(prompts, *cache_, hook.get());
+    const std::unique_ptr<CrossAttention> cross = CrossHook(batch);
+    const at::Tensor logits = model_->PrefillLogits(prompts, *cache_, hook.get(), cross.get());
     std::vector<int64_t> starts(batch.size(), 0), lengths;
     for (SequenceId id : batch) {
       Sequence& seq = sequences_.at(id);
       lengths.push_back(static_cast<int64_t>(seq.request->tokens.size()));
       if (seq.request->pixels.empty()) continue;
-      // This sequence's own images: 1 (LR), plus the Z^2 HR tiles in flex.
-      const int64_t images = seq.highres ? 1 + config_.flex.zoom_ratio * config_.flex.zoom_ratio : 1;
+      // This sequence's own images: 1 (LR), plus the Z^2 HR tiles in flex and hd.
+      const int64_t zoom = seq.highres ? config_.flex.zoom_ratio : config_.mode.zoom();
+      const int64_t images = 1 + zoom * zoom;
       AddVisionFlops(config_, images, &seq.report.flops);
     }
     UpdateReports(batch, starts, lengths, FlopCount::kPrefill);
@@ -437,7 +481,9 @@ void LlavaEngine::Decode(const std::vector<SequenceId>& sequences, std::vector<T
     }
     const auto start = std::chrono::steady_clock::now();
     const std::unique_ptr<FlexAttention> hook = FlexHook(batch);
-    const at::Tensor logits = model_->DecodeLogits(tokens, slots, *cache_, hook.get());  // [B, V]
+    const std::unique_ptr<CrossAttention> cross = CrossHook(batch);
+    const at::Tensor logits =
+        model_->DecodeLogits(tokens, slots, *cache_, hook.get(), cross.get());  // [B, V]
     UpdateReports(batch, starts, lengths, FlopCount::kDecode);
     SampleAndEmit(logits, batch, events);
     const double ms = MsBetween(start, std::chrono::steady_clock::now());

@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "model/weights.h"
@@ -24,6 +25,10 @@ StatusOr<std::unique_ptr<LlavaModel>> LlavaModel::Load(const LlavaConfig& config
   if (config.flex.enabled) {
     FLEXVQA_ASSIGN_OR_RETURN(model->highres_,
                              HighResProjections::Load(*weights, config, dtype, device));
+  }
+  if (config.mode.name == "xattn") {
+    FLEXVQA_ASSIGN_OR_RETURN(model->cross_,
+                             CrossAttentionWeights::Load(*weights, config, dtype, device));
   }
   return model;
 }
@@ -55,8 +60,25 @@ std::pair<at::Tensor, at::Tensor> LlavaModel::EncodeTwoResolutions(const at::Ten
   return {features.narrow(0, n * z * z, n), hr};
 }
 
+at::Tensor LlavaModel::EncodeHd(const at::Tensor& high, const at::Tensor& low) const {
+  const auto [lr, hr] = EncodeTwoResolutions(high, low);  // [N, s^2, D], [N, (Z s)^2, D]
+  return at::cat({lr, hr}, 1);
+}
+
+ChunkSpan LlavaModel::PromptSpan(const std::vector<int32_t>& tokens, int slot,
+                                 int64_t row_begin) const {
+  ChunkSpan span{slot, 0, row_begin, static_cast<int64_t>(tokens.size())};
+  if (config_.mode.name == "composite") {
+    // The image's rows are contiguous (one placeholder expanded in place).
+    const auto first = std::find(tokens.begin(), tokens.end(), config_.image_token_id);
+    span.no_attention_begin = first - tokens.begin();
+    span.no_attention_length = std::count(tokens.begin(), tokens.end(), config_.image_token_id);
+  }
+  return span;
+}
+
 at::Tensor LlavaModel::PrefillLogits(const std::vector<PromptChunk>& prompts, KvCache& cache,
-                                     LastRowAttention* last_row) const {
+                                     LastRowAttention* last_row, CrossAttentionHook* cross) const {
   // Embeddings of every prompt, packed row after row, image rows replaced by the features.
   std::vector<at::Tensor> rows;
   std::vector<ChunkSpan> chunks;
@@ -68,18 +90,20 @@ at::Tensor LlavaModel::PrefillLogits(const std::vector<PromptChunk>& prompts, Kv
                                .to(device_);
     rows.push_back(EmbedPrompt(ids, p.image_features));
     const int64_t length = static_cast<int64_t>(p.tokens->size());
-    chunks.push_back({p.slot, 0, row, length});
+    chunks.push_back(PromptSpan(*p.tokens, p.slot, row));
     row += length;
     last_rows.push_back(row - 1);
   }
-  const at::Tensor hidden = decoder_->Forward(at::cat(rows, 0), chunks, cache, last_row);  // [N, D]
+  const at::Tensor hidden =
+      decoder_->Forward(at::cat(rows, 0), chunks, cache, last_row, cross);  // [N, D]
   const at::Tensor last =
       hidden.index_select(0, at::tensor(last_rows, at::TensorOptions().dtype(at::kLong)).to(device_));
   return decoder_->Logits(last);
 }
 
-at::Tensor LlavaModel::DecodeLogits(const std::vector<int32_t>& tokens, const std::vector<int>& slots,
-                                    KvCache& cache, LastRowAttention* last_row) const {
+at::Tensor LlavaModel::DecodeLogits(const std::vector<int32_t>& tokens,
+                                    const std::vector<int>& slots, KvCache& cache,
+                                    LastRowAttention* last_row, CrossAttentionHook* cross) const {
   std::vector<ChunkSpan> chunks;
   for (size_t i = 0; i < slots.size(); ++i) {
     chunks.push_back({slots[i], cache.length(slots[i]), static_cast<int64_t>(i), 1});
@@ -87,7 +111,8 @@ at::Tensor LlavaModel::DecodeLogits(const std::vector<int32_t>& tokens, const st
   const at::Tensor ids = at::tensor(std::vector<int64_t>(tokens.begin(), tokens.end()),
                                     at::TensorOptions().dtype(at::kLong))
                              .to(device_);
-  const at::Tensor hidden = decoder_->Forward(decoder_->Embed(ids), chunks, cache, last_row);  // [B, D]
+  const at::Tensor hidden =
+      decoder_->Forward(decoder_->Embed(ids), chunks, cache, last_row, cross);  // [B, D]
   return decoder_->Logits(hidden);
 }
 
@@ -104,8 +129,11 @@ at::Tensor LlavaModel::PromptLogits(const at::Tensor& token_ids, const at::Tenso
                                     KvCache& cache, int slot) const {
   const at::Tensor ids = token_ids.to(device_);
   const at::Tensor features = pixels.defined() ? EncodeImages(pixels)[0] : at::Tensor();
+  const at::Tensor host = token_ids.to(at::kCPU).to(at::kLong).contiguous();
+  const std::vector<int32_t> tokens(host.data_ptr<int64_t>(),
+                                    host.data_ptr<int64_t>() + host.numel());
   const at::Tensor hidden =
-      decoder_->Forward(EmbedPrompt(ids, features), {{slot, 0, 0, ids.size(0)}}, cache);
+      decoder_->Forward(EmbedPrompt(ids, features), {PromptSpan(tokens, slot, 0)}, cache);
   return decoder_->Logits(hidden);
 }
 

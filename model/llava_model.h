@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "model/clip_vision.h"
+#include "model/cross_attention.h"
 #include "model/flex_attention.h"
 #include "model/llama.h"
 #include "model/model_config.h"
@@ -44,19 +45,31 @@ class LlavaModel {
 
   // flex: the HR projections (null for other checkpoints).
   const HighResProjections* highres() const { return highres_.get(); }
+  // xattn: the cross-attention weights (null for other checkpoints).
+  const CrossAttentionWeights* cross() const { return cross_.get(); }
   // flex: one vision pass over both views (llava_arch.py:205-225). high [N, 3, Z S, Z S] is cut into
   // Z x Z tiles of S, row-major; low [N, 3, S, S]. Returns {LR features [N, s^2, D] (they enter the
   // sequence), raw HR features [N, (Z s)^2, D] stitched row-major over the (Z s) x (Z s) grid}.
   std::pair<at::Tensor, at::Tensor> EncodeTwoResolutions(const at::Tensor& high,
                                                          const at::Tensor& low) const;
 
+  // hd (docs/modes.md): the features one image adds to the sequence, [N, s^2 + (Z s)^2, D]: its LR
+  // features followed by the raw HR features of the Z x Z tiles (EncodeTwoResolutions, same views).
+  at::Tensor EncodeHd(const at::Tensor& high, const at::Tensor& low) const;
+
+  // composite (docs/modes.md): the chunk span of a prompt, its image rows marked as running no
+  // attention.
+  ChunkSpan PromptSpan(const std::vector<int32_t>& tokens, int slot, int64_t row_begin) const;
+
   // Prefills the prompts in one packed forward pass; returns the fp32 logits of each prompt's last
   // position [B, V]. last_row: optional hook, its chunk c being prompts[c].
   at::Tensor PrefillLogits(const std::vector<PromptChunk>& prompts, KvCache& cache,
-                           LastRowAttention* last_row = nullptr) const;
+                           LastRowAttention* last_row = nullptr,
+                           CrossAttentionHook* cross = nullptr) const;
   // One decode step: tokens[b] is appended to slots[b]. Returns fp32 logits [B, V].
   at::Tensor DecodeLogits(const std::vector<int32_t>& tokens, const std::vector<int>& slots,
-                          KvCache& cache, LastRowAttention* last_row = nullptr) const;
+                          KvCache& cache, LastRowAttention* last_row = nullptr,
+                          CrossAttentionHook* cross = nullptr) const;
 
   // token ids [T] (on the model's device) -> embeddings [T, D]; the rows whose id is the image token
   // take `features` [image_tokens, D] in order (features may be undefined for text-only prompts).
@@ -75,6 +88,7 @@ class LlavaModel {
   std::unique_ptr<MultiModalProjector> projector_;
   std::unique_ptr<LlamaDecoder> decoder_;
   std::unique_ptr<HighResProjections> highres_;
+  std::unique_ptr<CrossAttentionWeights> cross_;
 };
 
 }  // namespace flexvqa

@@ -232,6 +232,35 @@ Status CheckPositive(int value, const char* name) {
 
 // FlexAttention's geometry must be the paper's shape: LR image = the tower's native size, HR image =
 // zoom_ratio tiles of it per side, and an LR grid whose 9x9 pooling (modeling_llama.py:566) is whole.
+Status ValidateMode(const LlavaConfig& c) {
+  const std::string& m = c.mode.name;
+  if (m != "full" && m != "hd" && m != "composite" && m != "xattn") {
+    return InvalidArgumentError(
+        "attention_mode must be full, hd, composite or xattn (flex is set by 'extra'), got '" + m +
+        "'");
+  }
+  const ModeConfig& x = c.mode;
+  if (m == "xattn" &&
+      (x.xattn_zoom < 1 || x.xattn_zoom > 8 || x.xattn_every < 1 || x.xattn_hidden < 1 ||
+       x.xattn_heads < 1 || x.xattn_hidden % x.xattn_heads != 0)) {
+    return InvalidArgumentError(
+        "xattn needs xattn_zoom in [1, 8], xattn_every >= 1 and xattn_hidden a "
+        "positive multiple of xattn_heads");
+  }
+  if (m != "full" && c.flex.enabled) {
+    return InvalidArgumentError("attention_mode '" + m +
+                                "' cannot be combined with FlexAttention's 'extra'");
+  }
+  if (m == "hd" && (c.mode.hd_zoom < 2 || c.mode.hd_zoom > 8)) {
+    return InvalidArgumentError("hd_zoom must be between 2 and 8, got " +
+                                std::to_string(c.mode.hd_zoom));
+  }
+  if (x.zoom() > 0 && c.vision_feature_select != "default" && c.vision_feature_select != "patch") {
+    return InvalidArgumentError("attention_mode " + m + " needs patch features (no CLS token)");
+  }
+  return Status::Ok();
+}
+
 Status ValidateFlex(const LlavaConfig& c) {
   const FlexAttentionConfig& f = c.flex;
   if (!f.enabled) return Status::Ok();
@@ -332,6 +361,7 @@ Status Validate(const LlavaConfig& c) {
   if (c.crop_size < 0 || c.resize_shortest_edge < 0) {
     return InvalidArgumentError("crop_size and size must be positive");
   }
+  FLEXVQA_RETURN_IF_ERROR(ValidateMode(c));
   return ValidateFlex(c);
 }
 
@@ -473,6 +503,13 @@ Status ParseConfig(const json& j, LlavaConfig* c, int* mm_hidden_size) {
   }
   Status s = hf ? ParseHfLayout(j, c) : ParseOriginalLayout(j, c, mm_hidden_size);
   FLEXVQA_RETURN_IF_ERROR(s);
+  // Our keys (docs/modes.md): the attention mode and hd's zoom.
+  FLEXVQA_RETURN_IF_ERROR(ReadString(j, "attention_mode", &c->mode.name));
+  FLEXVQA_RETURN_IF_ERROR(ReadInt(j, "hd_zoom", &c->mode.hd_zoom));
+  FLEXVQA_RETURN_IF_ERROR(ReadInt(j, "xattn_zoom", &c->mode.xattn_zoom));
+  FLEXVQA_RETURN_IF_ERROR(ReadInt(j, "xattn_every", &c->mode.xattn_every));
+  FLEXVQA_RETURN_IF_ERROR(ReadInt(j, "xattn_hidden", &c->mode.xattn_hidden));
+  FLEXVQA_RETURN_IF_ERROR(ReadInt(j, "xattn_heads", &c->mode.xattn_heads));
   // The dtype the checkpoint was saved in: "dtype" (transformers >= 4.56) or "torch_dtype".
   FLEXVQA_RETURN_IF_ERROR(ReadString(j, "torch_dtype", &c->torch_dtype));
   FLEXVQA_RETURN_IF_ERROR(ReadString(j, "dtype", &c->torch_dtype));

@@ -65,6 +65,38 @@ struct FlexAttentionConfig {
   int num_sa_layers = 9;
 };
 
+// Attention modes besides flex (docs/modes.md), from config.json's top-level "attention_mode" (our
+// key).
+//   full:      LLaVA-1.5 (Default).
+//   hd:        LLaVA-1.5-HD as the FlexAttention paper re-implemented it: the image at hd_zoom x
+//   the tower's
+//              size, cut into hd_zoom^2 tiles through CLIP + projector, their (hd_zoom s)^2 tokens
+//              placed in the sequence right after the s^2 low-resolution tokens.
+//   composite: EE-MLLM-F as we read it: image tokens skip self-attention in every layer (MLP only);
+//   text
+//              attends causally to them and to earlier text.
+//   xattn:     CogAgent-style: the sequence is LLaVA-1.5's (LR tokens); every xattn_every-th layer
+//   adds a
+//              cross-attention sub-block (after self-attention, residual) from the hidden states to
+//              the xattn_zoom^2 tiles' HR features, with its own weights
+//              (model.layers.{i}.cross_attn.*).
+// flex is selected by the "extra" dict instead (FlexAttentionConfig) and excludes the others.
+struct ModeConfig {
+  std::string name =
+      "full";  // full | hd | composite | xattn ("flex" when FlexAttentionConfig::enabled).
+  int hd_zoom =
+      2;  // config.json "hd_zoom": tiles per side in hd. Default: 2 (672 px for CLIP-336).
+  int xattn_zoom =
+      3;  // "xattn_zoom": HR tiles per side in xattn. Default: 3 (1008 px, the paper's).
+  int xattn_every =
+      1;  // "xattn_every": layers i with i % every == 0 cross-attend. Default: 1 (all).
+  int xattn_hidden = 1024;  // "xattn_hidden": cross-attention width C. Default: 1024 (CogAgent's).
+  int xattn_heads = 32;     // "xattn_heads": cross-attention heads (C / heads wide). Default: 32.
+  // HR tiles per side of the two-view modes (hd, xattn); 0 for the others.
+  int zoom() const { return name == "hd" ? hd_zoom : name == "xattn" ? xattn_zoom : 0; }
+  bool cross_attends(int layer) const { return name == "xattn" && layer % xattn_every == 0; }
+};
+
 struct LlavaConfig {
   CheckpointLayout layout = CheckpointLayout::kHfLlava;
   std::string model_dir;
@@ -90,9 +122,12 @@ struct LlavaConfig {
   int resize_shortest_edge = 0;  // preprocessor "size"; Default: crop_size (filled in likewise).
   std::string torch_dtype = "float32";  // As stored in the checkpoint; informational.
   FlexAttentionConfig flex;             // Original layout only.
+  ModeConfig mode;                      // Either layout.
 
   int num_image_tokens() const {
     const int side = vision.image_size / vision.patch_size;
+    // hd: the s^2 LR tokens, then the (Z s)^2 HR tokens (patch features only; Validate checks).
+    if (mode.name == "hd") return side * side + (mode.hd_zoom * side) * (mode.hd_zoom * side);
     return side * side + (vision_feature_select == "default" || vision_feature_select == "patch" ? 0 : 1);
   }
 };

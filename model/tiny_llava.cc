@@ -104,6 +104,18 @@ Sections MakeWeights(const TinyLlavaOptions& o, int vocab, at::ScalarType dtype)
   s.projector.emplace_back("linear_1.bias", w.Vector(d, 0.0, 0.1));
   s.projector.emplace_back("linear_2.weight", w.Matrix(d, d));
   s.projector.emplace_back("linear_2.bias", w.Vector(d, 0.0, 0.1));
+  if (o.mode == "xattn") {
+    // Drawn last, so every other weight equals the full-mode checkpoint of the same seed.
+    for (int i = 0; i < o.num_layers; i += o.xattn_every) {
+      const std::string p = "layers." + std::to_string(i) + ".";
+      const int64_t c = o.xattn_hidden;
+      s.text.emplace_back(p + "cross_attn.q_proj.weight", w.Matrix(c, d));
+      s.text.emplace_back(p + "cross_attn.k_proj.weight", w.Matrix(c, d));
+      s.text.emplace_back(p + "cross_attn.v_proj.weight", w.Matrix(c, d));
+      s.text.emplace_back(p + "cross_attn.o_proj.weight", w.Matrix(d, c));
+      s.text.emplace_back(p + "cross_attn_norm.weight", w.Vector(d, 1.0, 0.1));
+    }
+  }
   if (o.mode == "flex") {
     // Drawn last, so every other weight equals the full-mode checkpoint of the same seed.
     for (int i = 0; i < o.num_layers; ++i) {
@@ -192,7 +204,10 @@ TinyLlavaOptions TinyFlexLlavaOptions(uint64_t seed) {
 }
 
 Status WriteTinyLlava(const std::string& dir_text, const TinyLlavaOptions& o) {
-  if (o.mode != "full" && o.mode != "flex") return InvalidArgumentError("mode must be full or flex");
+  if (o.mode != "full" && o.mode != "flex" && o.mode != "hd" && o.mode != "composite" &&
+      o.mode != "xattn") {
+    return InvalidArgumentError("mode must be full, flex, hd, composite or xattn");
+  }
   if (o.mode == "flex" && o.layout != CheckpointLayout::kOriginalLlava) {
     return InvalidArgumentError("flex checkpoints use the original LLaVA layout");
   }
@@ -288,6 +303,16 @@ Status WriteTinyLlava(const std::string& dir_text, const TinyLlavaOptions& o) {
                         {"vision_config", VisionConfigJson(o)}};
     FLEXVQA_RETURN_IF_ERROR(WriteText(clip / "config.json", clip_config.dump(2)));
     FLEXVQA_RETURN_IF_ERROR(WriteText(clip / "preprocessor_config.json", PreprocessorJson(o).dump(2)));
+  }
+  if (o.mode == "hd" || o.mode == "composite" || o.mode == "xattn") {
+    config["attention_mode"] = o.mode;
+    if (o.mode == "hd") config["hd_zoom"] = o.hd_zoom;
+    if (o.mode == "xattn") {
+      config["xattn_zoom"] = o.xattn_zoom;
+      config["xattn_every"] = o.xattn_every;
+      config["xattn_hidden"] = o.xattn_hidden;
+      config["xattn_heads"] = o.xattn_heads;
+    }
   }
   FLEXVQA_RETURN_IF_ERROR(WriteText(dir / "config.json", config.dump(2)));
   FLEXVQA_RETURN_IF_ERROR(WriteText(dir / "preprocessor_config.json", PreprocessorJson(o).dump(2)));

@@ -1,10 +1,13 @@
-// Writes a tiny random LLaVA-1.5 checkpoint in a public layout, for tests and the demo: config.json,
-// model.safetensors, tokenizer.model (SentencePiece trained on model/data/tiny_corpus.txt) and
-// preprocessor_config.json; for the original-LLaVA layout also the separate CLIP directory ("clip/").
-// The same seed gives the same weights in either layout, so the two layouts must produce the same
-// numbers. Runs in about a second. mode "flex" writes a FlexAttention checkpoint as
-// senfu/llava-v1.5-7b-flexattn lays it out (original layout, k_proj_hd / v_proj_hd in every layer, the
-// "extra" dict with string values); TinyFlexLlavaOptions() gives it the paper's image geometry.
+// Writes a tiny random LLaVA-1.5 checkpoint in a public layout, for tests and the demo:
+// config.json, model.safetensors, tokenizer.model (SentencePiece trained on
+// model/data/tiny_corpus.txt) and preprocessor_config.json; for the original-LLaVA layout also the
+// separate CLIP directory ("clip/"). The same seed gives the same weights in either layout, so the
+// two layouts must produce the same numbers. Runs in about a second. Modes hd and composite write
+// the same weights as full, with the mode in config.json; xattn adds
+// model.layers.{i}.cross_attn.{q,k,v,o}_proj.weight and cross_attn_norm.weight. mode "flex" writes
+// a FlexAttention checkpoint as senfu/llava-v1.5-7b-flexattn lays it out (original layout,
+// k_proj_hd / v_proj_hd in every layer, the "extra" dict with string values);
+// TinyFlexLlavaOptions() gives it the paper's image geometry.
 #pragma once
 
 #include <string>
@@ -33,7 +36,15 @@ struct TinyLlavaOptions {
   std::string dtype = "float32";  // float32 | float16 | bfloat16 (stored dtype)
   std::string corpus_path;        // Default: FLEXVQA_DATA_DIR/tiny_corpus.txt.
   std::string trainer_path;       // flexvqa_train_tokenizer. Default: the one built with this library.
-  std::string mode = "full";      // full | flex (flex implies the original layout).
+  // full | flex (flex implies the original layout) | hd | composite (either layout: the plain
+  // weights plus config.json "attention_mode"; docs/modes.md) | xattn (the plain weights plus
+  // cross_attn.* weights).
+  std::string mode = "full";
+  int hd_zoom = 2;                // hd: config.json "hd_zoom".
+  int xattn_zoom = 3;             // xattn: "xattn_zoom" (168 px at a 56 px tower: 12x12 HR tokens).
+  int xattn_every = 2;            // xattn: "xattn_every" (layers 0, 2, ...: both paths run).
+  int xattn_hidden = 32;          // xattn: "xattn_hidden".
+  int xattn_heads = 2;            // xattn: "xattn_heads".
   int flex_num_sa_layers = 2;     // flex: extra.num_sa_layers (N_SA).
   int flex_threshold = 48;        // flex: extra.threshold (the released checkpoint's value).
 };

@@ -1,7 +1,9 @@
-// flops_table: the FLOP counter's formulas (model/flop_counter.h) applied to LLaVA-1.5-7B for a request like
-// the paper's MagnifierBench setting (prompt text tokens, generated tokens, 1008 px, selected fraction), for
-// the modes the engine implements; prints the Markdown table of docs/flops.md.
-//   flops_table [--text 50] [--generated 63] [--selected-blocks 8]
+// flops_table: the FLOP counter's formulas (model/flop_counter.h) applied to LLaVA-1.5-7B for a
+// request like the paper's MagnifierBench setting (prompt text tokens, generated tokens, 1008 px,
+// selected fraction), for the modes the engine implements; prints the Markdown table of
+// docs/flops.md. Modes hd, composite and xattn as docs/modes.md defines them (composite: the image
+// after --text-before of the text tokens, LLaVA's system prompt).
+//   flops_table [--text 50] [--text-before 35] [--generated 63] [--selected-blocks 8]
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -30,12 +32,14 @@ void Row(const char* name, const FlopCount& f) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  int text = 50, generated = 63, blocks = 8;
+  int text = 50, text_before = 35, generated = 63, blocks = 8;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
     const int v = std::atoi(argv[i + 1]);
     if (a == "--text") text = v;
     else if (a == "--generated") generated = v;
+    else if (a == "--text-before")
+      text_before = v;
     else if (a == "--selected-blocks") blocks = v;
   }
   flexvqa::LlavaConfig c;  // LlamaConfig defaults are LLaVA-1.5-7B's.
@@ -54,13 +58,17 @@ int main(int argc, char** argv) {
               text, generated, blocks, static_cast<long long>(m), 100.0 * blocks / hr_blocks);
   std::printf("| mode | vision | projector | prefill | decode | of which HR proj. | total (TFLOPs) |\n");
   std::printf("|---|---|---|---|---|---|---|\n");
-  auto base = [&](int64_t images) {
+  // images through the tower; a prompt of `tokens` rows whose `skip` rows from `skip_begin` run no
+  // attention.
+  auto run = [&](int64_t images, int64_t tokens, int64_t skip_begin, int64_t skip) {
     FlopCount f;
     flexvqa::AddVisionFlops(c, images, &f);
-    flexvqa::AddDecoderChunkFlops(t, 0, prompt, FlopCount::kPrefill, &f);
-    for (int64_t s = 1; s < steps; ++s) flexvqa::AddDecoderChunkFlops(t, prompt + s - 1, 1, FlopCount::kDecode, &f);
+    flexvqa::AddDecoderChunkFlops(t, 0, tokens, skip_begin, skip, FlopCount::kPrefill, &f);
+    for (int64_t s = 1; s < steps; ++s)
+      flexvqa::AddDecoderChunkFlops(t, tokens + s - 1, 1, FlopCount::kDecode, &f);
     return f;
   };
+  auto base = [&](int64_t images) { return run(images, prompt, 0, 0); };
   Row("full (336 px)", base(1));
   // flex: selection rescoring in layers N_SA-1..L-1 (24 layers), M HR keys in each FA layer.
   auto flex = [&](int64_t rows_prefill, int64_t rows_per_decode) {
@@ -74,5 +82,29 @@ int main(int argc, char** argv) {
   Row("flex, lazy blocks, selection never moves (lower bound)", flex(n_fa * m, 0));
   Row("flex, every block of every FA layer computed once (upper bound)", flex(n_fa * hr_blocks * block, 0));
   Row("flex, HR K/V recomputed every step (the reference)", flex(n_fa * m, n_fa * m));
+  // hd: 1 + Z^2 images; the prompt holds the LR tokens and the (24 Z)^2 HR tokens.
+  Row("hd, 672 px (Z = 2: 576 + 2304 image tokens)", run(1 + 4, text + lr + 48 * 48, 0, 0));
+  Row("hd, 1008 px (Z = 3: 576 + 5184 image tokens; beyond the 4096 context)",
+      run(1 + 9, text + lr + 72 * 72, 0, 0));
+  Row("composite (336 px, 576 image rows skip attention)", run(1, prompt, text_before, lr));
+  // xattn: LLaVA's prompt, 10 images through the tower, cross-attention to 5184 HR tokens in every
+  // layer.
+  flexvqa::LlavaConfig x = c;
+  x.mode.name = "xattn";
+  FlopCount xf = base(1 + 9);
+  flexvqa::AddCrossAttentionFlops(x, prompt, 72 * 72, 72 * 72, FlopCount::kPrefill, &xf);
+  for (int64_t s = 1; s < steps; ++s)
+    flexvqa::AddCrossAttentionFlops(x, 1, 72 * 72, 0, FlopCount::kDecode, &xf);
+  Row("xattn (1008 px, every layer, C = 1024, 32 heads)", xf);
+  x.mode.xattn_hidden = 4096;  // Full-width cross-attention, for comparison with the paper.
+  FlopCount wide = base(1 + 9);
+  flexvqa::AddCrossAttentionFlops(x, prompt, 72 * 72, 72 * 72, FlopCount::kPrefill, &wide);
+  for (int64_t s = 1; s < steps; ++s)
+    flexvqa::AddCrossAttentionFlops(x, 1, 72 * 72, 0, FlopCount::kDecode, &wide);
+  Row("xattn, C = D = 4096 (not our default)", wide);
+  // The paper's HD ran at 448 px: 32 x 32 = 1024 HR tokens after the 576 LR ones. We do not run a
+  // 448 tower; vision here counts the LR image only.
+  Row("hd at the paper's 448 px (576 + 1024 image tokens; 448 tower not counted)",
+      run(1, text + lr + 32 * 32, 0, 0));
   return 0;
 }

@@ -1,7 +1,11 @@
-// make_tiny_llava: writes a tiny random LLaVA-1.5 checkpoint (model/tiny_llava.h) for tests and the demo.
-//   make_tiny_llava --out DIR [--mode full|flex] [--layout hf|original] [--seed N]
+// make_tiny_llava: writes a tiny random LLaVA-1.5 checkpoint (model/tiny_llava.h) for tests and the
+// demo.
+//   make_tiny_llava --out DIR [--mode full|flex|hd|composite|xattn] [--layout hf|original] [--seed
+//   N]
 //                   [--dtype float32|float16|bfloat16]
 // --mode flex: a FlexAttention checkpoint (original layout, 336 px CLIP, 1008 px high resolution).
+// --mode hd|composite: the full-mode weights with config.json's attention_mode (docs/modes.md);
+// --mode xattn adds the cross-attention weights.
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -43,8 +47,10 @@ int main(int argc, char** argv) {
         options.num_layers = flex.num_layers;
         options.max_positions = flex.max_positions;
         options.flex_num_sa_layers = flex.flex_num_sa_layers;
+      } else if (mode == "hd" || mode == "composite" || mode == "xattn") {
+        options.mode = mode;
       } else if (mode != "full") {
-        std::fprintf(stderr, "--mode must be full or flex\n");
+        std::fprintf(stderr, "--mode must be full, flex, hd, composite or xattn\n");
         return 2;
       }
     } else if (arg == "--seed") {
@@ -53,7 +59,8 @@ int main(int argc, char** argv) {
       options.dtype = value("--dtype");
     } else {
       std::fprintf(stderr,
-                   "usage: make_tiny_llava --out DIR [--mode full|flex] [--layout hf|original] [--seed N] "
+                   "usage: make_tiny_llava --out DIR [--mode full|flex|hd|composite|xattn] "
+                   "[--layout hf|original] [--seed N] "
                    "[--dtype float32|float16|bfloat16]\n");
       return arg == "--help" ? 0 : 2;
     }

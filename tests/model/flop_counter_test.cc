@@ -28,6 +28,42 @@ TEST(FlopCounterTest, DecoderChunk) {
   EXPECT_EQ(f.Total(), 1024 + 320 + 1536 + 160);
 }
 
+TEST(FlopCounterTest, CompositeChunkSkipsImageRows) {
+  FlopCount f;
+  // 6 rows after 1 cached one; rows 2..4 (image) attend to nothing, rows 0-1 see 1 + 2 keys, row 5
+  // sees 7.
+  AddDecoderChunkFlops(SmallText(), /*start=*/1, /*length=*/6, /*skip_begin=*/2, /*skip=*/3,
+                       FlopCount::kPrefill, &f);
+  const double* p = f.flops[FlopCount::kPrefill];
+  EXPECT_EQ(p[FlopCount::kAttention], 2 * (2 * 2 * 2 * 3 * 4) + 2 * (2 * 2 * 1 * 7 * 4));
+  EXPECT_EQ(p[FlopCount::kProjections], 6 * (2 * 8 * 24 + 2 * 8 * 8));  // Every row is projected.
+  FlopCount plain, none;
+  AddDecoderChunkFlops(SmallText(), 1, 6, FlopCount::kPrefill, &plain);
+  AddDecoderChunkFlops(SmallText(), 1, 6, /*skip_begin=*/6, /*skip=*/0, FlopCount::kPrefill, &none);
+  EXPECT_EQ(none.Total(), plain.Total());
+}
+
+TEST(FlopCounterTest, CrossAttention) {
+  LlavaConfig c;
+  c.text = SmallText();
+  c.text.num_hidden_layers = 3;
+  c.mode.name = "xattn";
+  c.mode.xattn_every = 2;  // Layers 0 and 2.
+  c.mode.xattn_hidden = 4;
+  c.mode.xattn_heads = 2;  // 2 wide.
+  FlopCount f;
+  AddCrossAttentionFlops(c, /*rows=*/3, /*hr_keys=*/5, /*hr_rows_computed=*/5, FlopCount::kPrefill,
+                         &f);
+  const double* p = f.flops[FlopCount::kPrefill];
+  EXPECT_EQ(p[FlopCount::kProjections], 2 * (2 * 3 * 8 * 4 + 2 * 3 * 4 * 8));  // q and o, 2 layers.
+  EXPECT_EQ(p[FlopCount::kAttention], 2 * (2 * 2 * 2 * 3 * 5 * 2));            // QK^T and PV.
+  EXPECT_EQ(p[FlopCount::kHighResProjections], 2 * (2 * 5 * 8 * 8));           // k and v (2 C = 8).
+  FlopCount none;
+  c.mode.name = "full";
+  AddCrossAttentionFlops(c, 3, 5, 5, FlopCount::kPrefill, &none);
+  EXPECT_EQ(none.Total(), 0);
+}
+
 TEST(FlopCounterTest, FlexExtras) {
   FlopCount f;
   AddFlexFlops(SmallText(), /*rescored_keys=*/7, /*hr_keys_attended=*/5, /*hr_rows_computed=*/3,

@@ -387,5 +387,36 @@ TEST(ModelConfigFlexTest, ReadsExtraStrings) {
             StatusCode::kInvalidArgument);
 }
 
+// kOriginalConfig plus one top-level key (value as JSON text; may carry more keys after it).
+std::string WithKeys(const std::string& key, const std::string& value) {
+  std::string text = kOriginalConfig;
+  text.insert(text.rfind('}'), ", \"" + key + "\": " + value);
+  return text;
+}
+
+TEST(ModelConfigModeTest, ReadsAttentionModeKeys) {
+  EXPECT_EQ(ParseLlavaConfigJson(kOriginalConfig)->mode.name, "full");
+  auto hd = ParseLlavaConfigJson(WithKeys("attention_mode", "\"hd\""));
+  ASSERT_TRUE(hd.ok()) << hd.status().ToString();
+  EXPECT_EQ(hd->mode.hd_zoom, 2);
+  EXPECT_EQ(hd->num_image_tokens(), 576 + 48 * 48);  // LR tokens, then the 2x2 tiles' 48x48 grid.
+  auto xattn = ParseLlavaConfigJson(WithKeys("attention_mode", "\"xattn\""));
+  ASSERT_TRUE(xattn.ok());
+  EXPECT_EQ(xattn->mode.zoom(), 3);
+  EXPECT_EQ(xattn->num_image_tokens(), 576);
+  EXPECT_TRUE(xattn->mode.cross_attends(31));
+  auto composite = ParseLlavaConfigJson(WithKeys("attention_mode", "\"composite\""));
+  ASSERT_TRUE(composite.ok());
+  EXPECT_EQ(composite->mode.zoom(), 0);
+  EXPECT_EQ(ParseLlavaConfigJson(WithKeys("attention_mode", "\"sparse\"")).status().code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      ParseLlavaConfigJson(WithKeys("attention_mode", "\"hd\", \"hd_zoom\": 1")).status().code(),
+      StatusCode::kInvalidArgument);
+  std::string both = WithKeys("attention_mode", "\"hd\"");
+  both.insert(both.rfind('}'), R"(, "extra": {"zoom_ratio": "3"})");
+  EXPECT_EQ(ParseLlavaConfigJson(both).status().code(), StatusCode::kInvalidArgument);
+}
+
 }  // namespace
 }  // namespace flexvqa
