@@ -9,57 +9,19 @@
 #include "model/engine.h"
 #include "model/prompt.h"
 #include "model/tokenizer.h"
+#include "tests/support/engine_runner.h"
 #include "tests/support/flex_fixture.h"
 
 namespace flexvqa {
 namespace {
 
-std::unique_ptr<Engine> MakeEngine(const std::string& dir) {
-  EngineOptions options;
-  options.model_dir = dir;
-  options.max_sequences = 4;
-  auto engine = CreateLlavaEngine(options);
-  EXPECT_TRUE(engine.ok()) << engine.status().ToString();
-  return engine.ok() ? std::move(*engine) : nullptr;
-}
+std::unique_ptr<Engine> MakeEngine(const std::string& dir) { return testing::MakeEngine(dir, 4); }
 
-struct Result {
-  std::vector<int32_t> tokens;
-  SelectionTrace trace;
-  SequenceReport report;
-};
+using Result = testing::EngineRun;
 
 std::vector<Result> RunBatch(Engine& engine, const std::vector<GenerationRequest>& requests) {
-  std::vector<Result> out(requests.size());
-  std::map<SequenceId, size_t> index;
-  std::vector<SequenceId> running;
-  for (size_t i = 0; i < requests.size(); ++i) {
-    auto prepared = engine.Prepare(requests[i]);
-    EXPECT_TRUE(prepared.ok()) << prepared.status().ToString();
-    if (!prepared.ok()) return out;
-    auto id = engine.Admit(*prepared);
-    EXPECT_TRUE(id.ok());
-    index[*id] = i;
-    running.push_back(*id);
-  }
-  std::vector<TokenEvent> events;
-  engine.Prefill(running, &events);
-  while (!running.empty()) {
-    for (const TokenEvent& e : events) {
-      EXPECT_TRUE(e.status.ok()) << e.status.ToString();
-      Result& r = out[index.at(e.sequence)];
-      if (e.token_id >= 0) r.tokens.push_back(e.token_id);
-      if (e.finished) {
-        r.trace = engine.Selections(e.sequence);
-        r.report = engine.Report(e.sequence);
-        engine.Release(e.sequence);
-        EXPECT_EQ(engine.Selections(e.sequence).num_steps, 0);
-        running.erase(std::find(running.begin(), running.end(), e.sequence));
-      }
-    }
-    events.clear();
-    engine.Decode(running, &events);
-  }
+  std::vector<Result> out = testing::RunInLockstep(engine, requests);
+  for (const Result& r : out) EXPECT_TRUE(r.status.ok()) << r.status.ToString();
   return out;
 }
 

@@ -6,26 +6,14 @@
 #include <map>
 
 #include "model/engine.h"
+#include "tests/support/engine_runner.h"
 #include "tests/support/tiny_model.h"
 
 namespace flexvqa {
 namespace {
 
-struct Generation {
-  std::vector<int32_t> tokens;
-  std::string text;
-  FinishReason reason = FinishReason::kNone;
-  Status status;
-};
-
-std::unique_ptr<Engine> MakeEngine(const std::string& dir, int slots = 8) {
-  EngineOptions options;
-  options.model_dir = dir;
-  options.max_sequences = slots;
-  auto engine = CreateLlavaEngine(options);
-  EXPECT_TRUE(engine.ok()) << engine.status().ToString();
-  return engine.ok() ? std::move(*engine) : nullptr;
-}
+using Generation = testing::EngineRun;
+using testing::MakeEngine;
 
 GenerationRequest Request(const std::string& question, bool with_image, int max_new = 12) {
   GenerationRequest r;
@@ -36,39 +24,8 @@ GenerationRequest Request(const std::string& question, bool with_image, int max_
   return r;
 }
 
-// Runs requests together: all admitted, prefilled in one call, decoded in lockstep.
 std::vector<Generation> RunBatch(Engine& engine, const std::vector<GenerationRequest>& requests) {
-  std::vector<Generation> out(requests.size());
-  std::map<SequenceId, size_t> index;
-  std::vector<SequenceId> running;
-  for (size_t i = 0; i < requests.size(); ++i) {
-    auto prepared = engine.Prepare(requests[i]);
-    EXPECT_TRUE(prepared.ok()) << prepared.status().ToString();
-    if (!prepared.ok()) return out;
-    auto id = engine.Admit(*prepared);
-    EXPECT_TRUE(id.ok()) << id.status().ToString();
-    if (!id.ok()) return out;
-    index[*id] = i;
-    running.push_back(*id);
-  }
-  std::vector<TokenEvent> events;
-  engine.Prefill(running, &events);
-  while (!running.empty()) {
-    for (const TokenEvent& e : events) {
-      Generation& g = out[index.at(e.sequence)];
-      if (e.token_id >= 0) g.tokens.push_back(e.token_id);
-      g.text += e.text;
-      if (e.finished) {
-        g.reason = e.reason;
-        g.status = e.status;
-        engine.Release(e.sequence);
-        running.erase(std::find(running.begin(), running.end(), e.sequence));
-      }
-    }
-    events.clear();
-    engine.Decode(running, &events);
-  }
-  return out;
+  return testing::RunInLockstep(engine, requests);
 }
 
 Generation RunOne(Engine& engine, const GenerationRequest& request) {

@@ -23,6 +23,7 @@
 #include "model/tiny_llava.h"
 #include "model/tokenizer.h"
 #include "model/weights.h"
+#include "tests/support/engine_runner.h"
 #include "tests/support/tiny_model.h"
 
 namespace flexvqa {
@@ -284,33 +285,12 @@ class ModesTest : public ::testing::TestWithParam<std::string> {
 
 std::vector<std::vector<int32_t>> RunEngine(Engine& engine,
                                             const std::vector<GenerationRequest>& requests) {
-  std::vector<std::vector<int32_t>> out(requests.size());
-  std::map<SequenceId, size_t> index;
-  std::vector<SequenceId> running;
-  for (size_t i = 0; i < requests.size(); ++i) {
-    auto prepared = engine.Prepare(requests[i]);
-    EXPECT_TRUE(prepared.ok()) << prepared.status().ToString();
-    if (!prepared.ok()) return out;
-    auto id = engine.Admit(*prepared);
-    EXPECT_TRUE(id.ok());
-    index[*id] = i;
-    running.push_back(*id);
+  std::vector<std::vector<int32_t>> tokens;
+  for (const testing::EngineRun& run : testing::RunInLockstep(engine, requests)) {
+    EXPECT_TRUE(run.status.ok()) << run.status.ToString();
+    tokens.push_back(run.tokens);
   }
-  std::vector<TokenEvent> events;
-  engine.Prefill(running, &events);
-  while (!running.empty()) {
-    for (const TokenEvent& e : events) {
-      EXPECT_TRUE(e.status.ok()) << e.status.ToString();
-      if (e.token_id >= 0) out[index.at(e.sequence)].push_back(e.token_id);
-      if (e.finished) {
-        engine.Release(e.sequence);
-        running.erase(std::find(running.begin(), running.end(), e.sequence));
-      }
-    }
-    events.clear();
-    engine.Decode(running, &events);
-  }
-  return out;
+  return tokens;
 }
 
 TEST_P(ModesTest, MatchesPlainReference) {
