@@ -12,6 +12,7 @@
 #include "model/engine.h"
 #include "server/vqa_server.h"
 #include "tests/server/fake_engine.h"  // GenerateDirect: engine-agnostic.
+#include "tests/server/stream_reader.h"
 #include "tests/server/test_images.h"
 #include "tests/support/tiny_model.h"
 
@@ -21,12 +22,7 @@ namespace {
 using namespace std::chrono_literals;
 using ::testing::HasSubstr;
 
-struct StreamResult {
-  grpc::Status status;
-  std::string text;
-  std::vector<int32_t> ids;
-  std::optional<v1::GenerateFinal> final;
-};
+using testing::StreamResult;
 
 std::unique_ptr<Engine> MakeEngine(int max_sequences) {
   EngineOptions options;
@@ -62,20 +58,7 @@ class LlavaServiceTest : public ::testing::Test {
   StreamResult Generate(const v1::GenerateRequest& request) {
     grpc::ClientContext context;
     context.set_deadline(std::chrono::system_clock::now() + 60s);
-    StreamResult result;
-    auto reader = stub_->Generate(&context, request);
-    v1::GenerateResponse response;
-    while (reader->Read(&response)) {
-      if (response.has_delta()) {
-        result.text += response.delta().text();
-        result.ids.insert(result.ids.end(), response.delta().token_ids().begin(),
-                          response.delta().token_ids().end());
-      } else if (response.has_final()) {
-        result.final = response.final();
-      }
-    }
-    result.status = reader->Finish();
-    return result;
+    return testing::ReadGenerateStream(*stub_, &context, request);
   }
 
   std::unique_ptr<Engine> engine_;

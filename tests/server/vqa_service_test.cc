@@ -12,6 +12,7 @@
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "server/vqa_server.h"
 #include "tests/server/fake_engine.h"
+#include "tests/server/stream_reader.h"
 #include "tests/server/test_images.h"
 
 namespace flexvqa {
@@ -23,13 +24,7 @@ using namespace std::chrono_literals;
 
 constexpr auto kWait = 10s;
 
-struct StreamResult {
-  grpc::Status status;
-  std::string text;
-  std::vector<int32_t> ids;
-  std::optional<v1::GenerateFinal> final;
-  int messages = 0;
-};
+using testing::StreamResult;
 
 class ServiceTest : public ::testing::Test {
  protected:
@@ -64,21 +59,7 @@ class ServiceTest : public ::testing::Test {
     return Read(&context, request);
   }
   StreamResult Read(grpc::ClientContext* context, const v1::GenerateRequest& request) {
-    StreamResult result;
-    auto reader = stub_->Generate(context, request);
-    v1::GenerateResponse response;
-    while (reader->Read(&response)) {
-      ++result.messages;
-      if (response.has_delta()) {
-        result.text += response.delta().text();
-        result.ids.insert(result.ids.end(), response.delta().token_ids().begin(),
-                          response.delta().token_ids().end());
-      } else if (response.has_final()) {
-        result.final = response.final();
-      }
-    }
-    result.status = reader->Finish();
-    return result;
+    return testing::ReadGenerateStream(*stub_, context, request);
   }
 
   std::unique_ptr<FakeEngine> engine_;
