@@ -137,6 +137,13 @@ struct SelectionTrace {
   std::vector<int32_t> selected_tokens;
 };
 
+// Memory the engine holds for requests, for the service's gauges (bytes on the model's device).
+struct EngineMemory {
+  int64_t kv_cache_pool_bytes = 0;  // The KV-cache pool, allocated once at load.
+  int64_t kv_cache_used_bytes = 0;  // Positions written by resident sequences.
+  int64_t hr_cache_bytes = 0;       // flex/xattn: high-res features and keys/values held per request.
+};
+
 enum class FinishReason { kNone, kStop, kLength, kCancelled, kError };
 
 // One step's result for one sequence. `text` is the newly completed UTF-8 text (possibly empty while a
@@ -175,6 +182,8 @@ class Engine {
     (void)sequence;
     return {};
   }
+  // Memory held now (worker thread only, like the calls above).
+  virtual EngineMemory Memory() const { return {}; }
   // flex: the selections of an admitted sequence so far (empty for unknown ids and other modes).
   virtual SelectionTrace Selections(SequenceId sequence) const {
     (void)sequence;

@@ -196,4 +196,16 @@ at::Tensor FlexAttention::LastRow(int layer, size_t chunk, const at::Tensor& q, 
   return at::matmul(probs, at::cat({values, hr_values}, 1)).squeeze(1);  // [H, Dh]
 }
 
+int64_t HighResSequence::bytes() const {
+  auto size = [](const at::Tensor& t) { return t.defined() ? t.numel() * t.element_size() : 0; };
+  int64_t total = size(features_) + size(cos_) + size(sin_);
+  for (const auto& layer : keys_) {
+    for (const at::Tensor& t : layer) total += size(t);
+  }
+  for (const auto& layer : values_) {
+    for (const at::Tensor& t : layer) total += size(t);
+  }
+  return total;
+}
+
 }  // namespace flexvqa

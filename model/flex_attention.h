@@ -74,6 +74,8 @@ class HighResSequence {
   int64_t computed_rows() const { return computed_rows_; }  // HR tokens through k/v_proj_hd so far.
   // Ordinary keys whose scores the hook recomputed for last rows so far (for FLOPs).
   int64_t rescored_keys() const { return rescored_keys_; }
+  // Device bytes this request holds: raw HR features, their RoPE rows, the HR key/value blocks so far.
+  int64_t bytes() const;
 
  private:
   friend class FlexAttention;

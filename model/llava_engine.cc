@@ -117,6 +117,7 @@ class LlavaEngine : public Engine {
   void Decode(const std::vector<SequenceId>& sequences, std::vector<TokenEvent>* events) override;
   void Release(SequenceId sequence) override;
   SequenceReport Report(SequenceId sequence) const override;
+  EngineMemory Memory() const override;
   SelectionTrace Selections(SequenceId sequence) const override;
 
  private:
@@ -306,6 +307,23 @@ void LlavaEngine::Release(SequenceId sequence) {
   if (it == sequences_.end()) return;
   cache_->Free(it->second.slot);
   sequences_.erase(it);
+}
+
+EngineMemory LlavaEngine::Memory() const {
+  auto size = [](const at::Tensor& t) { return t.defined() ? t.numel() * t.element_size() : 0; };
+  EngineMemory memory;
+  memory.kv_cache_pool_bytes = cache_->bytes();
+  const KvCacheShape& shape = cache_->shape();
+  const int64_t bytes_per_position = memory.kv_cache_pool_bytes / (shape.num_slots * shape.max_context);
+  for (const auto& [id, seq] : sequences_) {
+    memory.kv_cache_used_bytes += bytes_per_position * cache_->length(seq.slot);
+    if (seq.highres) memory.hr_cache_bytes += seq.highres->bytes();
+    if (seq.cross) {
+      for (const at::Tensor& t : seq.cross->keys) memory.hr_cache_bytes += size(t);
+      for (const at::Tensor& t : seq.cross->values) memory.hr_cache_bytes += size(t);
+    }
+  }
+  return memory;
 }
 
 SequenceReport LlavaEngine::Report(SequenceId sequence) const {

@@ -199,13 +199,13 @@ struct ServerMetrics::Families {
         free_slots(
             Gauge(r, "flexvqa_kv_cache_free_slots", "KV-cache slots free after the last step")),
         kv_cache_bytes(Gauge(r, "flexvqa_kv_cache_memory_bytes",
-                             "KV-cache memory in use; 0 while the engine does not report it")),
+                             "KV-cache memory holding resident sequences' positions, after the last step")),
         hr_cache_bytes(
             Gauge(r, "flexvqa_hr_cache_memory_bytes",
-                  "High-resolution feature cache in use (flex); 0 while the engine does not "
-                  "report it")),
+                  "High-resolution features and keys/values held by requests (flex, xattn), "
+                  "after the last step")),
         device_bytes(Gauge(r, "flexvqa_device_memory_used_bytes",
-                           "Accelerator memory in use; 0 while the engine does not report it")),
+                           "Accelerator memory in use; 0 until the engine reports it (not yet)")),
         resident_bytes(
             Gauge(r, "flexvqa_process_resident_memory_bytes",
                   "Resident host memory of the server process (the model's memory on CPU)")),

@@ -57,7 +57,7 @@ class ServerMetrics {
   // Scheduler worker, when a sequence with an image retires: its high-resolution selections (an
   // empty trace, from modes that select nothing, is ignored).
   void ObserveSelection(const SelectionTrace& trace);
-  // Engine memory (bytes) when the engine reports it; the gauges stay 0 until then.
+  // Engine memory in bytes (the scheduler sets it after every step from Engine::Memory).
   void SetMemory(double kv_cache_bytes, double hr_cache_bytes, double device_bytes);
 
   // The text exposition of everything (after refreshing the scrape-time gauges): tests, debugging.

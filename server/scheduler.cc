@@ -261,6 +261,12 @@ void Scheduler::Retire(size_t index, Status status, FinishReason reason) {
 
 void Scheduler::PublishStep() {
   const int free_slots = engine_->FreeSlots();
+  if (metrics_ != nullptr) {
+    const EngineMemory memory = engine_->Memory();
+    // Device memory in use is not reported by the engine yet (CPU builds have none to report).
+    metrics_->SetMemory(static_cast<double>(memory.kv_cache_used_bytes),
+                        static_cast<double>(memory.hr_cache_bytes), 0.0);
+  }
   {
     std::lock_guard<std::mutex> lock(mu_);
     ++stats_.steps;

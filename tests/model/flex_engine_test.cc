@@ -133,5 +133,25 @@ TEST_F(FlexEngineTest, ThresholdIsValidatedAndTextOnlyWorks) {
   EXPECT_EQ(t.trace.num_steps, 0);
 }
 
+TEST_F(FlexEngineTest, HighResMemoryIsHeldWhileRunningAndFreedAtRelease) {
+  auto engine = MakeEngine(model_dir_);
+  ASSERT_TRUE(engine);
+  auto prepared = engine->Prepare(Request(0, "What is in the picture?", 3));
+  ASSERT_TRUE(prepared.ok()) << prepared.status().ToString();
+  auto id = engine->Admit(*prepared);
+  ASSERT_TRUE(id.ok());
+  std::vector<TokenEvent> events;
+  engine->Prefill({*id}, &events);
+  const EngineMemory running = engine->Memory();
+  // At least the raw HR features: 72 x 72 tokens of width D in fp32.
+  const int64_t features = int64_t{72} * 72 * fixture_.config.text.hidden_size * 4;
+  EXPECT_GE(running.hr_cache_bytes, features);
+  engine->Decode({*id}, &events);
+  EXPECT_GE(engine->Memory().hr_cache_bytes, running.hr_cache_bytes);  // Blocks only accumulate.
+  engine->Release(*id);
+  EXPECT_EQ(engine->Memory().hr_cache_bytes, 0);
+  EXPECT_EQ(engine->Memory().kv_cache_used_bytes, 0);
+}
+
 }  // namespace
 }  // namespace flexvqa

@@ -193,6 +193,27 @@ TEST(LlavaEngineTest, SlotsAreLimitedAndReleased) {
   EXPECT_TRUE(events.empty());
 }
 
+TEST(LlavaEngineTest, MemoryCountsResidentPositionsAndIsFreedAtRelease) {
+  auto engine = MakeEngine(testing::TinyModelDir(), 2);
+  const EngineMemory empty = engine->Memory();
+  // Tiny model: 2 layers x K and V x 4 KV heads x 16 Dh x 4 bytes per position; 2 slots x 512.
+  const int64_t per_position = 2 * 2 * 4 * 16 * 4;
+  EXPECT_EQ(empty.kv_cache_pool_bytes, per_position * 2 * 512);
+  EXPECT_EQ(empty.kv_cache_used_bytes, 0);
+  EXPECT_EQ(empty.hr_cache_bytes, 0);
+  auto prepared = engine->Prepare(Request("What is in the picture?", true, 4));
+  ASSERT_TRUE(prepared.ok());
+  auto id = engine->Admit(*prepared);
+  ASSERT_TRUE(id.ok());
+  std::vector<TokenEvent> events;
+  engine->Prefill({*id}, &events);
+  EXPECT_EQ(engine->Memory().kv_cache_used_bytes, per_position * (*prepared)->prompt_tokens);
+  engine->Decode({*id}, &events);
+  EXPECT_EQ(engine->Memory().kv_cache_used_bytes, per_position * ((*prepared)->prompt_tokens + 1));
+  engine->Release(*id);
+  EXPECT_EQ(engine->Memory().kv_cache_used_bytes, 0);
+}
+
 TEST(LlavaEngineTest, BothPublicLayoutsGiveTheSameAnswer) {
   auto hf = MakeEngine(testing::TinyModelDir(CheckpointLayout::kHfLlava, 3));
   auto original = MakeEngine(testing::TinyModelDir(CheckpointLayout::kOriginalLlava, 3));
