@@ -25,7 +25,9 @@ int RunServerMain(int argc, char** argv, ServerConfig config, const EngineFactor
 
   FlagSet flags(kEnvPrefix);
   AddServerFlags(&config, &flags);
-  flags.Add("port_file", "write the bound port to this file once serving (scripts, tests)",
+  flags.Add("port_file",
+            "once serving, write the bound gRPC port (line 1) and metrics port (line 2; 0 without "
+            "an endpoint) to this file (scripts, tests)",
             &config.server.port_file);
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--help") == 0 || std::strcmp(argv[i], "-h") == 0) {
@@ -66,7 +68,7 @@ int RunServerMain(int argc, char** argv, ServerConfig config, const EngineFactor
   }
   if (!config.server.port_file.empty()) {
     const std::string tmp = config.server.port_file + ".tmp";
-    std::ofstream(tmp) << (*server)->port() << "\n";
+    std::ofstream(tmp) << (*server)->port() << "\n" << metrics.port() << "\n";
     std::rename(tmp.c_str(), config.server.port_file.c_str());  // Readers never see half a file.
   }
 

@@ -176,15 +176,18 @@ def main():
             if not check(r.returncode == 0, "make_tiny_llava --mode flex" + ("" if r.returncode == 0 else ": " + r.stderr)):
                 return 1
             server_args.append("--model_dir=" + model_dir)
-        metrics_port = free_port()
-        server_args.append("--metrics_listen_address=127.0.0.1:%d" % metrics_port)
+        # Port 0 for both: the server publishes what it bound (no race with other tests for a port).
+        server_args.append("--metrics_listen_address=127.0.0.1:0")
         server = subprocess.Popen(server_args)
         processes.append(server)
         port_file = os.path.join(tmp, "port")
         started = wait_until(lambda: os.path.exists(port_file) or server.poll() is not None, min(left(), 60), 0.05)
         if not check(started and server.poll() is None, "server started and published its port"):
             return 1
-        address = "127.0.0.1:%d" % int(open(port_file).read())
+        grpc_port, metrics_port = (int(x) for x in open(port_file).read().split())
+        if not check(metrics_port > 0, "metrics endpoint bound"):
+            return 1
+        address = "127.0.0.1:%d" % grpc_port
 
         # --- Prometheus with our config, adjusted to the test. ---
         test_config = copy.deepcopy(prom_config)
@@ -200,15 +203,22 @@ def main():
             yaml.safe_dump(test_config, f)
         r = promtool("check", "config", os.path.join(tmp, "prometheus.yml"))
         check(r.returncode == 0, "promtool check config on the test's copy" + ("" if r.returncode == 0 else ": " + r.stdout))
-        prom_port = free_port()
         prom_log = open(os.path.join(tmp, "prometheus.log"), "w")
-        prometheus = subprocess.Popen(
-            [args.prometheus, "--config.file=" + os.path.join(tmp, "prometheus.yml"),
-             "--storage.tsdb.path=" + os.path.join(tmp, "data"), "--web.listen-address=127.0.0.1:%d" % prom_port,
-             "--log.level=warn"], stdout=prom_log, stderr=subprocess.STDOUT)
-        processes.append(prometheus)
-        prom = Prometheus(prom_port)
-        if not check(wait_until(prom.ready, min(left(), 30)), "prometheus ready on 127.0.0.1:%d" % prom_port):
+        # Prometheus cannot report a port it picked: take a free one, and take another if a concurrent
+        # test grabbed it first (Prometheus then exits at once).
+        for attempt in range(3):
+            prom_port = free_port()
+            prometheus = subprocess.Popen(
+                [args.prometheus, "--config.file=" + os.path.join(tmp, "prometheus.yml"),
+                 "--storage.tsdb.path=" + os.path.join(tmp, "data"),
+                 "--web.listen-address=127.0.0.1:%d" % prom_port, "--log.level=warn"],
+                stdout=prom_log, stderr=subprocess.STDOUT)
+            processes.append(prometheus)
+            prom = Prometheus(prom_port)
+            ready = wait_until(lambda: prom.ready() or prometheus.poll() is not None, min(left(), 30))
+            if ready and prometheus.poll() is None:
+                break
+        if not check(prometheus.poll() is None and prom.ready(), "prometheus ready on 127.0.0.1:%d" % prom_port):
             return 1
         check(wait_until(lambda: prom.value('up{job="flexvqa"}') == 1, min(left(), 20)), "prometheus scrapes the server: up == 1")
 

@@ -52,7 +52,7 @@ def main():
             port = None
             while time.monotonic() < deadline and port is None:
                 if os.path.exists(port_file):
-                    port = int(open(port_file).read())
+                    port = int(open(port_file).read().split()[0])
                 elif server.poll() is not None:
                     break
                 else:
