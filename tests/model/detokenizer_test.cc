@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "model/tokenizer_trainer.h"
+#include "tests/support/tiny_tokenizer.h"
 #include "model/utf8.h"
 
 namespace flexvqa {
@@ -17,18 +17,7 @@ constexpr char kReplacement[] = "\xEF\xBF\xBD";
 
 class DetokenizerTest : public ::testing::Test {
  protected:
-  static void SetUpTestSuite() {
-    char dir_template[] = "/tmp/flexvqa_detokenizer_test_XXXXXX";
-    ASSERT_NE(mkdtemp(dir_template), nullptr);
-    const std::string prefix = std::string(dir_template) + "/tiny";
-    const Status trained = TrainTinyTokenizer(FLEXVQA_DATA_DIR "/tiny_corpus.txt", prefix, 512);
-    ASSERT_TRUE(trained.ok()) << trained.ToString();
-    auto loaded = Tokenizer::Load(prefix + ".model");
-    ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
-    tokenizer_ = std::move(loaded).value().release();
-  }
-  static void TearDownTestSuite() { delete tokenizer_; }
-  static const Tokenizer& tok() { return *tokenizer_; }
+  static const Tokenizer& tok() { return testing::TinyTokenizer(); }
 
   static int32_t ByteId(unsigned char byte) {
     char piece[8];
@@ -54,7 +43,6 @@ class DetokenizerTest : public ::testing::Test {
     return out;
   }
 
-  static inline Tokenizer* tokenizer_ = nullptr;
 };
 
 TEST_F(DetokenizerTest, ConcatenatedDeltasEqualDecode) {

@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "model/tokenizer_trainer.h"
+#include "tests/support/tiny_tokenizer.h"
 
 namespace flexvqa {
 namespace {
@@ -28,18 +28,7 @@ std::vector<int32_t> Concat(std::initializer_list<std::vector<int32_t>> parts) {
 
 class PromptTest : public ::testing::Test {
  protected:
-  static void SetUpTestSuite() {
-    char dir_template[] = "/tmp/flexvqa_prompt_test_XXXXXX";
-    ASSERT_NE(mkdtemp(dir_template), nullptr);
-    const std::string prefix = std::string(dir_template) + "/tiny";
-    const Status trained = TrainTinyTokenizer(FLEXVQA_DATA_DIR "/tiny_corpus.txt", prefix, 512);
-    ASSERT_TRUE(trained.ok()) << trained.ToString();
-    auto loaded = Tokenizer::Load(prefix + ".model");
-    ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
-    tokenizer_ = std::move(loaded).value().release();
-  }
-  static void TearDownTestSuite() { delete tokenizer_; }
-  static const Tokenizer& tok() { return *tokenizer_; }
+  static const Tokenizer& tok() { return testing::TinyTokenizer(); }
 
   static void ExpectInvalid(const std::vector<ChatTurn>& turns, const std::string& message_part) {
     const auto ids = BuildLlavaPrompt(tok(), turns, PromptOptions{});
@@ -49,7 +38,6 @@ class PromptTest : public ::testing::Test {
         << ids.status().message();
   }
 
-  static inline Tokenizer* tokenizer_ = nullptr;
 };
 
 TEST_F(PromptTest, SystemPromptIsLlavaVicunaV1) { EXPECT_EQ(kVicunaV1System, kSystem); }

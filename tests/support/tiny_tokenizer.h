@@ -1,0 +1,31 @@
+// Test support: the tiny LLaMA-like tokenizer trained once per test process from the shipped corpus
+// (model/tokenizer_trainer.h, vocabulary 512), for tests of the text component.
+#pragma once
+
+#include <gtest/gtest.h>
+#include <stdlib.h>
+
+#include <memory>
+#include <string>
+
+#include "model/tokenizer.h"
+#include "model/tokenizer_trainer.h"
+
+namespace flexvqa::testing {
+
+inline const Tokenizer& TinyTokenizer() {
+  static const std::unique_ptr<Tokenizer> tokenizer = [] {
+    char dir_template[] = "/tmp/flexvqa_tiny_tokenizer_XXXXXX";
+    EXPECT_NE(mkdtemp(dir_template), nullptr);
+    const std::string prefix = std::string(dir_template) + "/tiny";
+    const Status trained = TrainTinyTokenizer(FLEXVQA_DATA_DIR "/tiny_corpus.txt", prefix, 512);
+    EXPECT_TRUE(trained.ok()) << trained.ToString();
+    auto loaded = Tokenizer::Load(prefix + ".model");
+    EXPECT_TRUE(loaded.ok()) << loaded.status().ToString();
+    return loaded.ok() ? std::move(loaded).value() : std::unique_ptr<Tokenizer>();
+  }();
+  if (!tokenizer) std::abort();  // Training failed: reported above; nothing else can run.
+  return *tokenizer;
+}
+
+}  // namespace flexvqa::testing
