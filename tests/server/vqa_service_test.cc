@@ -5,6 +5,8 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <functional>
 #include <future>
 #include <thread>
 
@@ -25,6 +27,26 @@ using namespace std::chrono_literals;
 constexpr auto kWait = 10s;
 
 using testing::StreamResult;
+
+// Holds the engine inside its first step (and every later one) until Release: lets a test fill the
+// queue or drain while a request is known to be running.
+class EngineHold {
+ public:
+  std::function<void()> Hook() {
+    return [this] {
+      if (first_.exchange(false)) entered_.set_value();
+      released_.wait();
+    };
+  }
+  void WaitEntered() { entered_.get_future().wait(); }
+  void Release() { release_.set_value(); }
+
+ private:
+  std::promise<void> release_;
+  std::shared_future<void> released_ = release_.get_future().share();
+  std::promise<void> entered_;
+  std::atomic<bool> first_{true};
+};
 
 class ServiceTest : public ::testing::Test {
  protected:
@@ -282,22 +304,16 @@ TEST_F(ServiceTest, InvalidUtf8GetsInvalidArgument) {
 }
 
 TEST_F(ServiceTest, AFloodBeyondTheQueueGetsResourceExhaustedAtOnce) {
-  std::promise<void> release;
-  std::shared_future<void> released = release.get_future().share();
-  std::promise<void> entered;
-  std::atomic<bool> first{true};
+  EngineHold hold;
   FakeEngineOptions options;
-  options.step_hook = [&] {
-    if (first.exchange(false)) entered.set_value();
-    released.wait();
-  };
+  options.step_hook = hold.Hook();
   SchedulerConfig config;
   config.max_running = 1;
   config.max_queued = 4;
   StartServer(options, config);
   std::vector<std::future<StreamResult>> accepted;
   accepted.push_back(std::async(std::launch::async, [&] { return Generate(Question("first")); }));
-  entered.get_future().wait();
+  hold.WaitEntered();
   for (int i = 0; i < 4; ++i) {
     accepted.push_back(std::async(std::launch::async, [&] { return Generate(Question("queued")); }));
   }
@@ -307,7 +323,7 @@ TEST_F(ServiceTest, AFloodBeyondTheQueueGetsResourceExhaustedAtOnce) {
   StreamResult rejected = Generate(Question("one too many"));
   EXPECT_EQ(rejected.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
   EXPECT_LT(std::chrono::steady_clock::now() - start, 100ms);
-  release.set_value();
+  hold.Release();
   for (auto& f : accepted) EXPECT_TRUE(f.get().status.ok());
 }
 
@@ -345,15 +361,9 @@ TEST_F(ServiceTest, DeadlineEndsTheRequest) {
 }
 
 TEST_F(ServiceTest, HealthTurnsNotServingOnDrainAndNewCallsGetUnavailable) {
-  std::promise<void> release;
-  std::shared_future<void> released = release.get_future().share();
-  std::promise<void> entered;
-  std::atomic<bool> first{true};
+  EngineHold hold;
   FakeEngineOptions options;
-  options.step_hook = [&] {
-    if (first.exchange(false)) entered.set_value();
-    released.wait();
-  };
+  options.step_hook = hold.Hook();
   StartServer(options);
   auto health = grpc::health::v1::Health::NewStub(channel_);
   auto check = [&](const std::string& service) {
@@ -369,14 +379,14 @@ TEST_F(ServiceTest, HealthTurnsNotServingOnDrainAndNewCallsGetUnavailable) {
   EXPECT_EQ(check(kHealthServiceName), grpc::health::v1::HealthCheckResponse::SERVING);
 
   auto running = std::async(std::launch::async, [&] { return Generate(Question("in flight", 8)); });
-  entered.get_future().wait();
+  hold.WaitEntered();
   std::thread shutdown([&] { server_->Shutdown(Clock::now() + 30s); });
   ASSERT_TRUE(server_->scheduler().WaitFor([](const SchedulerStats& s) { return s.draining; },
                                            kWait));
   EXPECT_EQ(check(""), grpc::health::v1::HealthCheckResponse::NOT_SERVING);
   EXPECT_EQ(check(kHealthServiceName), grpc::health::v1::HealthCheckResponse::NOT_SERVING);
   EXPECT_EQ(Generate(Question("too late")).status.error_code(), grpc::StatusCode::UNAVAILABLE);
-  release.set_value();
+  hold.Release();
   StreamResult result = running.get();
   EXPECT_TRUE(result.status.ok()) << result.status.error_message();  // Finished within the drain.
   EXPECT_EQ(result.final->usage().generated_tokens(), static_cast<int>(result.ids.size()));
