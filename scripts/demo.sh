@@ -14,13 +14,16 @@ QUESTION=${1:-What is in this picture?}
 IMAGE=${2:-client/examples/shapes.jpg}
 [ -f "$MODEL_DIR/config.json" ] || "$BUILD_DIR/tools/make_tiny_llava" --out "$MODEL_DIR"
 
-"$BUILD_DIR/server/flexvqa_server" --model_dir="$MODEL_DIR" --listen_address="$ADDRESS" &
+SERVER_LOG="$BUILD_DIR/demo-server.log"
+# The server's log goes to a file so that it does not interleave with the streamed answer.
+"$BUILD_DIR/server/flexvqa_server" --model_dir="$MODEL_DIR" --listen_address="$ADDRESS" \
+  >"$SERVER_LOG" 2>&1 &
 SERVER=$!
 trap 'kill -TERM $SERVER 2>/dev/null || true' EXIT
 # Wait until the server answers (model load takes a moment), at most 60 s.
 for _ in $(seq 1 120); do
   if "$BUILD_DIR/client/flexvqa_client" --server="$ADDRESS" --info >/dev/null 2>&1; then break; fi
-  kill -0 $SERVER 2>/dev/null || { echo "demo: the server exited" >&2; exit 1; }
+  kill -0 $SERVER 2>/dev/null || { echo "demo: the server exited; see $SERVER_LOG" >&2; exit 1; }
   sleep 0.5
 done
 echo "Q: $QUESTION  (image: $IMAGE; the tiny model has random weights, so the answer is noise)"
@@ -30,3 +33,4 @@ echo
 kill -TERM $SERVER
 wait $SERVER
 trap - EXIT
+echo "(server log: $SERVER_LOG)"
