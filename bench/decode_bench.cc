@@ -1,9 +1,9 @@
-// decode_bench: time to first token and decode ms/step of the engine at given batch sizes, through the
-// same Engine calls the server makes (Prepare, Admit, Prefill, Decode, Release).
+// decode_bench: time to first token and decode ms/step of the engine at given batch sizes, through
+// the same Engine calls the server makes (Prepare, Admit, Prefill, Decode, Release).
 //   decode_bench --model DIR [--device cpu|cuda] [--dtype auto|...] [--batch 1,8] [--steps 32]
 //                [--warmup 3] [--image FILE] [--question TEXT]
-// Prints one line per batch size: prompt tokens, TTFT (prefill of the whole batch, ms), median and p90
-// decode step (ms), tokens/s. Each figure is a median over --repeats runs.
+// Prints one line per batch size: prompt tokens, TTFT (prefill of the whole batch, ms), median and
+// p90 decode step (ms), tokens/s. Each figure is a median over --repeats runs.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -45,15 +45,24 @@ int main(int argc, char** argv) {
   int steps = 32, warmup = 3, repeats = 3;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i], v = argv[i + 1];
-    if (flag == "--model") options.model_dir = v;
-    else if (flag == "--device") options.device = v;
-    else if (flag == "--dtype") options.dtype = v;
-    else if (flag == "--batch") batches = v;
-    else if (flag == "--steps") steps = std::atoi(v.c_str());
-    else if (flag == "--warmup") warmup = std::atoi(v.c_str());
-    else if (flag == "--repeats") repeats = std::atoi(v.c_str());
-    else if (flag == "--image") image_path = v;
-    else if (flag == "--question") question = v;
+    if (flag == "--model")
+      options.model_dir = v;
+    else if (flag == "--device")
+      options.device = v;
+    else if (flag == "--dtype")
+      options.dtype = v;
+    else if (flag == "--batch")
+      batches = v;
+    else if (flag == "--steps")
+      steps = std::atoi(v.c_str());
+    else if (flag == "--warmup")
+      warmup = std::atoi(v.c_str());
+    else if (flag == "--repeats")
+      repeats = std::atoi(v.c_str());
+    else if (flag == "--image")
+      image_path = v;
+    else if (flag == "--question")
+      question = v;
     else {
       std::fprintf(stderr, "unknown flag %s\n", flag.c_str());
       return 2;
@@ -83,7 +92,8 @@ int main(int argc, char** argv) {
   std::printf("model %s  device %s  dtype %s  prompt %d tokens (%d image)\n", info.name.c_str(),
               info.device.c_str(), info.dtype.c_str(), (*prepared)->prompt_tokens,
               (*prepared)->image_tokens);
-  std::printf("%6s %10s %12s %12s %10s\n", "batch", "ttft_ms", "step_p50_ms", "step_p90_ms", "tok/s");
+  std::printf("%6s %10s %12s %12s %10s\n", "batch", "ttft_ms", "step_p50_ms", "step_p90_ms",
+              "tok/s");
   for (int batch : batch_sizes) {
     std::vector<double> ttfts, p50s, p90s;
     for (int r = 0; r < repeats; ++r) {

@@ -2,12 +2,12 @@
 //   flexvqa_client [flags] IMAGE QUESTION     (IMAGE: a JPEG or PNG file)
 //   flexvqa_client [flags] QUESTION           (no image)
 //   flexvqa_client --info                     (the server's ModelInfo as JSON)
-// Flags: --server=host:port (default localhost:50051, env FLEXVQA_SERVER), --json (print the final message
-// as JSON after the answer), sampling: --max_new_tokens --temperature --top_p --top_k
+// Flags: --server=host:port (default localhost:50051, env FLEXVQA_SERVER), --json (print the final
+// message as JSON after the answer), sampling: --max_new_tokens --temperature --top_p --top_k
 // --repetition_penalty --seed --stop (repeatable) --ignore_eos, --request_id, --timeout_ms.
 // Exit status: 0 on OK, 1 with "CODE: message" on stderr otherwise, 2 for bad usage.
-#include <grpcpp/grpcpp.h>
 #include <google/protobuf/util/json_util.h>
+#include <grpcpp/grpcpp.h>
 
 #include <cstdio>
 #include <cstdlib>
@@ -67,20 +67,34 @@ bool Parse(int argc, char** argv, Args* args) {
     const std::string name = arg.substr(2, eq == std::string::npos ? std::string::npos : eq - 2);
     const std::string value = eq == std::string::npos ? "" : arg.substr(eq + 1);
     try {
-      if (name == "server") args->server = value;
-      else if (name == "json") args->json = true;
-      else if (name == "info") args->info = true;
-      else if (name == "timeout_ms") args->timeout_ms = std::stoll(value);
-      else if (name == "request_id") args->request.set_request_id(value);
-      else if (name == "max_new_tokens") s->set_max_new_tokens(std::stoi(value));
-      else if (name == "temperature") s->set_temperature(std::stof(value));
-      else if (name == "top_p") s->set_top_p(std::stof(value));
-      else if (name == "top_k") s->set_top_k(std::stoi(value));
-      else if (name == "repetition_penalty") s->set_repetition_penalty(std::stof(value));
-      else if (name == "seed") s->set_seed(std::stoull(value));
-      else if (name == "stop") s->add_stop(value);
-      else if (name == "ignore_eos") s->set_ignore_eos(true);
-      else if (name == "help") return false;
+      if (name == "server")
+        args->server = value;
+      else if (name == "json")
+        args->json = true;
+      else if (name == "info")
+        args->info = true;
+      else if (name == "timeout_ms")
+        args->timeout_ms = std::stoll(value);
+      else if (name == "request_id")
+        args->request.set_request_id(value);
+      else if (name == "max_new_tokens")
+        s->set_max_new_tokens(std::stoi(value));
+      else if (name == "temperature")
+        s->set_temperature(std::stof(value));
+      else if (name == "top_p")
+        s->set_top_p(std::stof(value));
+      else if (name == "top_k")
+        s->set_top_k(std::stoi(value));
+      else if (name == "repetition_penalty")
+        s->set_repetition_penalty(std::stof(value));
+      else if (name == "seed")
+        s->set_seed(std::stoull(value));
+      else if (name == "stop")
+        s->add_stop(value);
+      else if (name == "ignore_eos")
+        s->set_ignore_eos(true);
+      else if (name == "help")
+        return false;
       else {
         std::fprintf(stderr, "unknown flag --%s\n", name.c_str());
         return false;

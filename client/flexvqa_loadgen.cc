@@ -1,10 +1,11 @@
-// flexvqa_loadgen: load generator for a flexvqa server. Open loop (--rate: Poisson arrivals, requests
-// start on schedule whatever the server does) or closed loop (--concurrency: that many requests in flight,
-// each finished one starts the next). Bounded by --requests and --duration_s, whichever ends first; a mix
-// of --images (comma-separated JPEG/PNG paths, or none) and prompts (--prompts file, one per line, or a
-// built-in list), drawn round-robin. Prints requests/s, tokens/s, TTFT, inter-token latency and
-// end-to-end latency percentiles (p50/p90/p99), and errors by status code; --json for one JSON object.
-// Streams use gRPC's callback client API, so thousands can be in flight from a few threads.
+// flexvqa_loadgen: load generator for a flexvqa server. Open loop (--rate: Poisson arrivals,
+// requests start on schedule whatever the server does) or closed loop (--concurrency: that many
+// requests in flight, each finished one starts the next). Bounded by --requests and --duration_s,
+// whichever ends first; a mix of --images (comma-separated JPEG/PNG paths, or none) and prompts
+// (--prompts file, one per line, or a built-in list), drawn round-robin. Prints requests/s,
+// tokens/s, TTFT, inter-token latency and end-to-end latency percentiles (p50/p90/p99), and errors
+// by status code; --json for one JSON object. Streams use gRPC's callback client API, so thousands
+// can be in flight from a few threads.
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
@@ -123,7 +124,8 @@ class Generator {
         results_.latency_ms.push_back(latency_ms);
       }
     }
-    if (options_.rate <= 0) MaybeStartNext();  // Closed loop: the next starts before this one leaves.
+    if (options_.rate <= 0)
+      MaybeStartNext();  // Closed loop: the next starts before this one leaves.
     std::lock_guard<std::mutex> lock(results_.mu);
     --results_.in_flight;
     results_.cv.notify_all();  // Under the lock: Run may destroy the generator right after.
@@ -270,18 +272,30 @@ bool Parse(int argc, char** argv, Options* o) {
     const std::string name = arg.substr(2, eq == std::string::npos ? std::string::npos : eq - 2);
     const std::string value = eq == std::string::npos ? "" : arg.substr(eq + 1);
     try {
-      if (name == "server") o->server = value;
-      else if (name == "rate") o->rate = std::stod(value);
-      else if (name == "concurrency") o->concurrency = std::stoi(value);
-      else if (name == "requests") o->requests = std::stoi(value);
-      else if (name == "duration_s") o->duration_s = std::stod(value);
-      else if (name == "prompts") o->prompts_file = value;
-      else if (name == "max_new_tokens") o->max_new_tokens = std::stoi(value);
-      else if (name == "temperature") o->temperature = std::stof(value);
-      else if (name == "ignore_eos") o->ignore_eos = true;
-      else if (name == "timeout_s") o->timeout_s = std::stod(value);
-      else if (name == "seed") o->seed = std::stoull(value);
-      else if (name == "json") o->json = true;
+      if (name == "server")
+        o->server = value;
+      else if (name == "rate")
+        o->rate = std::stod(value);
+      else if (name == "concurrency")
+        o->concurrency = std::stoi(value);
+      else if (name == "requests")
+        o->requests = std::stoi(value);
+      else if (name == "duration_s")
+        o->duration_s = std::stod(value);
+      else if (name == "prompts")
+        o->prompts_file = value;
+      else if (name == "max_new_tokens")
+        o->max_new_tokens = std::stoi(value);
+      else if (name == "temperature")
+        o->temperature = std::stof(value);
+      else if (name == "ignore_eos")
+        o->ignore_eos = true;
+      else if (name == "timeout_s")
+        o->timeout_s = std::stod(value);
+      else if (name == "seed")
+        o->seed = std::stoull(value);
+      else if (name == "json")
+        o->json = true;
       else if (name == "images") {
         std::stringstream list(value);
         for (std::string path; std::getline(list, path, ',');) {

@@ -20,14 +20,16 @@ StatusOr<std::unique_ptr<ClipVisionTower>> ClipVisionTower::Load(const WeightLoa
   auto tower = std::unique_ptr<ClipVisionTower>(new ClipVisionTower());
   tower->config_ = vc;
   tower->dtype_ = dtype;
-  tower->keep_cls_ = !(config.vision_feature_select == "default" ||
-                       config.vision_feature_select == "patch");
-  // hidden_states has num_layers + 1 entries (embeddings first); layer -2 is the output of block N-1.
+  tower->keep_cls_ =
+      !(config.vision_feature_select == "default" || config.vision_feature_select == "patch");
+  // hidden_states has num_layers + 1 entries (embeddings first); layer -2 is the output of block
+  // N-1.
   const int n = vc.num_hidden_layers;
   const int layer = config.vision_feature_layer < 0 ? n + 1 + config.vision_feature_layer
                                                     : config.vision_feature_layer;
   if (layer < 0 || layer > n) {
-    return InvalidArgumentError("vision_feature_layer " + std::to_string(config.vision_feature_layer) +
+    return InvalidArgumentError("vision_feature_layer " +
+                                std::to_string(config.vision_feature_layer) +
                                 " is outside a tower of " + std::to_string(n) + " layers");
   }
   const int64_t d = vc.hidden_size;
@@ -97,16 +99,16 @@ at::Tensor ClipVisionTower::Forward(const at::Tensor& pixels_in) const {
     const at::Tensor attn = Attention(q, k, v, scale, /*causal_offset=*/-1);  // Bidirectional.
     x = x + Linear(attn.transpose(1, 2).reshape({b, t, d}), blk.out_w, blk.out_b);
     h = LayerNorm(x, blk.ln2_w, blk.ln2_b, config_.layer_norm_eps);
-    h = Linear(Activation(Linear(h, blk.fc1_w, blk.fc1_b), config_.hidden_act), blk.fc2_w, blk.fc2_b);
+    h = Linear(Activation(Linear(h, blk.fc1_w, blk.fc1_b), config_.hidden_act), blk.fc2_w,
+               blk.fc2_b);
     x = x + h;
   }
   return keep_cls_ ? x : x.narrow(1, 1, t - 1);
 }
 
-StatusOr<std::unique_ptr<MultiModalProjector>> MultiModalProjector::Load(const WeightLoader& weights,
-                                                                         const LlavaConfig& config,
-                                                                         at::ScalarType dtype,
-                                                                         at::Device device) {
+StatusOr<std::unique_ptr<MultiModalProjector>> MultiModalProjector::Load(
+    const WeightLoader& weights, const LlavaConfig& config, at::ScalarType dtype,
+    at::Device device) {
   if (config.projector_type != "mlp2x_gelu") {
     return UnimplementedError("projector type '" + config.projector_type +
                               "' is not supported (only mlp2x_gelu, as LLaVA-1.5)");

@@ -1,8 +1,8 @@
-// CLIP ViT vision tower as LLaVA uses it (HF CLIPVisionModel): patch embedding (conv, no bias) + class
-// token + learned positions, pre-LayerNorm, pre-LN encoder blocks with quick_gelu MLPs. LLaVA takes the
-// hidden state `vision_feature_layer` (-2: the output of the second-to-last block) and, for the
-// "default"/"patch" strategy, drops the CLS token; blocks past that layer are never loaded or run, and
-// post_layernorm is unused. Worker thread only.
+// CLIP ViT vision tower as LLaVA uses it (HF CLIPVisionModel): patch embedding (conv, no bias) +
+// class token + learned positions, pre-LayerNorm, pre-LN encoder blocks with quick_gelu MLPs. LLaVA
+// takes the hidden state `vision_feature_layer` (-2: the output of the second-to-last block) and,
+// for the "default"/"patch" strategy, drops the CLS token; blocks past that layer are never loaded
+// or run, and post_layernorm is unused. Worker thread only.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -22,8 +22,8 @@ class ClipVisionTower {
                                                          const LlavaConfig& config,
                                                          at::ScalarType dtype, at::Device device);
 
-  // pixels [B, 3, S, S] (normalised, any float dtype) -> features [B, tokens, Dv] in the model dtype,
-  // tokens = (S/patch)^2 (+1 when the CLS token is kept).
+  // pixels [B, 3, S, S] (normalised, any float dtype) -> features [B, tokens, Dv] in the model
+  // dtype, tokens = (S/patch)^2 (+1 when the CLS token is kept).
   at::Tensor Forward(const at::Tensor& pixels) const;
 
   int num_blocks_run() const { return static_cast<int>(layers_.size()); }
@@ -46,12 +46,14 @@ class ClipVisionTower {
   std::vector<Block> layers_;
 };
 
-// LLaVA's mlp2x_gelu projector (HF LlavaMultiModalProjector): Linear(Dv, D) -> GELU -> Linear(D, D).
+// LLaVA's mlp2x_gelu projector (HF LlavaMultiModalProjector): Linear(Dv, D) -> GELU -> Linear(D,
+// D).
 class MultiModalProjector {
  public:
   static StatusOr<std::unique_ptr<MultiModalProjector>> Load(const WeightLoader& weights,
                                                              const LlavaConfig& config,
-                                                             at::ScalarType dtype, at::Device device);
+                                                             at::ScalarType dtype,
+                                                             at::Device device);
   at::Tensor Forward(const at::Tensor& features) const;  // [.., Dv] -> [.., D]
 
  private:

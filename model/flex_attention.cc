@@ -8,10 +8,11 @@
 namespace flexvqa {
 
 StatusOr<std::unique_ptr<HighResProjections>> HighResProjections::Load(const WeightLoader& weights,
-                                                                        const LlavaConfig& config,
-                                                                        at::ScalarType dtype,
-                                                                        at::Device device) {
-  if (!config.flex.enabled) return FailedPreconditionError("the checkpoint is not a FlexAttention one");
+                                                                       const LlavaConfig& config,
+                                                                       at::ScalarType dtype,
+                                                                       at::Device device) {
+  if (!config.flex.enabled)
+    return FailedPreconditionError("the checkpoint is not a FlexAttention one");
   const TextConfig& t = config.text;
   auto p = std::unique_ptr<HighResProjections>(new HighResProjections());
   p->num_layers_ = t.num_hidden_layers;
@@ -24,13 +25,16 @@ StatusOr<std::unique_ptr<HighResProjections>> HighResProjections::Load(const Wei
   p->dtype_ = dtype;
   p->device_ = device;
   const std::vector<int64_t> shape = {p->kv_dim(), t.hidden_size};
-  // Present in all layers of the released checkpoint (modeling_llama.py:326-329); used from N_SA on.
+  // Present in all layers of the released checkpoint (modeling_llama.py:326-329); used from N_SA
+  // on.
   for (int i = p->num_sa_layers_; i < t.num_hidden_layers; ++i) {
     const std::string prefix = "layers." + std::to_string(i) + ".self_attn.";
-    FLEXVQA_ASSIGN_OR_RETURN(at::Tensor k,
-                             weights.Get(WeightSection::kText, prefix + "k_proj_hd.weight", shape, dtype, device));
-    FLEXVQA_ASSIGN_OR_RETURN(at::Tensor v,
-                             weights.Get(WeightSection::kText, prefix + "v_proj_hd.weight", shape, dtype, device));
+    FLEXVQA_ASSIGN_OR_RETURN(
+        at::Tensor k,
+        weights.Get(WeightSection::kText, prefix + "k_proj_hd.weight", shape, dtype, device));
+    FLEXVQA_ASSIGN_OR_RETURN(
+        at::Tensor v,
+        weights.Get(WeightSection::kText, prefix + "v_proj_hd.weight", shape, dtype, device));
     p->weights_.push_back(at::cat({k, v}, 0));
   }
   return p;
@@ -43,8 +47,10 @@ std::pair<at::Tensor, at::Tensor> HighResProjections::Rotary(int64_t image_begin
       BuildRotaryTables(image_begin + n, head_dim_, rope_theta_, at::kFloat, device_);
   auto upsample = [&](const at::Tensor& rows) {
     // [n, Dh] -> [1, Dh, lr, lr] -> bicubic [1, Dh, hr, hr] -> [hr^2, Dh]
-    const at::Tensor grid =
-        rows.narrow(0, image_begin, n).view({lr_side_, lr_side_, head_dim_}).permute({2, 0, 1}).unsqueeze(0);
+    const at::Tensor grid = rows.narrow(0, image_begin, n)
+                                .view({lr_side_, lr_side_, head_dim_})
+                                .permute({2, 0, 1})
+                                .unsqueeze(0);
     return InterpolateBicubic(grid.contiguous(), hr_side_, hr_side_)
         .view({head_dim_, static_cast<int64_t>(hr_side_) * hr_side_})
         .t()
@@ -77,7 +83,8 @@ void HighResSequence::BeginStep() {
   active_.assign(kSelectionGrid * kSelectionGrid, 0);
   pending_ = active_;
   ++trace_.num_steps;
-  trace_.masks.resize(trace_.masks.size() + static_cast<size_t>(trace_.num_fa_layers) * active_.size(), 0);
+  trace_.masks.resize(
+      trace_.masks.size() + static_cast<size_t>(trace_.num_fa_layers) * active_.size(), 0);
   trace_.selected_tokens.resize(trace_.selected_tokens.size() + trace_.num_fa_layers, 0);
 }
 
@@ -125,7 +132,7 @@ void FlexAttention::BeginLayer(int layer) {
     const at::Tensor idx =
         at::tensor(index, at::TensorOptions().dtype(at::kLong)).to(s->features_.device());
     rows.push_back(s->features_.index_select(0, idx));  // [m b^2, D]
-    cos.push_back(s->cos_.index_select(0, idx));         // [m b^2, Dh]
+    cos.push_back(s->cos_.index_select(0, idx));        // [m b^2, Dh]
     sin.push_back(s->sin_.index_select(0, idx));
     todo.emplace_back(s, std::move(missing));
   }
@@ -133,12 +140,13 @@ void FlexAttention::BeginLayer(int layer) {
   // HR keys/values: k_proj_hd / v_proj_hd of the RAW projector outputs, no RMSNorm
   // (modeling_llama.py:436-441); the keys under the interpolated RoPE rows (:442-443). One GEMM for
   // every block any chunk newly needs.
-  const int64_t kv = projections_.kv_heads(), dh = projections_.head_dim(), kvd = projections_.kv_dim();
+  const int64_t kv = projections_.kv_heads(), dh = projections_.head_dim(),
+                kvd = projections_.kv_dim();
   const at::Tensor x = at::cat(rows, 0);                         // [R, D]
   const at::Tensor kvs = Linear(x, projections_.weight(layer));  // [R, 2 KV Dh]
   const int64_t r = x.size(0);
   const at::Tensor k = ApplyRotary(kvs.narrow(1, 0, kvd).view({r, kv, dh}).transpose(0, 1),
-                                   at::cat(cos, 0), at::cat(sin, 0));       // [KV, R, Dh]
+                                   at::cat(cos, 0), at::cat(sin, 0));              // [KV, R, Dh]
   const at::Tensor v = kvs.narrow(1, kvd, kvd).view({r, kv, dh}).transpose(0, 1);  // [KV, R, Dh]
   int64_t offset = 0;
   for (auto& [s, missing] : todo) {
@@ -152,8 +160,8 @@ void FlexAttention::BeginLayer(int layer) {
   }
 }
 
-at::Tensor FlexAttention::LastRow(int layer, size_t chunk, const at::Tensor& q, const at::Tensor& keys,
-                                  const at::Tensor& values, double scale) {
+at::Tensor FlexAttention::LastRow(int layer, size_t chunk, const at::Tensor& q,
+                                  const at::Tensor& keys, const at::Tensor& values, double scale) {
   HighResSequence* s = sequences_[chunk];
   if (s == nullptr) return {};
   const int n_sa = projections_.num_sa_layers();
@@ -161,15 +169,17 @@ at::Tensor FlexAttention::LastRow(int layer, size_t chunk, const at::Tensor& q, 
   const bool selects = layer >= n_sa - 1 && layer <= projections_.num_layers() - 2;
   const bool hierarchical = layer >= n_sa && CountBlocks(s->active_) > 0;
   if (!selects && !hierarchical) return {};
-  const at::Tensor scores = at::matmul(q.unsqueeze(1), keys.transpose(1, 2)) * scale;  // [H, 1, total]
+  const at::Tensor scores =
+      at::matmul(q.unsqueeze(1), keys.transpose(1, 2)) * scale;  // [H, 1, total]
   s->rescored_keys_ += keys.size(1);
   if (selects) {
-    // The last row's probabilities over the ordinary (text + LR) keys only: HR keys are masked out of
-    // this softmax in the reference (modeling_llama.py:455-470), restricted to the LR image columns and
-    // summed over heads (:541).
+    // The last row's probabilities over the ordinary (text + LR) keys only: HR keys are masked out
+    // of this softmax in the reference (modeling_llama.py:455-470), restricted to the LR image
+    // columns and summed over heads (:541).
     const int64_t n = static_cast<int64_t>(projections_.lr_side()) * projections_.lr_side();
     const at::Tensor probs = at::softmax(scores, -1, at::kFloat);  // [H, 1, total]
-    const at::Tensor image = probs.narrow(2, s->image_begin_, n).sum(0).reshape({n}).to(at::kCPU).contiguous();
+    const at::Tensor image =
+        probs.narrow(2, s->image_begin_, n).sum(0).reshape({n}).to(at::kCPU).contiguous();
     s->pending_ = SelectHighResBlocks(image.data_ptr<float>(), projections_.lr_side(), s->width_,
                                       s->height_, s->threshold_);
   }
@@ -186,13 +196,15 @@ at::Tensor FlexAttention::LastRow(int layer, size_t chunk, const at::Tensor& q, 
   at::Tensor hr_keys = at::cat(hk, 1);    // [KV, M, Dh]
   at::Tensor hr_values = at::cat(hv, 1);  // [KV, M, Dh]
   const int64_t heads = q.size(0);
-  if (hr_keys.size(0) != heads) {  // Grouped-query attention: each KV head serves H / KV query heads.
+  if (hr_keys.size(0) !=
+      heads) {  // Grouped-query attention: each KV head serves H / KV query heads.
     hr_keys = hr_keys.repeat_interleave(heads / hr_keys.size(0), 0);
     hr_values = hr_values.repeat_interleave(heads / hr_values.size(0), 0);
   }
-  const at::Tensor hr_scores = at::matmul(q.unsqueeze(1), hr_keys.transpose(1, 2)) * scale;  // [H, 1, M]
-  const at::Tensor probs =
-      at::softmax(at::cat({scores, hr_scores}, 2), -1, at::kFloat).to(q.scalar_type());  // [H, 1, T + M]
+  const at::Tensor hr_scores =
+      at::matmul(q.unsqueeze(1), hr_keys.transpose(1, 2)) * scale;  // [H, 1, M]
+  const at::Tensor probs = at::softmax(at::cat({scores, hr_scores}, 2), -1, at::kFloat)
+                               .to(q.scalar_type());                     // [H, 1, T + M]
   return at::matmul(probs, at::cat({values, hr_values}, 1)).squeeze(1);  // [H, Dh]
 }
 

@@ -1,9 +1,9 @@
-// FlexAttention's hierarchical attention for the LLaMA decoder (flexattention.md §2-4; the authors' code at
-// UMass-Foundation-Model/FlexAttention@f814be5). HighResProjections holds the checkpoint's k_proj_hd /
-// v_proj_hd of the FA layers; HighResSequence is one request's state (its raw HR features, their RoPE rows,
-// the HR keys/values computed so far, the selection trace), owned by the engine until Release;
-// FlexAttention is the per-Forward hook (model/llama.h) that selects HR blocks from the last row's
-// attention and lets that row attend to them. Worker thread only.
+// FlexAttention's hierarchical attention for the LLaMA decoder (flexattention.md §2-4; the authors'
+// code at UMass-Foundation-Model/FlexAttention@f814be5). HighResProjections holds the checkpoint's
+// k_proj_hd / v_proj_hd of the FA layers; HighResSequence is one request's state (its raw HR
+// features, their RoPE rows, the HR keys/values computed so far, the selection trace), owned by the
+// engine until Release; FlexAttention is the per-Forward hook (model/llama.h) that selects HR
+// blocks from the last row's attention and lets that row attend to them. Worker thread only.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -26,7 +26,8 @@ class HighResProjections {
   // Loads model.layers.{i}.self_attn.{k,v}_proj_hd.weight for the FA layers i >= num_sa_layers.
   static StatusOr<std::unique_ptr<HighResProjections>> Load(const WeightLoader& weights,
                                                             const LlavaConfig& config,
-                                                            at::ScalarType dtype, at::Device device);
+                                                            at::ScalarType dtype,
+                                                            at::Device device);
 
   int num_layers() const { return num_layers_; }
   int num_sa_layers() const { return num_sa_layers_; }  // N_SA: first FA layer.
@@ -39,8 +40,9 @@ class HighResProjections {
   const at::Tensor& weight(int layer) const { return weights_[layer - num_sa_layers_]; }
 
   // RoPE rows of the HR tokens for an image whose LR tokens sit at positions
-  // [image_begin, image_begin + lr_side^2): those rows' cos/sin as an lr x lr grid, bicubic-upsampled
-  // (align_corners=False) to hr x hr (llava_llama.py:59-77). Returns {cos, sin}, each [hr^2, Dh].
+  // [image_begin, image_begin + lr_side^2): those rows' cos/sin as an lr x lr grid,
+  // bicubic-upsampled (align_corners=False) to hr x hr (llava_llama.py:59-77). Returns {cos, sin},
+  // each [hr^2, Dh].
   std::pair<at::Tensor, at::Tensor> Rotary(int64_t image_begin) const;
 
  private:
@@ -57,13 +59,15 @@ class HighResProjections {
 };
 
 // One request's high-resolution state. HR keys/values depend only on the image (raw features, fixed
-// RoPE rows), never on the step, so each (FA layer, 8x8 block) is computed the first time a selection
-// needs it and kept until the request ends: the same numbers as the reference, which recomputes the
-// selected ones every step (modeling_llama.py:436-441), for the cost of the blocks ever selected.
+// RoPE rows), never on the step, so each (FA layer, 8x8 block) is computed the first time a
+// selection needs it and kept until the request ends: the same numbers as the reference, which
+// recomputes the selected ones every step (modeling_llama.py:436-441), for the cost of the blocks
+// ever selected.
 class HighResSequence {
  public:
-  // features: [hr^2, D] raw projector outputs of the HR tiles, stitched row-major. image_begin: position
-  // of the first LR image token in the prompt. width/height: the original image's size (padding bands).
+  // features: [hr^2, D] raw projector outputs of the HR tiles, stitched row-major. image_begin:
+  // position of the first LR image token in the prompt. width/height: the original image's size
+  // (padding bands).
   HighResSequence(const HighResProjections& projections, at::Tensor features, int64_t image_begin,
                   int width, int height, int threshold);
 
@@ -74,7 +78,8 @@ class HighResSequence {
   int64_t computed_rows() const { return computed_rows_; }  // HR tokens through k/v_proj_hd so far.
   // Ordinary keys whose scores the hook recomputed for last rows so far (for FLOPs).
   int64_t rescored_keys() const { return rescored_keys_; }
-  // Device bytes this request holds: raw HR features, their RoPE rows, the HR key/value blocks so far.
+  // Device bytes this request holds: raw HR features, their RoPE rows, the HR key/value blocks so
+  // far.
   int64_t bytes() const;
 
  private:
@@ -84,11 +89,12 @@ class HighResSequence {
   std::vector<int> MissingBlocks(int fa) const;
 
   const HighResProjections* projections_;
-  at::Tensor features_;  // [hr^2, D]
+  at::Tensor features_;   // [hr^2, D]
   at::Tensor cos_, sin_;  // [hr^2, Dh]
   int64_t image_begin_;
   int width_, height_, threshold_;
-  std::vector<std::vector<at::Tensor>> keys_, values_;  // [FA layer][block]: [KV, b^2, Dh] (RoPE'd keys)
+  std::vector<std::vector<at::Tensor>> keys_,
+      values_;         // [FA layer][block]: [KV, b^2, Dh] (RoPE'd keys)
   BlockMask active_;   // Selection the current layer uses (computed by the layer before it).
   BlockMask pending_;  // Selection computed by the current layer for the next.
   SelectionTrace trace_;

@@ -9,13 +9,14 @@ double LinearFlops(int64_t rows, int64_t in, int64_t out) {
 }
 
 double AttentionFlops(int64_t heads, int64_t queries, int64_t keys, int64_t head_dim) {
-  return 4.0 * static_cast<double>(heads) * static_cast<double>(queries) * static_cast<double>(keys) *
-         static_cast<double>(head_dim);
+  return 4.0 * static_cast<double>(heads) * static_cast<double>(queries) *
+         static_cast<double>(keys) * static_cast<double>(head_dim);
 }
 
 void AddVisionFlops(const LlavaConfig& config, int64_t images, FlopCount* count) {
   const VisionConfig& v = config.vision;
-  const int64_t patches = static_cast<int64_t>(v.image_size / v.patch_size) * (v.image_size / v.patch_size);
+  const int64_t patches =
+      static_cast<int64_t>(v.image_size / v.patch_size) * (v.image_size / v.patch_size);
   const int64_t t = patches + 1;  // CLS token.
   const int64_t d = v.hidden_size;
   // Blocks up to the selected hidden state (ClipVisionTower loads and runs no more).
@@ -24,11 +25,14 @@ void AddVisionFlops(const LlavaConfig& config, int64_t images, FlopCount* count)
                                                      : config.vision_feature_layer;
   double* f = count->flops[FlopCount::kVision];
   f[FlopCount::kProjections] +=
-      images * LinearFlops(patches, static_cast<int64_t>(v.num_channels) * v.patch_size * v.patch_size, d);
+      images *
+      LinearFlops(patches, static_cast<int64_t>(v.num_channels) * v.patch_size * v.patch_size, d);
   for (int b = 0; b < blocks; ++b) {
     f[FlopCount::kProjections] += images * (LinearFlops(t, d, 3 * d) + LinearFlops(t, d, d));
-    f[FlopCount::kAttention] += images * AttentionFlops(v.num_attention_heads, t, t, d / v.num_attention_heads);
-    f[FlopCount::kMlp] += images * (LinearFlops(t, d, v.intermediate_size) + LinearFlops(t, v.intermediate_size, d));
+    f[FlopCount::kAttention] +=
+        images * AttentionFlops(v.num_attention_heads, t, t, d / v.num_attention_heads);
+    f[FlopCount::kMlp] +=
+        images * (LinearFlops(t, d, v.intermediate_size) + LinearFlops(t, v.intermediate_size, d));
   }
   const int64_t tokens = images * patches;
   const int64_t dt = config.text.hidden_size;
@@ -36,8 +40,8 @@ void AddVisionFlops(const LlavaConfig& config, int64_t images, FlopCount* count)
       LinearFlops(tokens, d, dt) + LinearFlops(tokens, dt, dt);
 }
 
-void AddDecoderChunkFlops(const TextConfig& c, int64_t start, int64_t length, FlopCount::Phase phase,
-                          FlopCount* count) {
+void AddDecoderChunkFlops(const TextConfig& c, int64_t start, int64_t length,
+                          FlopCount::Phase phase, FlopCount* count) {
   AddDecoderChunkFlops(c, start, length, 0, 0, phase, count);
 }
 
@@ -49,7 +53,8 @@ void AddDecoderChunkFlops(const TextConfig& c, int64_t start, int64_t length, in
   const int64_t end = std::clamp(skip_begin + skip, begin, length);
   double* f = count->flops[phase];
   for (int l = 0; l < c.num_hidden_layers; ++l) {
-    f[FlopCount::kProjections] += LinearFlops(length, d, qkv) + LinearFlops(length, c.num_attention_heads * dh, d);
+    f[FlopCount::kProjections] +=
+        LinearFlops(length, d, qkv) + LinearFlops(length, c.num_attention_heads * dh, d);
     if (end == begin) {
       f[FlopCount::kAttention] += AttentionFlops(c.num_attention_heads, length, start + length, dh);
     } else {  // Matches LlamaDecoder::AttentionBlock's two rectangles.
@@ -80,11 +85,12 @@ void AddFlexFlops(const TextConfig& c, int64_t rescored_keys, int64_t hr_keys_at
                   int64_t hr_rows_computed, FlopCount::Phase phase, FlopCount* count) {
   const int64_t dh = c.head_dim(), h = c.num_attention_heads;
   double* f = count->flops[phase];
-  // Rescored ordinary keys: scores only (2 H Dh each); their values are in the chunk's count, except in
-  // hierarchical layers, where the row's output is recomputed too (counted with its HR keys below as a
-  // lower bound; the difference is 2 H Dh keys per FA layer of one row).
+  // Rescored ordinary keys: scores only (2 H Dh each); their values are in the chunk's count,
+  // except in hierarchical layers, where the row's output is recomputed too (counted with its HR
+  // keys below as a lower bound; the difference is 2 H Dh keys per FA layer of one row).
   f[FlopCount::kAttention] += AttentionFlops(h, 1, rescored_keys, dh) / 2;
-  // The hierarchical row's scores and values over the HR keys; its ordinary part is in the chunk's count.
+  // The hierarchical row's scores and values over the HR keys; its ordinary part is in the chunk's
+  // count.
   f[FlopCount::kAttention] += AttentionFlops(h, 1, hr_keys_attended, dh);
   const int64_t kv = static_cast<int64_t>(c.num_key_value_heads) * dh;
   f[FlopCount::kHighResProjections] += LinearFlops(hr_rows_computed, c.hidden_size, 2 * kv);

@@ -8,9 +8,9 @@
 namespace flexvqa {
 namespace {
 
-// The attention map with the square padding's bands zeroed (modeling_llama.py:548-558): the image was
-// pasted centred on a max(W, H) square, so m = int(margin / max(W, H) * side) rows (landscape) or
-// columns (portrait) on each side hold only padding.
+// The attention map with the square padding's bands zeroed (modeling_llama.py:548-558): the image
+// was pasted centred on a max(W, H) square, so m = int(margin / max(W, H) * side) rows (landscape)
+// or columns (portrait) on each side hold only padding.
 std::vector<float> ZeroPaddingBands(const float* attention, int side, int width, int height) {
   std::vector<float> a(attention, attention + static_cast<size_t>(side) * side);
   const int margin = std::abs(width - height) / 2;
@@ -39,15 +39,16 @@ std::vector<float> NormalisedScores(const std::vector<float>& a) {
 
 }  // namespace
 
-BlockMask SelectHighResBlocks(const float* attention, int lr_side, int image_width, int image_height,
-                              int threshold) {
+BlockMask SelectHighResBlocks(const float* attention, int lr_side, int image_width,
+                              int image_height, int threshold) {
   BlockMask blocks(kSelectionGrid * kSelectionGrid, 0);
   const std::vector<float> scores =
       NormalisedScores(ZeroPaddingBands(attention, lr_side, image_width, image_height));
   if (scores.empty()) return blocks;
   const float t = static_cast<float>(threshold);
   // adaptive_max_pool2d(lr_side -> 9) (modeling_llama.py:566): window i spans
-  // [floor(i * n / 9), ceil((i + 1) * n / 9)), so neighbouring windows overlap when 9 does not divide n.
+  // [floor(i * n / 9), ceil((i + 1) * n / 9)), so neighbouring windows overlap when 9 does not
+  // divide n.
   for (int i = 0; i < kSelectionGrid; ++i) {
     const int r0 = i * lr_side / kSelectionGrid;
     const int r1 = ((i + 1) * lr_side + kSelectionGrid - 1) / kSelectionGrid;
@@ -56,7 +57,8 @@ BlockMask SelectHighResBlocks(const float* attention, int lr_side, int image_wid
       const int c1 = ((j + 1) * lr_side + kSelectionGrid - 1) / kSelectionGrid;
       bool any = false;
       for (int r = r0; r < r1 && !any; ++r) {
-        for (int c = c0; c < c1 && !any; ++c) any = scores[static_cast<size_t>(r) * lr_side + c] > t;
+        for (int c = c0; c < c1 && !any; ++c)
+          any = scores[static_cast<size_t>(r) * lr_side + c] > t;
       }
       blocks[i * kSelectionGrid + j] = any ? 1 : 0;
     }

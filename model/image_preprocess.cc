@@ -246,7 +246,8 @@ std::vector<float> ResizeBilinearAntialiased(const std::vector<float>& planes, i
 }
 
 StatusOr<TwoResolutionPixels> PreprocessFlexAttention(const RgbImage& image,
-                                                      const PreprocessOptions& options, int low_size) {
+                                                      const PreprocessOptions& options,
+                                                      int low_size) {
   if (low_size <= 0 || low_size > options.crop_size) {
     return InvalidArgumentError("the low-resolution side must be in (0, crop_size]");
   }

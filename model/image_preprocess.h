@@ -63,12 +63,14 @@ std::vector<float> ResizeBilinearAntialiased(const std::vector<float>& planes, i
 // FlexAttention's two views of one image (llava_arch.py:205-225, flexattention.md §1): the LLaVA
 // pipeline above at options.crop_size (the high-resolution side, 1008), and that NORMALISED tensor
 // downsampled to low_size (336) with antialiased bilinear interpolation, as the reference's
-// F.interpolate(..., mode="bilinear", antialias=True). Vanilla LLaVA instead resizes before normalising.
+// F.interpolate(..., mode="bilinear", antialias=True). Vanilla LLaVA instead resizes before
+// normalising.
 struct TwoResolutionPixels {
   std::vector<float> high;  // [3, crop_size, crop_size]
   std::vector<float> low;   // [3, low_size, low_size]
 };
 StatusOr<TwoResolutionPixels> PreprocessFlexAttention(const RgbImage& image,
-                                                      const PreprocessOptions& options, int low_size);
+                                                      const PreprocessOptions& options,
+                                                      int low_size);
 
 }  // namespace flexvqa

@@ -10,20 +10,22 @@ StatusOr<KvCache> KvCache::Create(const KvCacheShape& shape, at::ScalarType dtyp
                                   at::Device device) {
   if (shape.num_layers <= 0 || shape.num_slots <= 0 || shape.max_context <= 0 ||
       shape.num_kv_heads <= 0 || shape.head_dim <= 0) {
-    return InvalidArgumentError("KV cache needs positive layers, slots, context, heads and head width");
+    return InvalidArgumentError(
+        "KV cache needs positive layers, slots, context, heads and head width");
   }
   KvCache cache;
   cache.shape_ = shape;
   try {
     const auto options = at::TensorOptions().dtype(dtype).device(device);
     for (int l = 0; l < shape.num_layers; ++l) {
-      cache.keys_.push_back(
-          at::zeros({shape.num_slots, shape.num_kv_heads, shape.max_context, shape.head_dim}, options));
+      cache.keys_.push_back(at::zeros(
+          {shape.num_slots, shape.num_kv_heads, shape.max_context, shape.head_dim}, options));
       cache.values_.push_back(at::zeros_like(cache.keys_.back()));
     }
   } catch (const std::exception& e) {
     return StatusFromTorchError(e, "allocating the KV cache (" + std::to_string(shape.num_slots) +
-                                       " slots x " + std::to_string(shape.max_context) + " positions)");
+                                       " slots x " + std::to_string(shape.max_context) +
+                                       " positions)");
   }
   cache.lengths_.assign(shape.num_slots, 0);
   for (int s = shape.num_slots - 1; s >= 0; --s) cache.free_.push_back(s);

@@ -1,8 +1,9 @@
-// Key/value cache for many sequences of different lengths: a fixed pool of slots, each holding up to
-// `max_context` positions of every layer's keys and values, laid out [slot, kv_head, position, Dh] per
-// layer so that one sequence's keys are contiguous per head (what attention reads). A sequence takes a
-// slot at admission and gives it back at release; its length is tracked per slot on the host.
-// Allocated once at load: no allocation per request or per step. Not thread-safe (worker thread only).
+// Key/value cache for many sequences of different lengths: a fixed pool of slots, each holding up
+// to `max_context` positions of every layer's keys and values, laid out [slot, kv_head, position,
+// Dh] per layer so that one sequence's keys are contiguous per head (what attention reads). A
+// sequence takes a slot at admission and gives it back at release; its length is tracked per slot
+// on the host. Allocated once at load: no allocation per request or per step. Not thread-safe
+// (worker thread only).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -24,7 +25,8 @@ struct KvCacheShape {
 
 class KvCache {
  public:
-  static StatusOr<KvCache> Create(const KvCacheShape& shape, at::ScalarType dtype, at::Device device);
+  static StatusOr<KvCache> Create(const KvCacheShape& shape, at::ScalarType dtype,
+                                  at::Device device);
 
   const KvCacheShape& shape() const { return shape_; }
   int64_t bytes() const;  // Device memory held by the cache.

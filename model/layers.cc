@@ -26,7 +26,7 @@ bool IsKnownActivation(const std::string& name) {
 
 at::Tensor Activation(const at::Tensor& x, const std::string& name) {
   if (name == "quick_gelu") return x * at::sigmoid(x * 1.702);  // CLIP's QuickGELUActivation.
-  if (name == "gelu") return at::gelu(x);                      // Exact erf form (nn.GELU()).
+  if (name == "gelu") return at::gelu(x);                       // Exact erf form (nn.GELU()).
   return at::silu(x);
 }
 

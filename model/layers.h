@@ -1,5 +1,5 @@
-// Stateless building blocks shared by the vision tower and the decoder, each matching the Hugging Face
-// module it names (numerics included: RMSNorm in fp32, RoPE tables built in fp32 then cast).
+// Stateless building blocks shared by the vision tower and the decoder, each matching the Hugging
+// Face module it names (numerics included: RMSNorm in fp32, RoPE tables built in fp32 then cast).
 // Shapes in comments: B batch, T tokens, D model width, H heads, Dh head width.
 #pragma once
 
@@ -13,7 +13,8 @@ namespace flexvqa {
 at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps);
 
 // nn.LayerNorm over the last dimension.
-at::Tensor LayerNorm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double eps);
+at::Tensor LayerNorm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                     double eps);
 
 // x W^T + b (bias may be undefined).
 at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias = {});
@@ -24,7 +25,8 @@ at::Tensor Activation(const at::Tensor& x, const std::string& name);
 bool IsKnownActivation(const std::string& name);
 
 // Rotary position embedding tables for LLaMA (HF LlamaRotaryEmbedding, default rope type):
-// inv_freq[i] = theta^(-2i/Dh); cos/sin of pos * inv_freq, duplicated to width Dh ("rotate_half" form).
+// inv_freq[i] = theta^(-2i/Dh); cos/sin of pos * inv_freq, duplicated to width Dh ("rotate_half"
+// form).
 struct RotaryTables {
   at::Tensor cos;  // [max_positions, Dh], model dtype
   at::Tensor sin;  // [max_positions, Dh]

@@ -30,16 +30,24 @@ StatusOr<std::unique_ptr<LlamaDecoder>> LlamaDecoder::Load(const WeightLoader& w
   for (int i = 0; i < config.num_hidden_layers; ++i) {
     const std::string p = "layers." + std::to_string(i) + ".";
     Layer layer;
-    FLEXVQA_ASSIGN_OR_RETURN(layer.input_norm, get(WeightSection::kText, p + "input_layernorm.weight", {d}));
-    FLEXVQA_ASSIGN_OR_RETURN(at::Tensor q, get(WeightSection::kText, p + "self_attn.q_proj.weight", {h * dh, d}));
-    FLEXVQA_ASSIGN_OR_RETURN(at::Tensor k, get(WeightSection::kText, p + "self_attn.k_proj.weight", {kv * dh, d}));
-    FLEXVQA_ASSIGN_OR_RETURN(at::Tensor v, get(WeightSection::kText, p + "self_attn.v_proj.weight", {kv * dh, d}));
-    FLEXVQA_ASSIGN_OR_RETURN(layer.o_proj, get(WeightSection::kText, p + "self_attn.o_proj.weight", {d, h * dh}));
+    FLEXVQA_ASSIGN_OR_RETURN(layer.input_norm,
+                             get(WeightSection::kText, p + "input_layernorm.weight", {d}));
+    FLEXVQA_ASSIGN_OR_RETURN(at::Tensor q,
+                             get(WeightSection::kText, p + "self_attn.q_proj.weight", {h * dh, d}));
+    FLEXVQA_ASSIGN_OR_RETURN(
+        at::Tensor k, get(WeightSection::kText, p + "self_attn.k_proj.weight", {kv * dh, d}));
+    FLEXVQA_ASSIGN_OR_RETURN(
+        at::Tensor v, get(WeightSection::kText, p + "self_attn.v_proj.weight", {kv * dh, d}));
+    FLEXVQA_ASSIGN_OR_RETURN(layer.o_proj,
+                             get(WeightSection::kText, p + "self_attn.o_proj.weight", {d, h * dh}));
     FLEXVQA_ASSIGN_OR_RETURN(layer.post_attn_norm,
                              get(WeightSection::kText, p + "post_attention_layernorm.weight", {d}));
-    FLEXVQA_ASSIGN_OR_RETURN(at::Tensor gate, get(WeightSection::kText, p + "mlp.gate_proj.weight", {inter, d}));
-    FLEXVQA_ASSIGN_OR_RETURN(at::Tensor up, get(WeightSection::kText, p + "mlp.up_proj.weight", {inter, d}));
-    FLEXVQA_ASSIGN_OR_RETURN(layer.down_proj, get(WeightSection::kText, p + "mlp.down_proj.weight", {d, inter}));
+    FLEXVQA_ASSIGN_OR_RETURN(at::Tensor gate,
+                             get(WeightSection::kText, p + "mlp.gate_proj.weight", {inter, d}));
+    FLEXVQA_ASSIGN_OR_RETURN(at::Tensor up,
+                             get(WeightSection::kText, p + "mlp.up_proj.weight", {inter, d}));
+    FLEXVQA_ASSIGN_OR_RETURN(layer.down_proj,
+                             get(WeightSection::kText, p + "mlp.down_proj.weight", {d, inter}));
     layer.qkv_proj = at::cat({q, k, v}, 0);
     layer.gate_up_proj = at::cat({gate, up}, 0);
     decoder->layers_.push_back(std::move(layer));

@@ -1,8 +1,9 @@
 // The LLaMA decoder of LLaVA-1.5 (HF LlamaForCausalLM): token embeddings, N pre-norm blocks of
-// (RMSNorm, RoPE self-attention, RMSNorm, SwiGLU MLP), final RMSNorm, lm_head. One forward entry point
-// serves prefill and decode alike: a packed batch of sequence chunks ([N, D] rows, each chunk placed at
-// its own start position in its own KV-cache slot), as vLLM's varlen batches. The projections run as one
-// GEMM over all rows; attention runs per chunk against that slot's cache. Worker thread only.
+// (RMSNorm, RoPE self-attention, RMSNorm, SwiGLU MLP), final RMSNorm, lm_head. One forward entry
+// point serves prefill and decode alike: a packed batch of sequence chunks ([N, D] rows, each chunk
+// placed at its own start position in its own KV-cache slot), as vLLM's varlen batches. The
+// projections run as one GEMM over all rows; attention runs per chunk against that slot's cache.
+// Worker thread only.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -41,9 +42,9 @@ class LastRowAttention {
   virtual ~LastRowAttention() = default;
   // Called once per layer, before its attention, with the chunks of this Forward.
   virtual void BeginLayer(int layer) = 0;
-  // q [H, Dh]: chunk `chunk`'s last row after RoPE; keys/values [H, total, Dh]: the causal keys that row
-  // sees (grouped KV heads already repeated). Returns the row's attention output [H, Dh] to use instead of
-  // the ordinary one, or an undefined tensor to keep it.
+  // q [H, Dh]: chunk `chunk`'s last row after RoPE; keys/values [H, total, Dh]: the causal keys
+  // that row sees (grouped KV heads already repeated). Returns the row's attention output [H, Dh]
+  // to use instead of the ordinary one, or an undefined tensor to keep it.
   virtual at::Tensor LastRow(int layer, size_t chunk, const at::Tensor& q, const at::Tensor& keys,
                              const at::Tensor& values, double scale) = 0;
 };
@@ -61,13 +62,14 @@ class CrossAttentionHook {
 class LlamaDecoder {
  public:
   static StatusOr<std::unique_ptr<LlamaDecoder>> Load(const WeightLoader& weights,
-                                                      const TextConfig& config, at::ScalarType dtype,
-                                                      at::Device device, int64_t max_positions);
+                                                      const TextConfig& config,
+                                                      at::ScalarType dtype, at::Device device,
+                                                      int64_t max_positions);
 
   const TextConfig& config() const { return config_; }
 
-  // Token embeddings: [N] int64 ids -> [N, D]. Ids outside the table (image placeholders) map to row 0;
-  // their rows are overwritten by image features.
+  // Token embeddings: [N] int64 ids -> [N, D]. Ids outside the table (image placeholders) map to
+  // row 0; their rows are overwritten by image features.
   at::Tensor Embed(const at::Tensor& token_ids) const;
 
   // Runs the blocks over packed rows x [N, D], writing each chunk's keys/values into its slot and

@@ -1,11 +1,12 @@
 // LLaVA-1.5 behind the Engine interface of model/engine.h, in the attention mode its checkpoint
 // asks for: "full" (LLaVA-1.5 at 336 px), "flex" (FlexAttention at 1008 px,
 // model/flex_attention.h), "hd" (HR tile tokens in the sequence), "composite" (image tokens skip
-// attention) or "xattn" (cross-attention to HR features, model/cross_attention.h); docs/modes.md. CLIP tower + mlp2x_gelu projector + LLaMA decoder, a slot-per-sequence
-// KV cache, per-sequence samplers, streaming detokenisation and stop strings. Prefill packs every
-// new sequence's prompt into one forward pass; decode packs one row per running sequence
-// (model/llama.h). flex and xattn keep each request's high-resolution state (flex: features, HR
-// keys/values, selection trace; xattn: cross-attention keys/values) beside its slot, freed at Release.
+// attention) or "xattn" (cross-attention to HR features, model/cross_attention.h); docs/modes.md.
+// CLIP tower + mlp2x_gelu projector + LLaMA decoder, a slot-per-sequence KV cache, per-sequence
+// samplers, streaming detokenisation and stop strings. Prefill packs every new sequence's prompt
+// into one forward pass; decode packs one row per running sequence (model/llama.h). flex and xattn
+// keep each request's high-resolution state (flex: features, HR keys/values, selection trace;
+// xattn: cross-attention keys/values) beside its slot, freed at Release.
 #include <ATen/ATen.h>
 
 #include <algorithm>
@@ -39,8 +40,9 @@ class LlavaPrepared : public PreparedRequest {
  public:
   std::vector<int32_t> tokens;
   std::vector<float> pixels;  // [3, S, S] normalised; empty without an image.
-  // flex, hd, xattn: the normalised high-resolution image [3, Z S, Z S] (`pixels` is its downsample);
-  // flex: the original image size (for the selection's padding bands) and the selection threshold.
+  // flex, hd, xattn: the normalised high-resolution image [3, Z S, Z S] (`pixels` is its
+  // downsample); flex: the original image size (for the selection's padding bands) and the
+  // selection threshold.
   std::vector<float> highres_pixels;
   int image_width = 0;
   int image_height = 0;
@@ -84,11 +86,13 @@ Status ValidateSampling(const SamplingParams& s, const EngineLimits& limits) {
     return InvalidArgumentError("top_p must be in (0, 1], got " + std::to_string(s.top_p));
   }
   if (s.top_k < 0) {
-    return InvalidArgumentError("top_k must be >= 0 (0 disables it), got " + std::to_string(s.top_k));
+    return InvalidArgumentError("top_k must be >= 0 (0 disables it), got " +
+                                std::to_string(s.top_k));
   }
   if (!std::isfinite(s.repetition_penalty) || s.repetition_penalty <= 0.0f) {
-    return InvalidArgumentError("repetition_penalty must be a finite number > 0 (1 disables it), got " +
-                                std::to_string(s.repetition_penalty));
+    return InvalidArgumentError(
+        "repetition_penalty must be a finite number > 0 (1 disables it), got " +
+        std::to_string(s.repetition_penalty));
   }
   if (static_cast<int>(s.stop.size()) > limits.max_stop_strings) {
     return InvalidArgumentError("at most " + std::to_string(limits.max_stop_strings) +
@@ -121,7 +125,8 @@ class LlavaEngine : public Engine {
   SelectionTrace Selections(SequenceId sequence) const override;
 
  private:
-  // Chooses each sequence's next token from fp32 logits [B, V] (rows in `batch` order) and emits it.
+  // Chooses each sequence's next token from fp32 logits [B, V] (rows in `batch` order) and emits
+  // it.
   void SampleAndEmit(const at::Tensor& logits, const std::vector<SequenceId>& batch,
                      std::vector<TokenEvent>* events);
   TokenEvent Emit(SequenceId id, Sequence& seq, int32_t token);
@@ -131,8 +136,8 @@ class LlavaEngine : public Engine {
   std::unique_ptr<FlexAttention> FlexHook(const std::vector<SequenceId>& batch);
   // xattn: the cross-attention hook for one forward pass over `batch` (null in other modes).
   std::unique_ptr<CrossAttention> CrossHook(const std::vector<SequenceId>& batch);
-  // After a forward pass over `batch`: selected HR tokens and the FLOPs the pass ran (chunk starts and
-  // lengths as run; flex's extra last-row work from the sequences' counters).
+  // After a forward pass over `batch`: selected HR tokens and the FLOPs the pass ran (chunk starts
+  // and lengths as run; flex's extra last-row work from the sequences' counters).
   void UpdateReports(const std::vector<SequenceId>& batch, const std::vector<int64_t>& starts,
                      const std::vector<int64_t>& lengths, FlopCount::Phase phase);
 
@@ -176,7 +181,8 @@ StatusOr<std::unique_ptr<Engine>> LlavaEngine::Create(const EngineOptions& optio
     shape.max_context = context;
     shape.num_kv_heads = config.text.num_key_value_heads;
     shape.head_dim = config.text.head_dim();
-    FLEXVQA_ASSIGN_OR_RETURN(KvCache cache, KvCache::Create(shape, engine->dtype_, engine->device_));
+    FLEXVQA_ASSIGN_OR_RETURN(KvCache cache,
+                             KvCache::Create(shape, engine->dtype_, engine->device_));
     engine->cache_ = std::make_unique<KvCache>(std::move(cache));
   } catch (const std::exception& e) {
     return StatusFromTorchError(e, "loading " + options.model_dir);
@@ -184,13 +190,14 @@ StatusOr<std::unique_ptr<Engine>> LlavaEngine::Create(const EngineOptions& optio
 
   PreprocessOptions& pre = engine->preprocess_;
   pre.crop_size = config.crop_size > 0 ? config.crop_size : config.vision.image_size;
-  pre.resize_shortest_edge = config.resize_shortest_edge > 0 ? config.resize_shortest_edge : pre.crop_size;
+  pre.resize_shortest_edge =
+      config.resize_shortest_edge > 0 ? config.resize_shortest_edge : pre.crop_size;
   pre.mean = config.image_mean;
   pre.std = config.image_std;
   pre.pad_to_square = config.image_aspect_ratio == "pad";
   if (config.flex.enabled) {
-    // The CLIP processor's pipeline at the high-resolution side (mm_utils.py:166-182); the LR view is
-    // derived from it (PreprocessFlexAttention).
+    // The CLIP processor's pipeline at the high-resolution side (mm_utils.py:166-182); the LR view
+    // is derived from it (PreprocessFlexAttention).
     pre.crop_size = config.flex.highres_size;
     pre.resize_shortest_edge = config.flex.highres_size;
   } else if (config.mode.zoom() > 0) {
@@ -206,7 +213,8 @@ StatusOr<std::unique_ptr<Engine>> LlavaEngine::Create(const EngineOptions& optio
   ModelInfo& info = engine->info_;
   info.name = std::filesystem::path(options.model_dir).lexically_normal().filename().string();
   if (info.name.empty()) {
-    info.name = std::filesystem::path(options.model_dir).lexically_normal().parent_path().filename();
+    info.name =
+        std::filesystem::path(options.model_dir).lexically_normal().parent_path().filename();
   }
   info.mode = config.flex.enabled ? "flex" : config.mode.name;
   info.dtype = DtypeName(engine->dtype_);
@@ -239,21 +247,25 @@ StatusOr<std::shared_ptr<const PreparedRequest>> LlavaEngine::Prepare(
     return InvalidArgumentError("the prompt is " + std::to_string(prepared->prompt_tokens) +
                                 " tokens (" + std::to_string(prepared->image_tokens) +
                                 " of them for the image); this server accepts at most " +
-                                std::to_string(limits.max_prompt_tokens) + ": shorten the question");
+                                std::to_string(limits.max_prompt_tokens) +
+                                ": shorten the question");
   }
   const int total = prepared->prompt_tokens + request.sampling.max_new_tokens;
   if (total > info_.context_length) {
-    return InvalidArgumentError(
-        "the model's context is " + std::to_string(info_.context_length) + " tokens, but the request needs " +
-        std::to_string(total) + " (" + std::to_string(prepared->prompt_tokens) + " in the prompt, " +
-        std::to_string(request.sampling.max_new_tokens) + " new): lower max_new_tokens to at most " +
-        std::to_string(info_.context_length - prepared->prompt_tokens));
+    return InvalidArgumentError("the model's context is " + std::to_string(info_.context_length) +
+                                " tokens, but the request needs " + std::to_string(total) + " (" +
+                                std::to_string(prepared->prompt_tokens) + " in the prompt, " +
+                                std::to_string(request.sampling.max_new_tokens) +
+                                " new): lower max_new_tokens to at most " +
+                                std::to_string(info_.context_length - prepared->prompt_tokens));
   }
   const bool flex = config_.flex.enabled;
   const bool two_views = flex || config_.mode.zoom() > 0;
   if (request.selection_threshold && !flex) {
-    return InvalidArgumentError("selection_threshold applies to FlexAttention models only; this model's "
-                                "attention mode is '" + info_.mode + "'");
+    return InvalidArgumentError(
+        "selection_threshold applies to FlexAttention models only; this model's "
+        "attention mode is '" +
+        info_.mode + "'");
   }
   prepared->threshold = request.selection_threshold.value_or(config_.flex.threshold);
   if (flex && (prepared->threshold < 0 || prepared->threshold > 255)) {
@@ -264,8 +276,8 @@ StatusOr<std::shared_ptr<const PreparedRequest>> LlavaEngine::Prepare(
     ImageLimits image_limits;
     image_limits.max_encoded_bytes = limits.max_image_bytes;
     image_limits.max_pixels = limits.max_image_pixels;
-    FLEXVQA_ASSIGN_OR_RETURN(RgbImage image,
-                             DecodeImage(request.image->bytes, request.image->mime_type, image_limits));
+    FLEXVQA_ASSIGN_OR_RETURN(
+        RgbImage image, DecodeImage(request.image->bytes, request.image->mime_type, image_limits));
     if (two_views) {
       FLEXVQA_ASSIGN_OR_RETURN(
           TwoResolutionPixels views,
@@ -314,7 +326,8 @@ EngineMemory LlavaEngine::Memory() const {
   EngineMemory memory;
   memory.kv_cache_pool_bytes = cache_->bytes();
   const KvCacheShape& shape = cache_->shape();
-  const int64_t bytes_per_position = memory.kv_cache_pool_bytes / (shape.num_slots * shape.max_context);
+  const int64_t bytes_per_position =
+      memory.kv_cache_pool_bytes / (shape.num_slots * shape.max_context);
   for (const auto& [id, seq] : sequences_) {
     memory.kv_cache_used_bytes += bytes_per_position * cache_->length(seq.slot);
     if (seq.highres) memory.hr_cache_bytes += seq.highres->bytes();
@@ -351,7 +364,8 @@ std::unique_ptr<CrossAttention> LlavaEngine::CrossHook(const std::vector<Sequenc
   return std::make_unique<CrossAttention>(*model_->cross(), std::move(memory));
 }
 
-void LlavaEngine::UpdateReports(const std::vector<SequenceId>& batch, const std::vector<int64_t>& starts,
+void LlavaEngine::UpdateReports(const std::vector<SequenceId>& batch,
+                                const std::vector<int64_t>& starts,
                                 const std::vector<int64_t>& lengths, FlopCount::Phase phase) {
   for (size_t i = 0; i < batch.size(); ++i) {
     Sequence& seq = sequences_.at(batch[i]);
@@ -397,7 +411,8 @@ void LlavaEngine::Prefill(const std::vector<SequenceId>& sequences,
   std::vector<SequenceId> batch;
   for (SequenceId id : sequences) {
     auto it = sequences_.find(id);
-    if (it != sequences_.end() && !it->second.prefilled && !it->second.finished) batch.push_back(id);
+    if (it != sequences_.end() && !it->second.prefilled && !it->second.finished)
+      batch.push_back(id);
   }
   if (batch.empty()) return;
   try {
@@ -422,8 +437,8 @@ void LlavaEngine::Prefill(const std::vector<SequenceId>& sequences,
       features =
           model_->EncodeHd(at::stack(highres_images).to(device_), at::stack(images).to(device_));
     } else if (!highres_images.empty()) {
-      std::tie(features, highres) =
-          model_->EncodeTwoResolutions(at::stack(highres_images).to(device_), at::stack(images).to(device_));
+      std::tie(features, highres) = model_->EncodeTwoResolutions(
+          at::stack(highres_images).to(device_), at::stack(images).to(device_));
     } else if (!images.empty()) {
       features = model_->EncodeImages(at::stack(images));
     }
@@ -443,11 +458,11 @@ void LlavaEngine::Prefill(const std::vector<SequenceId>& sequences,
               model_->cross()->KeysAndValues(highres[image_index]));
         } else if (highres.defined()) {
           const int64_t begin =
-              std::find(r.tokens.begin(), r.tokens.end(), config_.image_token_id) - r.tokens.begin();
-          seq.highres = std::make_unique<HighResSequence>(*model_->highres(),
-                                                          highres[image_index].clone(),
-                                                          begin, r.image_width, r.image_height,
-                                                          r.threshold);
+              std::find(r.tokens.begin(), r.tokens.end(), config_.image_token_id) -
+              r.tokens.begin();
+          seq.highres =
+              std::make_unique<HighResSequence>(*model_->highres(), highres[image_index].clone(),
+                                                begin, r.image_width, r.image_height, r.threshold);
         }
         ++image_index;
       }
@@ -472,7 +487,8 @@ void LlavaEngine::Prefill(const std::vector<SequenceId>& sequences,
     const auto done = std::chrono::steady_clock::now();
     for (SequenceId id : batch) {
       SequenceReport& report = sequences_.at(id).report;
-      if (!sequences_.at(id).request->pixels.empty()) report.vision_ms = MsBetween(start, vision_done);
+      if (!sequences_.at(id).request->pixels.empty())
+        report.vision_ms = MsBetween(start, vision_done);
       report.prefill_ms = MsBetween(vision_done, done);
     }
   } catch (const std::exception& e) {
@@ -480,7 +496,8 @@ void LlavaEngine::Prefill(const std::vector<SequenceId>& sequences,
   }
 }
 
-void LlavaEngine::Decode(const std::vector<SequenceId>& sequences, std::vector<TokenEvent>* events) {
+void LlavaEngine::Decode(const std::vector<SequenceId>& sequences,
+                         std::vector<TokenEvent>* events) {
   std::vector<SequenceId> batch;
   for (SequenceId id : sequences) {
     auto it = sequences_.find(id);

@@ -96,8 +96,8 @@ at::Tensor LlavaModel::PrefillLogits(const std::vector<PromptChunk>& prompts, Kv
   }
   const at::Tensor hidden =
       decoder_->Forward(at::cat(rows, 0), chunks, cache, last_row, cross);  // [N, D]
-  const at::Tensor last =
-      hidden.index_select(0, at::tensor(last_rows, at::TensorOptions().dtype(at::kLong)).to(device_));
+  const at::Tensor last = hidden.index_select(
+      0, at::tensor(last_rows, at::TensorOptions().dtype(at::kLong)).to(device_));
   return decoder_->Logits(last);
 }
 

@@ -1,10 +1,10 @@
-// The LLaVA-1.5 network (CLIP tower + projector + LLaMA decoder) loaded from a checkpoint, with the two
-// steps the engine and the parity tests share: encoding images to projected features, and building a
-// prompt's input embeddings with the image placeholder rows replaced by those features
-// (HF LlavaForConditionalGeneration's merge), and the batched prefill / decode steps that turn packed
-// prompts or tokens into next-token logits (with an optional last-row attention hook: flex). For
-// FlexAttention checkpoints it also holds the HR projections and runs the two-resolution vision pass.
-// Worker thread only.
+// The LLaVA-1.5 network (CLIP tower + projector + LLaMA decoder) loaded from a checkpoint, with the
+// two steps the engine and the parity tests share: encoding images to projected features, and
+// building a prompt's input embeddings with the image placeholder rows replaced by those features
+// (HF LlavaForConditionalGeneration's merge), and the batched prefill / decode steps that turn
+// packed prompts or tokens into next-token logits (with an optional last-row attention hook: flex).
+// For FlexAttention checkpoints it also holds the HR projections and runs the two-resolution vision
+// pass. Worker thread only.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -47,9 +47,10 @@ class LlavaModel {
   const HighResProjections* highres() const { return highres_.get(); }
   // xattn: the cross-attention weights (null for other checkpoints).
   const CrossAttentionWeights* cross() const { return cross_.get(); }
-  // flex: one vision pass over both views (llava_arch.py:205-225). high [N, 3, Z S, Z S] is cut into
-  // Z x Z tiles of S, row-major; low [N, 3, S, S]. Returns {LR features [N, s^2, D] (they enter the
-  // sequence), raw HR features [N, (Z s)^2, D] stitched row-major over the (Z s) x (Z s) grid}.
+  // flex: one vision pass over both views (llava_arch.py:205-225). high [N, 3, Z S, Z S] is cut
+  // into Z x Z tiles of S, row-major; low [N, 3, S, S]. Returns {LR features [N, s^2, D] (they
+  // enter the sequence), raw HR features [N, (Z s)^2, D] stitched row-major over the (Z s) x (Z s)
+  // grid}.
   std::pair<at::Tensor, at::Tensor> EncodeTwoResolutions(const at::Tensor& high,
                                                          const at::Tensor& low) const;
 
@@ -71,8 +72,9 @@ class LlavaModel {
                           KvCache& cache, LastRowAttention* last_row = nullptr,
                           CrossAttentionHook* cross = nullptr) const;
 
-  // token ids [T] (on the model's device) -> embeddings [T, D]; the rows whose id is the image token
-  // take `features` [image_tokens, D] in order (features may be undefined for text-only prompts).
+  // token ids [T] (on the model's device) -> embeddings [T, D]; the rows whose id is the image
+  // token take `features` [image_tokens, D] in order (features may be undefined for text-only
+  // prompts).
   at::Tensor EmbedPrompt(const at::Tensor& token_ids, const at::Tensor& features) const;
 
   // Logits [T, V] (fp32) of every prompt position, computed in `slot` of `cache` from position 0.

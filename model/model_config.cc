@@ -230,8 +230,9 @@ Status CheckPositive(int value, const char* name) {
   return Status::Ok();
 }
 
-// FlexAttention's geometry must be the paper's shape: LR image = the tower's native size, HR image =
-// zoom_ratio tiles of it per side, and an LR grid whose 9x9 pooling (modeling_llama.py:566) is whole.
+// FlexAttention's geometry must be the paper's shape: LR image = the tower's native size, HR image
+// = zoom_ratio tiles of it per side, and an LR grid whose 9x9 pooling (modeling_llama.py:566) is
+// whole.
 Status ValidateMode(const LlavaConfig& c) {
   const std::string& m = c.mode.name;
   if (m != "full" && m != "hd" && m != "composite" && m != "xattn") {
@@ -268,7 +269,8 @@ Status ValidateFlex(const LlavaConfig& c) {
       f.highres_size != f.zoom_ratio * f.lowres_size) {
     return InvalidArgumentError(
         "FlexAttention needs extra.lowres_size == the vision tower's image_size (" +
-        std::to_string(c.vision.image_size) + ") and extra.highres_size == zoom_ratio * lowres_size; got " +
+        std::to_string(c.vision.image_size) +
+        ") and extra.highres_size == zoom_ratio * lowres_size; got " +
         std::to_string(f.lowres_size) + ", " + std::to_string(f.highres_size) + ", zoom " +
         std::to_string(f.zoom_ratio));
   }

@@ -1,7 +1,8 @@
-// Model configuration as read from a checkpoint directory's config.json (and, for the original LLaVA
-// layout, the separate CLIP directory's config.json). Torch-free plain structs; defaults are those of the
-// Hugging Face config classes, because published config.json files omit fields equal to the defaults.
-// LoadLlavaConfig never throws: a missing file, bad JSON or an unsupported value is a Status naming it.
+// Model configuration as read from a checkpoint directory's config.json (and, for the original
+// LLaVA layout, the separate CLIP directory's config.json). Torch-free plain structs; defaults are
+// those of the Hugging Face config classes, because published config.json files omit fields equal
+// to the defaults. LoadLlavaConfig never throws: a missing file, bad JSON or an unsupported value
+// is a Status naming it.
 #pragma once
 
 #include <array>
@@ -44,24 +45,25 @@ struct TextConfig {
 };
 
 enum class CheckpointLayout {
-  kHfLlava,        // llava-hf/*: LlavaForConditionalGeneration, tensors language_model.*, vision_tower.*, ...
-  kOriginalLlava,  // liuhaotian/*: LlavaLlamaForCausalLM, model.layers.*, model.mm_projector.*, lm_head.*;
-                   // the CLIP tower lives in its own directory (mm_vision_tower).
+  kHfLlava,  // llava-hf/*: LlavaForConditionalGeneration, tensors language_model.*, vision_tower.*,
+             // ...
+  kOriginalLlava,  // liuhaotian/*: LlavaLlamaForCausalLM, model.layers.*, model.mm_projector.*,
+                   // lm_head.*; the CLIP tower lives in its own directory (mm_vision_tower).
 };
 
 const char* CheckpointLayoutName(CheckpointLayout layout);
 
-// FlexAttention (arXiv 2407.20228; ../shared/flexattention.md), read from the checkpoint's "extra" dict,
-// whose values are strings ("threshold": "48"). Enabled when "extra" has "zoom_ratio", as the authors'
-// code decides (modeling_llama.py:326-329).
+// FlexAttention (arXiv 2407.20228; ../shared/flexattention.md), read from the checkpoint's "extra"
+// dict, whose values are strings ("threshold": "48"). Enabled when "extra" has "zoom_ratio", as the
+// authors' code decides (modeling_llama.py:326-329).
 struct FlexAttentionConfig {
   bool enabled = false;
-  int threshold = 64;        // extra.threshold; the code's default is 64 (modeling_llama.py:523).
-  int highres_size = 1008;   // extra.highres_size: side of the high-resolution image.
-  int lowres_size = 336;     // extra.lowres_size: side of the image whose tokens enter the sequence.
-  int zoom_ratio = 3;        // extra.zoom_ratio: HR tiles per side (highres_size / lowres_size).
-  // extra.num_sa_layers (ours; the authors hard-code 9 at modeling_llama.py:424-426): layers before it
-  // are plain self-attention, layers from it on are FlexAttention layers. Default: 9.
+  int threshold = 64;       // extra.threshold; the code's default is 64 (modeling_llama.py:523).
+  int highres_size = 1008;  // extra.highres_size: side of the high-resolution image.
+  int lowres_size = 336;    // extra.lowres_size: side of the image whose tokens enter the sequence.
+  int zoom_ratio = 3;       // extra.zoom_ratio: HR tiles per side (highres_size / lowres_size).
+  // extra.num_sa_layers (ours; the authors hard-code 9 at modeling_llama.py:424-426): layers before
+  // it are plain self-attention, layers from it on are FlexAttention layers. Default: 9.
   int num_sa_layers = 9;
 };
 
@@ -100,18 +102,19 @@ struct ModeConfig {
 struct LlavaConfig {
   CheckpointLayout layout = CheckpointLayout::kHfLlava;
   std::string model_dir;
-  // Directory whose safetensors hold the CLIP tower: model_dir for kHfLlava, the resolved mm_vision_tower
-  // directory for kOriginalLlava.
+  // Directory whose safetensors hold the CLIP tower: model_dir for kHfLlava, the resolved
+  // mm_vision_tower directory for kOriginalLlava.
   std::string vision_dir;
   TextConfig text;
   VisionConfig vision;
-  // Token id of the <image> placeholder in the prompt. kHfLlava: image_token_index (32000 for 7B). For
-  // kOriginalLlava the reference uses the sentinel -200, which never reaches the embedding table; we
-  // keep it as the in-prompt marker.
+  // Token id of the <image> placeholder in the prompt. kHfLlava: image_token_index (32000 for 7B).
+  // For kOriginalLlava the reference uses the sentinel -200, which never reaches the embedding
+  // table; we keep it as the in-prompt marker.
   int image_token_id = 32000;
-  int vision_feature_layer = -2;          // Hidden state taken from the CLIP tower.
-  std::string vision_feature_select = "default";  // default/patch: drop CLS; full/cls_patch: keep it.
-  std::string projector_type = "mlp2x_gelu";      // Linear -> GELU -> Linear.
+  int vision_feature_layer = -2;  // Hidden state taken from the CLIP tower.
+  std::string vision_feature_select =
+      "default";                              // default/patch: drop CLS; full/cls_patch: keep it.
+  std::string projector_type = "mlp2x_gelu";  // Linear -> GELU -> Linear.
   // pad: expand to square with the mean colour, then resize (LLaVA's expand2square). square: CLIP's
   // own resize of the shortest side then centre crop (what llava-hf's CLIPImageProcessor does).
   std::string image_aspect_ratio = "pad";
@@ -128,13 +131,15 @@ struct LlavaConfig {
     const int side = vision.image_size / vision.patch_size;
     // hd: the s^2 LR tokens, then the (Z s)^2 HR tokens (patch features only; Validate checks).
     if (mode.name == "hd") return side * side + (mode.hd_zoom * side) * (mode.hd_zoom * side);
-    return side * side + (vision_feature_select == "default" || vision_feature_select == "patch" ? 0 : 1);
+    return side * side +
+           (vision_feature_select == "default" || vision_feature_select == "patch" ? 0 : 1);
   }
 };
 
-// Reads model_dir/config.json (and preprocessor_config.json when present). For kOriginalLlava the vision
-// tower is taken from vision_dir_override when non-empty, else from mm_vision_tower when it names an
-// existing directory (absolute, or relative to model_dir), else from model_dir/vision_tower.
+// Reads model_dir/config.json (and preprocessor_config.json when present). For kOriginalLlava the
+// vision tower is taken from vision_dir_override when non-empty, else from mm_vision_tower when it
+// names an existing directory (absolute, or relative to model_dir), else from
+// model_dir/vision_tower.
 StatusOr<LlavaConfig> LoadLlavaConfig(const std::string& model_dir,
                                       const std::string& vision_dir_override = "");
 

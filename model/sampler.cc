@@ -24,7 +24,8 @@ void ApplyTopK(float* logits, int vocab, int top_k) {
   // TopKLogitsWarper: remove every logit below the k-th largest (ties with it are kept).
   if (top_k <= 0 || top_k >= vocab) return;
   std::vector<float> sorted(logits, logits + vocab);
-  std::nth_element(sorted.begin(), sorted.begin() + (top_k - 1), sorted.end(), std::greater<float>());
+  std::nth_element(sorted.begin(), sorted.begin() + (top_k - 1), sorted.end(),
+                   std::greater<float>());
   const float kth = sorted[top_k - 1];
   for (int i = 0; i < vocab; ++i) {
     if (logits[i] < kth) logits[i] = kNegInf;
@@ -32,8 +33,8 @@ void ApplyTopK(float* logits, int vocab, int top_k) {
 }
 
 void ApplyTopP(float* logits, int vocab, float top_p) {
-  // TopPLogitsWarper: sort ascending, remove the tokens whose cumulative probability is <= 1 - top_p,
-  // always keeping the most likely one.
+  // TopPLogitsWarper: sort ascending, remove the tokens whose cumulative probability is <= 1 -
+  // top_p, always keeping the most likely one.
   if (top_p >= 1.0f) return;
   std::vector<int> order(vocab);
   std::iota(order.begin(), order.end(), 0);

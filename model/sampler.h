@@ -1,8 +1,8 @@
 // Next-token choice for one sequence, as Hugging Face's generate applies its processors: repetition
-// penalty over the prompt's and generated tokens, then (when sampling) temperature, top-k, top-p, and a
-// draw. The draw uses the sequence's own generator seeded from SamplingParams::seed, so the same request
-// with the same seed gives the same tokens whatever else is in the batch. Torch-free (works on a host
-// row of fp32 logits); one instance per sequence, worker thread only.
+// penalty over the prompt's and generated tokens, then (when sampling) temperature, top-k, top-p,
+// and a draw. The draw uses the sequence's own generator seeded from SamplingParams::seed, so the
+// same request with the same seed gives the same tokens whatever else is in the batch. Torch-free
+// (works on a host row of fp32 logits); one instance per sequence, worker thread only.
 #pragma once
 
 #include <cstdint>

@@ -1,6 +1,6 @@
-// Status and StatusOr<T>: the error currency at every module boundary of the engine (no exceptions cross
-// them). Torch-free and header-only so that server/ can use it. Codes follow absl/gRPC so that the server
-// maps them one-to-one in a single place (server/status_map).
+// Status and StatusOr<T>: the error currency at every module boundary of the engine (no exceptions
+// cross them). Torch-free and header-only so that server/ can use it. Codes follow absl/gRPC so
+// that the server maps them one-to-one in a single place (server/status_map).
 #pragma once
 
 #include <optional>
@@ -45,7 +45,9 @@ class [[nodiscard]] Status {
   std::string message_;
 };
 
-inline Status InvalidArgumentError(std::string m) { return {StatusCode::kInvalidArgument, std::move(m)}; }
+inline Status InvalidArgumentError(std::string m) {
+  return {StatusCode::kInvalidArgument, std::move(m)};
+}
 inline Status NotFoundError(std::string m) { return {StatusCode::kNotFound, std::move(m)}; }
 inline Status FailedPreconditionError(std::string m) {
   return {StatusCode::kFailedPrecondition, std::move(m)};
@@ -54,7 +56,9 @@ inline Status ResourceExhaustedError(std::string m) {
   return {StatusCode::kResourceExhausted, std::move(m)};
 }
 inline Status OutOfRangeError(std::string m) { return {StatusCode::kOutOfRange, std::move(m)}; }
-inline Status UnimplementedError(std::string m) { return {StatusCode::kUnimplemented, std::move(m)}; }
+inline Status UnimplementedError(std::string m) {
+  return {StatusCode::kUnimplemented, std::move(m)};
+}
 inline Status InternalError(std::string m) { return {StatusCode::kInternal, std::move(m)}; }
 inline Status UnavailableError(std::string m) { return {StatusCode::kUnavailable, std::move(m)}; }
 inline Status DataLossError(std::string m) { return {StatusCode::kDataLoss, std::move(m)}; }
@@ -63,13 +67,14 @@ inline Status DeadlineExceededError(std::string m) {
   return {StatusCode::kDeadlineExceeded, std::move(m)};
 }
 
-// Either a value or a non-OK Status. Constructing from an OK Status is a programming error and becomes
-// an INTERNAL status.
+// Either a value or a non-OK Status. Constructing from an OK Status is a programming error and
+// becomes an INTERNAL status.
 template <typename T>
 class [[nodiscard]] StatusOr {
  public:
   StatusOr(Status status) : status_(std::move(status)) {  // NOLINT: implicit by design, as absl.
-    if (status_.ok()) status_ = InternalError("StatusOr constructed from an OK status without a value");
+    if (status_.ok())
+      status_ = InternalError("StatusOr constructed from an OK status without a value");
   }
   StatusOr(T value) : value_(std::move(value)) {}  // NOLINT
 
@@ -90,18 +95,30 @@ class [[nodiscard]] StatusOr {
 
 inline const char* StatusCodeName(StatusCode code) {
   switch (code) {
-    case StatusCode::kOk: return "OK";
-    case StatusCode::kCancelled: return "CANCELLED";
-    case StatusCode::kInvalidArgument: return "INVALID_ARGUMENT";
-    case StatusCode::kDeadlineExceeded: return "DEADLINE_EXCEEDED";
-    case StatusCode::kNotFound: return "NOT_FOUND";
-    case StatusCode::kFailedPrecondition: return "FAILED_PRECONDITION";
-    case StatusCode::kResourceExhausted: return "RESOURCE_EXHAUSTED";
-    case StatusCode::kOutOfRange: return "OUT_OF_RANGE";
-    case StatusCode::kUnimplemented: return "UNIMPLEMENTED";
-    case StatusCode::kInternal: return "INTERNAL";
-    case StatusCode::kUnavailable: return "UNAVAILABLE";
-    case StatusCode::kDataLoss: return "DATA_LOSS";
+    case StatusCode::kOk:
+      return "OK";
+    case StatusCode::kCancelled:
+      return "CANCELLED";
+    case StatusCode::kInvalidArgument:
+      return "INVALID_ARGUMENT";
+    case StatusCode::kDeadlineExceeded:
+      return "DEADLINE_EXCEEDED";
+    case StatusCode::kNotFound:
+      return "NOT_FOUND";
+    case StatusCode::kFailedPrecondition:
+      return "FAILED_PRECONDITION";
+    case StatusCode::kResourceExhausted:
+      return "RESOURCE_EXHAUSTED";
+    case StatusCode::kOutOfRange:
+      return "OUT_OF_RANGE";
+    case StatusCode::kUnimplemented:
+      return "UNIMPLEMENTED";
+    case StatusCode::kInternal:
+      return "INTERNAL";
+    case StatusCode::kUnavailable:
+      return "UNAVAILABLE";
+    case StatusCode::kDataLoss:
+      return "DATA_LOSS";
   }
   return "UNKNOWN";
 }
@@ -121,9 +138,9 @@ inline Status Status::WithContext(const std::string& context) const {
 #define FLEXVQA_CONCAT_INNER(a, b) a##b
 #define FLEXVQA_CONCAT(a, b) FLEXVQA_CONCAT_INNER(a, b)
 
-#define FLEXVQA_RETURN_IF_ERROR(expr)            \
-  do {                                           \
-    ::flexvqa::Status flexvqa_status_ = (expr);  \
+#define FLEXVQA_RETURN_IF_ERROR(expr)                  \
+  do {                                                 \
+    ::flexvqa::Status flexvqa_status_ = (expr);        \
     if (!flexvqa_status_.ok()) return flexvqa_status_; \
   } while (0)
 

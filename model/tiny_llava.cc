@@ -2,10 +2,9 @@
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
-
 #include <spawn.h>
-#include <unistd.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
@@ -132,7 +131,7 @@ void AddPrefixed(NamedTensors* out, const NamedTensors& in, const std::string& p
 }
 
 json VisionConfigJson(const TinyLlavaOptions& o) {
-  return {{"hidden_size", o.vision_hidden},      {"intermediate_size", o.vision_intermediate},
+  return {{"hidden_size", o.vision_hidden},       {"intermediate_size", o.vision_intermediate},
           {"num_hidden_layers", o.vision_layers}, {"num_attention_heads", o.vision_heads},
           {"image_size", o.image_size},           {"patch_size", o.patch_size},
           {"hidden_act", "quick_gelu"},           {"layer_norm_eps", 1e-5},
@@ -171,12 +170,12 @@ json PreprocessorJson(const TinyLlavaOptions& o) {
 
 // Trains the tokenizer in a child process: libsentencepiece must not be loaded beside LibTorch's
 // libprotobuf (see model/CMakeLists.txt).
-Status TrainTokenizer(const std::string& trainer, const std::string& corpus, const std::string& prefix,
-                      int vocab) {
+Status TrainTokenizer(const std::string& trainer, const std::string& corpus,
+                      const std::string& prefix, int vocab) {
   const std::string vocab_text = std::to_string(vocab);
   std::vector<char*> argv = {const_cast<char*>(trainer.c_str()), const_cast<char*>(corpus.c_str()),
-                             const_cast<char*>(prefix.c_str()), const_cast<char*>(vocab_text.c_str()),
-                             nullptr};
+                             const_cast<char*>(prefix.c_str()),
+                             const_cast<char*>(vocab_text.c_str()), nullptr};
   pid_t pid = 0;
   if (posix_spawn(&pid, trainer.c_str(), nullptr, nullptr, argv.data(), environ) != 0) {
     return InternalError("cannot run the tokenizer trainer " + trainer);
@@ -235,7 +234,8 @@ Status WriteTinyLlava(const std::string& dir_text, const TinyLlavaOptions& o) {
   try {
     s = MakeWeights(o, padded_vocab, dtype);
     if (!hf) {
-      s.text.front().second = s.text.front().second.narrow(0, 0, vocab).contiguous();  // embed_tokens
+      s.text.front().second =
+          s.text.front().second.narrow(0, 0, vocab).contiguous();  // embed_tokens
       s.lm_head.front().second = s.lm_head.front().second.narrow(0, 0, vocab).contiguous();
     }
   } catch (const std::exception& e) {
@@ -248,7 +248,8 @@ Status WriteTinyLlava(const std::string& dir_text, const TinyLlavaOptions& o) {
     AddPrefixed(&all, s.lm_head, "language_model.lm_head.");
     AddPrefixed(&all, s.vision, "vision_tower.vision_model.");
     AddPrefixed(&all, s.projector, "multi_modal_projector.");
-    FLEXVQA_RETURN_IF_ERROR(WriteSafetensors((dir / "model.safetensors").string(), all, {{"format", "pt"}}));
+    FLEXVQA_RETURN_IF_ERROR(
+        WriteSafetensors((dir / "model.safetensors").string(), all, {{"format", "pt"}}));
     config = {{"architectures", {"LlavaForConditionalGeneration"}},
               {"model_type", "llava"},
               {"image_token_index", o.tokenizer_vocab},
@@ -270,7 +271,8 @@ Status WriteTinyLlava(const std::string& dir_text, const TinyLlavaOptions& o) {
       const std::string index = name.rfind("linear_1", 0) == 0 ? "0" : "2";
       all.emplace_back("model.mm_projector." + index + name.substr(name.find('.')), tensor);
     }
-    FLEXVQA_RETURN_IF_ERROR(WriteSafetensors((dir / "model.safetensors").string(), all, {{"format", "pt"}}));
+    FLEXVQA_RETURN_IF_ERROR(
+        WriteSafetensors((dir / "model.safetensors").string(), all, {{"format", "pt"}}));
     config = TextConfigJson(o, vocab);
     config["architectures"] = {"LlavaLlamaForCausalLM"};
     config["model_type"] = "llava";
@@ -296,13 +298,15 @@ Status WriteTinyLlava(const std::string& dir_text, const TinyLlavaOptions& o) {
     fs::create_directories(clip, ec);
     NamedTensors vision;
     AddPrefixed(&vision, s.vision, "vision_model.");
-    FLEXVQA_RETURN_IF_ERROR(WriteSafetensors((clip / "model.safetensors").string(), vision, {{"format", "pt"}}));
+    FLEXVQA_RETURN_IF_ERROR(
+        WriteSafetensors((clip / "model.safetensors").string(), vision, {{"format", "pt"}}));
     json clip_config = {{"architectures", {"CLIPModel"}},
                         {"model_type", "clip"},
                         {"projection_dim", o.vision_hidden},
                         {"vision_config", VisionConfigJson(o)}};
     FLEXVQA_RETURN_IF_ERROR(WriteText(clip / "config.json", clip_config.dump(2)));
-    FLEXVQA_RETURN_IF_ERROR(WriteText(clip / "preprocessor_config.json", PreprocessorJson(o).dump(2)));
+    FLEXVQA_RETURN_IF_ERROR(
+        WriteText(clip / "preprocessor_config.json", PreprocessorJson(o).dump(2)));
   }
   if (o.mode == "hd" || o.mode == "composite" || o.mode == "xattn") {
     config["attention_mode"] = o.mode;

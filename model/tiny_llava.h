@@ -35,23 +35,23 @@ struct TinyLlavaOptions {
   int patch_size = 14;
   std::string dtype = "float32";  // float32 | float16 | bfloat16 (stored dtype)
   std::string corpus_path;        // Default: FLEXVQA_DATA_DIR/tiny_corpus.txt.
-  std::string trainer_path;       // flexvqa_train_tokenizer. Default: the one built with this library.
+  std::string trainer_path;  // flexvqa_train_tokenizer. Default: the one built with this library.
   // full | flex (flex implies the original layout) | hd | composite (either layout: the plain
   // weights plus config.json "attention_mode"; docs/modes.md) | xattn (the plain weights plus
   // cross_attn.* weights).
   std::string mode = "full";
-  int hd_zoom = 2;                // hd: config.json "hd_zoom".
-  int xattn_zoom = 3;             // xattn: "xattn_zoom" (168 px at a 56 px tower: 12x12 HR tokens).
-  int xattn_every = 2;            // xattn: "xattn_every" (layers 0, 2, ...: both paths run).
-  int xattn_hidden = 32;          // xattn: "xattn_hidden".
-  int xattn_heads = 2;            // xattn: "xattn_heads".
-  int flex_num_sa_layers = 2;     // flex: extra.num_sa_layers (N_SA).
-  int flex_threshold = 48;        // flex: extra.threshold (the released checkpoint's value).
+  int hd_zoom = 2;             // hd: config.json "hd_zoom".
+  int xattn_zoom = 3;          // xattn: "xattn_zoom" (168 px at a 56 px tower: 12x12 HR tokens).
+  int xattn_every = 2;         // xattn: "xattn_every" (layers 0, 2, ...: both paths run).
+  int xattn_hidden = 32;       // xattn: "xattn_hidden".
+  int xattn_heads = 2;         // xattn: "xattn_heads".
+  int flex_num_sa_layers = 2;  // flex: extra.num_sa_layers (N_SA).
+  int flex_threshold = 48;     // flex: extra.threshold (the released checkpoint's value).
 };
 
-// flex at the real geometry: CLIP 336 px / patch 14 (24x24 LR tokens, 72x72 HR tokens at 1008 px, so the
-// 9x9 / 8x8-block steps are exactly the paper's) with tiny widths: vision 32 wide, 3 layers; LLM 64
-// wide, 4 layers, N_SA = 2.
+// flex at the real geometry: CLIP 336 px / patch 14 (24x24 LR tokens, 72x72 HR tokens at 1008 px,
+// so the 9x9 / 8x8-block steps are exactly the paper's) with tiny widths: vision 32 wide, 3 layers;
+// LLM 64 wide, 4 layers, N_SA = 2.
 TinyLlavaOptions TinyFlexLlavaOptions(uint64_t seed = 0);
 
 // Creates `dir` (and parents) and writes the checkpoint into it.

@@ -20,7 +20,8 @@ StatusOr<at::Device> ParseDevice(const std::string& text) {
   if (text == "cpu") return at::Device(at::kCPU);
   if (text.rfind("cuda", 0) == 0) {
     if (!CudaAvailable()) {
-      return FailedPreconditionError("device '" + text + "' requested but this build of LibTorch (" +
+      return FailedPreconditionError("device '" + text +
+                                     "' requested but this build of LibTorch (" +
                                      TorchVersionString() + ") has no CUDA device available");
     }
     try {
@@ -37,15 +38,20 @@ StatusOr<at::ScalarType> ParseDtype(const std::string& text, const at::Device& d
   if (text == "float32" || text == "fp32") return at::kFloat;
   if (text == "bfloat16" || text == "bf16") return at::kBFloat16;
   if (text == "float16" || text == "fp16") return at::kHalf;
-  return InvalidArgumentError("unknown dtype '" + text + "' (expected auto, float32, bfloat16, float16)");
+  return InvalidArgumentError("unknown dtype '" + text +
+                              "' (expected auto, float32, bfloat16, float16)");
 }
 
 const char* DtypeName(at::ScalarType dtype) {
   switch (dtype) {
-    case at::kFloat: return "float32";
-    case at::kBFloat16: return "bfloat16";
-    case at::kHalf: return "float16";
-    default: return "other";
+    case at::kFloat:
+      return "float32";
+    case at::kBFloat16:
+      return "bfloat16";
+    case at::kHalf:
+      return "float16";
+    default:
+      return "other";
   }
 }
 
@@ -54,8 +60,9 @@ at::Tensor Attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   const int64_t tq = q.size(-2);
   const int64_t tk = k.size(-2);
 #if TORCH_VERSION_MAJOR >= 2
-  // Fused kernels (flash / memory-efficient on CUDA). They take a top-left-aligned causal mask, so they
-  // apply directly only when queries and keys start together; decode rows (tq == 1) need no mask.
+  // Fused kernels (flash / memory-efficient on CUDA). They take a top-left-aligned causal mask, so
+  // they apply directly only when queries and keys start together; decode rows (tq == 1) need no
+  // mask.
   if (q.is_cuda() && (causal_offset <= 0 || tq == 1)) {
     const bool causal = causal_offset >= 0 && tq > 1;
     return at::scaled_dot_product_attention(q, k, v, /*attn_mask=*/{}, /*dropout_p=*/0.0, causal,

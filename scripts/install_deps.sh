@@ -4,7 +4,7 @@
 set -euo pipefail
 
 PACKAGES=(
-  build-essential cmake ninja-build pkg-config git
+  build-essential cmake ninja-build pkg-config git clang-format ccache
   libtorch-dev libopenblas0-pthread          # LibTorch 1.13 (CPU) and a fast BLAS under it
   libsentencepiece-dev                       # tokenizer trainer for the tiny model
   nlohmann-json3-dev libturbojpeg0-dev libpng-dev

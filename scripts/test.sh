@@ -3,6 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install_deps.sh
+scripts/check_format.sh
 scripts/build.sh
 cd "${BUILD_DIR:-build}"
 ctest -N | tail -n 1

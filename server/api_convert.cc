@@ -15,7 +15,8 @@ Status ConvertTurns(const v1::GenerateRequest& request, std::vector<ChatTurn>* t
     return InvalidArgumentError("set either `question` or `turns`, not both");
   }
   if (!has_question && !has_turns) {
-    return InvalidArgumentError("empty prompt: set `question` (or `turns`) to the question to answer");
+    return InvalidArgumentError(
+        "empty prompt: set `question` (or `turns`) to the question to answer");
   }
   if (has_question) {
     turns->push_back({ChatTurn::Role::kUser, request.question()});
@@ -27,8 +28,12 @@ Status ConvertTurns(const v1::GenerateRequest& request, std::vector<ChatTurn>* t
     ChatTurn converted;
     switch (turn.role()) {
       case v1::ChatTurn::ROLE_UNSPECIFIED:
-      case v1::ChatTurn::ROLE_USER: converted.role = ChatTurn::Role::kUser; break;
-      case v1::ChatTurn::ROLE_ASSISTANT: converted.role = ChatTurn::Role::kAssistant; break;
+      case v1::ChatTurn::ROLE_USER:
+        converted.role = ChatTurn::Role::kUser;
+        break;
+      case v1::ChatTurn::ROLE_ASSISTANT:
+        converted.role = ChatTurn::Role::kAssistant;
+        break;
       default:
         return InvalidArgumentError(field + ".role " + std::to_string(turn.role()) +
                                     " is not a known role (ROLE_USER, ROLE_ASSISTANT)");
@@ -54,9 +59,10 @@ Status ConvertImages(const v1::GenerateRequest& request, std::optional<ImageInpu
   const std::string& mime = in.mime_type();
   if (!mime.empty() && std::find(std::begin(kImageMimeTypes), std::end(kImageMimeTypes), mime) ==
                            std::end(kImageMimeTypes)) {
-    return InvalidArgumentError("images[0].mime_type '" + mime.substr(0, 64) +
-                                "' is not supported: use image/jpeg, image/png, or leave it empty to "
-                                "detect the type from the bytes");
+    return InvalidArgumentError(
+        "images[0].mime_type '" + mime.substr(0, 64) +
+        "' is not supported: use image/jpeg, image/png, or leave it empty to "
+        "detect the type from the bytes");
   }
   if (in.data().empty()) return InvalidArgumentError("images[0].data is empty (zero-byte image)");
   *image = ImageInput{in.data(), mime};
@@ -78,11 +84,16 @@ SamplingParams ConvertSampling(const v1::SamplingParams& in) {
 
 v1::FinishReason ToProto(FinishReason reason) {
   switch (reason) {
-    case FinishReason::kNone: return v1::FINISH_REASON_UNSPECIFIED;
-    case FinishReason::kStop: return v1::FINISH_REASON_STOP;
-    case FinishReason::kLength: return v1::FINISH_REASON_LENGTH;
-    case FinishReason::kCancelled: return v1::FINISH_REASON_CANCELLED;
-    case FinishReason::kError: return v1::FINISH_REASON_ERROR;
+    case FinishReason::kNone:
+      return v1::FINISH_REASON_UNSPECIFIED;
+    case FinishReason::kStop:
+      return v1::FINISH_REASON_STOP;
+    case FinishReason::kLength:
+      return v1::FINISH_REASON_LENGTH;
+    case FinishReason::kCancelled:
+      return v1::FINISH_REASON_CANCELLED;
+    case FinishReason::kError:
+      return v1::FINISH_REASON_ERROR;
   }
   return v1::FINISH_REASON_UNSPECIFIED;
 }
@@ -163,11 +174,16 @@ void ToProto(const ModelInfo& info, const ServerLimits& limits, v1::ModelInfoRes
 
 const char* FinishReasonName(FinishReason reason) {
   switch (reason) {
-    case FinishReason::kNone: return "none";
-    case FinishReason::kStop: return "stop";
-    case FinishReason::kLength: return "length";
-    case FinishReason::kCancelled: return "cancelled";
-    case FinishReason::kError: return "error";
+    case FinishReason::kNone:
+      return "none";
+    case FinishReason::kStop:
+      return "stop";
+    case FinishReason::kLength:
+      return "length";
+    case FinishReason::kCancelled:
+      return "cancelled";
+    case FinishReason::kError:
+      return "error";
   }
   return "unknown";
 }

@@ -3,7 +3,8 @@
 namespace flexvqa {
 
 void AddServerFlags(ServerConfig* c, FlagSet* f) {
-  f->Add("listen_address", "host:port to serve on; port 0 picks a free one", &c->server.listen_address);
+  f->Add("listen_address", "host:port to serve on; port 0 picks a free one",
+         &c->server.listen_address);
   f->Add("max_message_bytes", "largest gRPC message (request with its image), bytes",
          &c->server.max_message_bytes);
   f->Add("drain_ms", "on SIGTERM/SIGINT: time accepted requests get to finish, ms",
@@ -21,7 +22,8 @@ void AddServerFlags(ServerConfig* c, FlagSet* f) {
          &c->scheduler.preprocess_threads);
 
   f->Add("model_dir",
-         "checkpoint directory (config.json, *.safetensors, tokenizer.model); flexvqa_server's default "
+         "checkpoint directory (config.json, *.safetensors, tokenizer.model); flexvqa_server's "
+         "default "
          "is the embedded tiny model, written there on first start",
          &c->engine.model_dir);
   f->Add("vision_dir", "original-LLaVA layout only: the CLIP directory; empty: from config",
@@ -70,8 +72,9 @@ Status ValidateServerConfig(const ServerConfig& c) {
   FLEXVQA_RETURN_IF_ERROR(non_negative("max_prompt_tokens", c.engine.limits.max_prompt_tokens));
   FLEXVQA_RETURN_IF_ERROR(positive("max_new_tokens", c.engine.limits.max_new_tokens));
   if (c.engine.limits.max_image_bytes > c.server.max_message_bytes) {
-    return InvalidArgumentError("max_image_bytes exceeds max_message_bytes: such an image could "
-                                "never arrive; raise max_message_bytes");
+    return InvalidArgumentError(
+        "max_image_bytes exceeds max_message_bytes: such an image could "
+        "never arrive; raise max_message_bytes");
   }
   return Status::Ok();
 }

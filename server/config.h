@@ -1,6 +1,6 @@
-// The server's configuration: one struct per component (defaults documented where each is declared),
-// filled once in main from flags with FLEXVQA_<FLAG> environment overrides, validated, then passed down by
-// const reference. Not thread-safe; main only.
+// The server's configuration: one struct per component (defaults documented where each is
+// declared), filled once in main from flags with FLEXVQA_<FLAG> environment overrides, validated,
+// then passed down by const reference. Not thread-safe; main only.
 #pragma once
 
 #include <string>

@@ -98,7 +98,8 @@ std::string FlagSet::EnvName(const std::string& name) const {
 
 Status FlagSet::Set(const Flag& flag, const std::string& value, const std::string& source) {
   if (flag.set(value)) return Status::Ok();
-  return InvalidArgumentError(source + ": '" + value + "' is not a valid value (" + flag.help + ")");
+  return InvalidArgumentError(source + ": '" + value + "' is not a valid value (" + flag.help +
+                              ")");
 }
 
 Status FlagSet::Parse(int argc, const char* const* argv, const EnvLookup& env,

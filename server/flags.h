@@ -1,6 +1,7 @@
-// Command-line flags declared once each, with help text and an environment override: --name=value on the
-// command line wins over <PREFIX><NAME> in the environment, which wins over the field's default (the
-// value the bound field holds when the flag is added). Not thread-safe; used from main.
+// Command-line flags declared once each, with help text and an environment override: --name=value
+// on the command line wins over <PREFIX><NAME> in the environment, which wins over the field's
+// default (the value the bound field holds when the flag is added). Not thread-safe; used from
+// main.
 #pragma once
 
 #include <chrono>
@@ -27,8 +28,8 @@ class FlagSet {
   void Add(const std::string& name, const std::string& help, bool* value);  // --name means true.
   void Add(const std::string& name, const std::string& help, std::chrono::milliseconds* value);
 
-  // Fills the bound fields. Arguments that do not start with "--" are returned in *positional (an error
-  // when positional is null). INVALID_ARGUMENT names the flag or variable and the bad value.
+  // Fills the bound fields. Arguments that do not start with "--" are returned in *positional (an
+  // error when positional is null). INVALID_ARGUMENT names the flag or variable and the bad value.
   Status Parse(int argc, const char* const* argv, const EnvLookup& env,
                std::vector<std::string>* positional = nullptr);
 

@@ -1,11 +1,11 @@
 #include "server/logging.h"
 
-#include <atomic>
-#include <mutex>
-
-#include <nlohmann/json.hpp>
 #include <spdlog/pattern_formatter.h>
 #include <spdlog/sinks/stdout_sinks.h>
+
+#include <atomic>
+#include <mutex>
+#include <nlohmann/json.hpp>
 
 namespace flexvqa {
 
@@ -67,7 +67,8 @@ std::string SetUpLogging(const LoggingConfig& config) {
 std::shared_ptr<spdlog::logger> Logger(const std::string& name) {
   std::lock_guard<std::mutex> lock(create_mu);
   if (auto logger = spdlog::get(name)) return logger;
-  auto logger = std::make_shared<spdlog::logger>(name, std::make_shared<spdlog::sinks::stderr_sink_mt>());
+  auto logger =
+      std::make_shared<spdlog::logger>(name, std::make_shared<spdlog::sinks::stderr_sink_mt>());
   ApplyFormat(*logger);
   spdlog::initialize_logger(logger);
   return logger;

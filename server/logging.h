@@ -1,21 +1,21 @@
 // Logging set-up for the server: named spdlog loggers per component ("server", "scheduler", "vqa",
-// "request"), levels and an optional JSON line format. SetUpLogging is called once from main before any
-// other thread starts; Logger is thread-safe and creates a plain stderr logger when set-up did not run
-// (tests).
+// "request"), levels and an optional JSON line format. SetUpLogging is called once from main before
+// any other thread starts; Logger is thread-safe and creates a plain stderr logger when set-up did
+// not run (tests).
 #pragma once
+
+#include <spdlog/spdlog.h>
 
 #include <memory>
 #include <string>
-
-#include <spdlog/spdlog.h>
 
 namespace flexvqa {
 
 struct LoggingConfig {
   // trace | debug | info | warn | error | critical | off. Default: info.
   std::string level = "info";
-  // One JSON object per line ({"ts","level","logger","msg"}; request lines carry their fields at the
-  // top level). Default: false (text).
+  // One JSON object per line ({"ts","level","logger","msg"}; request lines carry their fields at
+  // the top level). Default: false (text).
   bool json = false;
 };
 

@@ -198,8 +198,9 @@ struct ServerMetrics::Families {
             Gauge(r, "flexvqa_max_running_requests", "Sequences decoded together (--max_running)")),
         free_slots(
             Gauge(r, "flexvqa_kv_cache_free_slots", "KV-cache slots free after the last step")),
-        kv_cache_bytes(Gauge(r, "flexvqa_kv_cache_memory_bytes",
-                             "KV-cache memory holding resident sequences' positions, after the last step")),
+        kv_cache_bytes(
+            Gauge(r, "flexvqa_kv_cache_memory_bytes",
+                  "KV-cache memory holding resident sequences' positions, after the last step")),
         hr_cache_bytes(
             Gauge(r, "flexvqa_hr_cache_memory_bytes",
                   "High-resolution features and keys/values held by requests (flex, xattn), "

@@ -51,7 +51,8 @@ Scheduler::~Scheduler() {
   worker_.join();
 }
 
-StatusOr<std::shared_ptr<RequestHandle>> Scheduler::Submit(std::unique_ptr<SubmitRequest>& request) {
+StatusOr<std::shared_ptr<RequestHandle>> Scheduler::Submit(
+    std::unique_ptr<SubmitRequest>& request) {
   std::lock_guard<std::mutex> lock(mu_);
   if (draining_) return UnavailableError("the server is shutting down; retry on another replica");
   if (stats_.preparing + static_cast<int>(queue_.size()) >= config_.max_queued) {
@@ -126,8 +127,8 @@ void Scheduler::WorkerLoop() {
     DecodeRunning();
     PublishStep();
     if (idle) {
-      // Requests wait but no slot is free although nothing runs (an engine that leaks slots): do not
-      // spin; their queue wait still expires.
+      // Requests wait but no slot is free although nothing runs (an engine that leaks slots): do
+      // not spin; their queue wait still expires.
       std::unique_lock<std::mutex> lock(mu_);
       if (!queue_.empty()) {
         work_cv_.wait_for(lock, std::chrono::milliseconds(10), [this] { return stop_; });
@@ -197,8 +198,9 @@ void Scheduler::AdmitAndPrefill(std::vector<SequencePtr> admitted) {
   const Clock::time_point start = Clock::now();
   engine_->Prefill(ids, &events);
   if (metrics_ != nullptr) metrics_->ObserveStep(static_cast<int>(ids.size()), 0);
-  Logger("scheduler")->debug("step {}: prefilled {} sequences in {:.2f} ms", step_, ids.size(),
-                             Ms(Clock::now() - start));
+  Logger("scheduler")
+      ->debug("step {}: prefilled {} sequences in {:.2f} ms", step_, ids.size(),
+              Ms(Clock::now() - start));
   ApplyEvents(events);
 }
 

@@ -1,8 +1,9 @@
-// Continuous batching over one Engine at decode-step granularity (as vLLM and TGI): requests join the
-// batch at the next step through a prefill, finished, cancelled and expired ones leave at once and their
-// slot is released. One worker thread owns the engine; Prepare runs on a bounded CPU pool beforehand.
-// Submit, Drain and Stats are thread-safe. Submit takes ownership only on OK; after that the request's
-// callback receives its items (deltas, then exactly one final item) from scheduler threads.
+// Continuous batching over one Engine at decode-step granularity (as vLLM and TGI): requests join
+// the batch at the next step through a prefill, finished, cancelled and expired ones leave at once
+// and their slot is released. One worker thread owns the engine; Prepare runs on a bounded CPU pool
+// beforehand. Submit, Drain and Stats are thread-safe. Submit takes ownership only on OK; after
+// that the request's callback receives its items (deltas, then exactly one final item) from
+// scheduler threads.
 #pragma once
 
 #include <atomic>
@@ -61,13 +62,13 @@ struct StreamItem {
   bool reached_model = false;  // Admitted into the batch (a final message is worth sending).
 };
 
-// Called for every item of one request, never concurrently for the same request. Runs on a scheduler
-// thread: it must be quick and must not call back into the Scheduler.
+// Called for every item of one request, never concurrently for the same request. Runs on a
+// scheduler thread: it must be quick and must not call back into the Scheduler.
 using ItemCallback = std::function<void(StreamItem item)>;
 
 struct SubmitRequest {
   GenerationRequest request;
-  Clock::time_point arrival = Clock::now();            // Start of the timings.
+  Clock::time_point arrival = Clock::now();               // Start of the timings.
   Clock::time_point deadline = Clock::time_point::max();  // Past it: DEADLINE_EXCEEDED.
   ItemCallback on_item;
 };
@@ -84,11 +85,11 @@ class RequestHandle {
 };
 
 struct SchedulerStats {
-  int running = 0;    // Sequences holding a KV slot.
-  int queued = 0;     // Prepared, waiting for a slot.
-  int preparing = 0;  // Waiting for or running on the preprocessing pool.
-  int free_slots = 0;  // The engine's free slots after the last step.
-  int64_t steps = 0;   // Worker steps run (a step: retire, admit, prefill, decode).
+  int running = 0;       // Sequences holding a KV slot.
+  int queued = 0;        // Prepared, waiting for a slot.
+  int preparing = 0;     // Waiting for or running on the preprocessing pool.
+  int free_slots = 0;    // The engine's free slots after the last step.
+  int64_t steps = 0;     // Worker steps run (a step: retire, admit, prefill, decode).
   int64_t accepted = 0;  // Submit calls that returned OK.
   int64_t finished = 0;  // Requests whose final item was sent.
   bool draining = false;
@@ -104,14 +105,16 @@ class Scheduler {
   Scheduler(const Scheduler&) = delete;
   Scheduler& operator=(const Scheduler&) = delete;
 
-  // Queues the request for preprocessing and the batch. On OK moves *request out and returns its handle;
-  // otherwise leaves *request untouched and its callback is never called: RESOURCE_EXHAUSTED when
-  // max_queued requests are waiting, UNAVAILABLE when draining. Errors found later (INVALID_ARGUMENT from
-  // Prepare, DEADLINE_EXCEEDED, device errors) arrive as the final item.
+  // Queues the request for preprocessing and the batch. On OK moves *request out and returns its
+  // handle; otherwise leaves *request untouched and its callback is never called:
+  // RESOURCE_EXHAUSTED when max_queued requests are waiting, UNAVAILABLE when draining. Errors
+  // found later (INVALID_ARGUMENT from Prepare, DEADLINE_EXCEEDED, device errors) arrive as the
+  // final item.
   StatusOr<std::shared_ptr<RequestHandle>> Submit(std::unique_ptr<SubmitRequest>& request);
 
-  // Stops accepting (Submit: UNAVAILABLE), lets accepted requests run until `deadline`, then ends the
-  // rest with UNAVAILABLE. Returns when every accepted request has had its final item. Idempotent.
+  // Stops accepting (Submit: UNAVAILABLE), lets accepted requests run until `deadline`, then ends
+  // the rest with UNAVAILABLE. Returns when every accepted request has had its final item.
+  // Idempotent.
   void Drain(Clock::time_point deadline);
 
   SchedulerStats Stats() const;
@@ -147,13 +150,13 @@ class Scheduler {
   ServerMetrics* const metrics_;  // May be null.
 
   mutable std::mutex mu_;
-  mutable std::condition_variable work_cv_;           // Worker: new work or stop.
-  mutable std::condition_variable stats_cv_;          // WaitFor: stats changed.
-  std::deque<SequencePtr> queue_;                     // Prepared, waiting for a slot. Guarded by mu_.
-  SchedulerStats stats_;                              // Guarded by mu_.
-  bool draining_ = false;                             // Guarded by mu_.
-  std::atomic<bool> abort_all_{false};                // Drain's deadline passed: end everything.
-  bool stop_ = false;                                 // Guarded by mu_.
+  mutable std::condition_variable work_cv_;   // Worker: new work or stop.
+  mutable std::condition_variable stats_cv_;  // WaitFor: stats changed.
+  std::deque<SequencePtr> queue_;             // Prepared, waiting for a slot. Guarded by mu_.
+  SchedulerStats stats_;                      // Guarded by mu_.
+  bool draining_ = false;                     // Guarded by mu_.
+  std::atomic<bool> abort_all_{false};        // Drain's deadline passed: end everything.
+  bool stop_ = false;                         // Guarded by mu_.
 
   std::vector<SequencePtr> running_;  // Worker thread only.
   int64_t step_ = 0;                  // Worker thread only.

@@ -35,9 +35,8 @@ int RunServerMain(int argc, char** argv, ServerConfig config, const EngineFactor
       return 0;
     }
   }
-  Status parsed = flags.Parse(argc, argv, [](const std::string& name) {
-    return std::getenv(name.c_str());
-  });
+  Status parsed =
+      flags.Parse(argc, argv, [](const std::string& name) { return std::getenv(name.c_str()); });
   if (parsed.ok()) parsed = ValidateServerConfig(config);
   if (!parsed.ok()) {
     std::fprintf(stderr, "%s\n", parsed.ToString().c_str());

@@ -1,6 +1,6 @@
-// A fixed set of threads running posted tasks in FIFO order. Post is thread-safe; the destructor runs the
-// tasks already posted, then joins. Bounding the number of pending tasks is the caller's job (the
-// scheduler counts them against max_queued).
+// A fixed set of threads running posted tasks in FIFO order. Post is thread-safe; the destructor
+// runs the tasks already posted, then joins. Bounding the number of pending tasks is the caller's
+// job (the scheduler counts them against max_queued).
 #pragma once
 
 #include <condition_variable>

@@ -1,12 +1,12 @@
 #include "server/vqa_server.h"
 
-#include <algorithm>
-#include <cstdint>
-
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/security/server_credentials.h>
 #include <grpcpp/server_builder.h>
+
+#include <algorithm>
+#include <cstdint>
 
 #include "server/logging.h"
 
@@ -24,8 +24,8 @@ void SetServing(grpc::Server& server, bool serving) {
 }  // namespace
 
 StatusOr<std::unique_ptr<VqaServer>> VqaServer::Start(Engine* engine, const ServerOptions& options,
-                                                       const SchedulerConfig& scheduler,
-                                                       ServerMetrics* metrics) {
+                                                      const SchedulerConfig& scheduler,
+                                                      ServerMetrics* metrics) {
   std::unique_ptr<VqaServer> server(new VqaServer());
   server->info_ = engine->Info();
   server->metrics_ = metrics;

@@ -1,15 +1,16 @@
 // The gRPC server around one engine: VqaService, the standard grpc.health.v1 service and server
-// reflection, over a Scheduler that owns the engine's worker thread. Start and Shutdown are called from
-// one controlling thread (main or a test); Shutdown is idempotent and runs the drain: health NOT_SERVING,
-// new calls UNAVAILABLE, accepted requests finish until the drain deadline, the rest end UNAVAILABLE.
+// reflection, over a Scheduler that owns the engine's worker thread. Start and Shutdown are called
+// from one controlling thread (main or a test); Shutdown is idempotent and runs the drain: health
+// NOT_SERVING, new calls UNAVAILABLE, accepted requests finish until the drain deadline, the rest
+// end UNAVAILABLE.
 #pragma once
+
+#include <grpcpp/server.h>
 
 #include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
-
-#include <grpcpp/server.h>
 
 #include "model/engine.h"
 #include "model/status.h"
@@ -25,8 +26,8 @@ struct ServerOptions {
   std::string listen_address = "0.0.0.0:50051";
   // Largest request and response message. Default: 64 MiB, well above gRPC's 4 MiB so a photo fits.
   int64_t max_message_bytes = 64 << 20;
-  // Grace time on SIGTERM for accepted requests to finish. Default: 25 s, inside Kubernetes' default
-  // terminationGracePeriodSeconds (30 s); raise both together.
+  // Grace time on SIGTERM for accepted requests to finish. Default: 25 s, inside Kubernetes'
+  // default terminationGracePeriodSeconds (30 s); raise both together.
   std::chrono::milliseconds drain_time{25'000};
   // When set, the bound port is written there once serving (scripts and tests with port 0).
   // Default: empty.

@@ -1,15 +1,15 @@
 #include "server/vqa_service.h"
 
+#include <grpcpp/support/proto_buffer_reader.h>
+#include <grpcpp/support/proto_buffer_writer.h>
+
 #include <chrono>
 #include <memory>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <utility>
-
-#include <grpcpp/support/proto_buffer_reader.h>
-#include <grpcpp/support/proto_buffer_writer.h>
-#include <nlohmann/json.hpp>
 
 #include "server/logging.h"
 #include "server/status_map.h"
@@ -69,14 +69,16 @@ void LogRequest(const CallInfo& call, const Status& status, const StreamItem* fi
   std::string text;
   if (JsonLogging()) {
     // The logger's JSON pattern supplies the braces.
-    const std::string object = line.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
+    const std::string object =
+        line.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
     text = object.substr(1, object.size() - 2);
   } else {
     for (const auto& [key, value] : line.items()) {
       if (!text.empty()) text += ' ';
       text += key + "=" +
-              (value.is_string() ? value.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace)
-                                 : value.dump());
+              (value.is_string()
+                   ? value.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace)
+                   : value.dump());
     }
   }
   Logger("request")->info("{}", text);
@@ -142,9 +144,11 @@ class GenerateReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
   void Start(std::shared_ptr<GenerateReactor> self, const v1::GenerateRequest* request,
              const Status& parsed, Scheduler* scheduler) {
     self_ = self;
-    Status submitted = !parsed.ok() ? parsed : SubmitCall(
-        *request, call_, scheduler,
-        [self](StreamItem item) { self->OnItem(std::move(item)); }, &cancel_);
+    Status submitted =
+        !parsed.ok() ? parsed
+                     : SubmitCall(
+                           *request, call_, scheduler,
+                           [self](StreamItem item) { self->OnItem(std::move(item)); }, &cancel_);
     if (!submitted.ok()) {
       {
         std::lock_guard<std::mutex> lock(mu_);
@@ -239,9 +243,11 @@ class AnswerReactor : public grpc::ServerUnaryReactor {
   void Start(std::shared_ptr<AnswerReactor> self, const v1::GenerateRequest* request,
              const Status& parsed, Scheduler* scheduler) {
     self_ = self;
-    Status submitted = !parsed.ok() ? parsed : SubmitCall(
-        *request, call_, scheduler,
-        [self](StreamItem item) { self->OnItem(std::move(item)); }, &cancel_);
+    Status submitted =
+        !parsed.ok() ? parsed
+                     : SubmitCall(
+                           *request, call_, scheduler,
+                           [self](StreamItem item) { self->OnItem(std::move(item)); }, &cancel_);
     if (!submitted.ok()) {
       LogRequest(call_, submitted, nullptr);
       Finish(ToGrpcStatus(submitted));

@@ -1,15 +1,16 @@
 // The VqaService's gRPC handlers (callback API). Generate is a ServerWriteReactor that streams the
-// scheduler's items, one write in flight at a time (deltas that arrive meanwhile are merged into the next
-// write); Answer collects them into one response. OnCancel cancels the request in the scheduler. Handlers
-// run on gRPC threads, never touch the engine beyond its Info(), and log one line per request.
-// Generate and Answer take the request as raw bytes and parse it themselves, so that a request protobuf
-// rejects (a string that is not UTF-8) gets INVALID_ARGUMENT rather than gRPC's bare UNIMPLEMENTED.
+// scheduler's items, one write in flight at a time (deltas that arrive meanwhile are merged into
+// the next write); Answer collects them into one response. OnCancel cancels the request in the
+// scheduler. Handlers run on gRPC threads, never touch the engine beyond its Info(), and log one
+// line per request. Generate and Answer take the request as raw bytes and parse it themselves, so
+// that a request protobuf rejects (a string that is not UTF-8) gets INVALID_ARGUMENT rather than
+// gRPC's bare UNIMPLEMENTED.
 #pragma once
+
+#include <grpcpp/support/byte_buffer.h>
 
 #include <atomic>
 #include <cstdint>
-
-#include <grpcpp/support/byte_buffer.h>
 
 #include "flexvqa/v1/vqa.grpc.pb.h"
 #include "model/engine.h"
@@ -19,8 +20,8 @@
 
 namespace flexvqa {
 
-using VqaServiceBase = v1::VqaService::WithRawCallbackMethod_Generate<
-    v1::VqaService::WithRawCallbackMethod_Answer<
+using VqaServiceBase =
+    v1::VqaService::WithRawCallbackMethod_Generate<v1::VqaService::WithRawCallbackMethod_Answer<
         v1::VqaService::WithCallbackMethod_ModelInfo<v1::VqaService::Service>>>;
 
 class VqaService final : public VqaServiceBase {

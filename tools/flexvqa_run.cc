@@ -1,4 +1,5 @@
-// flexvqa_run: answers one visual question with the engine directly (no server), streaming the text.
+// flexvqa_run: answers one visual question with the engine directly (no server), streaming the
+// text.
 //   flexvqa_run --model DIR [--image FILE] --question TEXT [--device cpu|cuda] [--dtype auto|...]
 //               [--max-new-tokens N] [--temperature T] [--top-p P] [--top-k K]
 //               [--repetition-penalty R] [--seed S] [--vision-dir DIR]
@@ -32,18 +33,30 @@ int main(int argc, char** argv) {
       return 2;
     }
     const std::string v = argv[++i];
-    if (arg == "--model") options.model_dir = v;
-    else if (arg == "--vision-dir") options.vision_dir = v;
-    else if (arg == "--device") options.device = v;
-    else if (arg == "--dtype") options.dtype = v;
-    else if (arg == "--image") image_path = v;
-    else if (arg == "--question") question = v;
-    else if (arg == "--max-new-tokens") request.sampling.max_new_tokens = std::atoi(v.c_str());
-    else if (arg == "--temperature") request.sampling.temperature = std::strtof(v.c_str(), nullptr);
-    else if (arg == "--top-p") request.sampling.top_p = std::strtof(v.c_str(), nullptr);
-    else if (arg == "--top-k") request.sampling.top_k = std::atoi(v.c_str());
-    else if (arg == "--repetition-penalty") request.sampling.repetition_penalty = std::strtof(v.c_str(), nullptr);
-    else if (arg == "--seed") request.sampling.seed = std::strtoull(v.c_str(), nullptr, 10);
+    if (arg == "--model")
+      options.model_dir = v;
+    else if (arg == "--vision-dir")
+      options.vision_dir = v;
+    else if (arg == "--device")
+      options.device = v;
+    else if (arg == "--dtype")
+      options.dtype = v;
+    else if (arg == "--image")
+      image_path = v;
+    else if (arg == "--question")
+      question = v;
+    else if (arg == "--max-new-tokens")
+      request.sampling.max_new_tokens = std::atoi(v.c_str());
+    else if (arg == "--temperature")
+      request.sampling.temperature = std::strtof(v.c_str(), nullptr);
+    else if (arg == "--top-p")
+      request.sampling.top_p = std::strtof(v.c_str(), nullptr);
+    else if (arg == "--top-k")
+      request.sampling.top_k = std::atoi(v.c_str());
+    else if (arg == "--repetition-penalty")
+      request.sampling.repetition_penalty = std::strtof(v.c_str(), nullptr);
+    else if (arg == "--seed")
+      request.sampling.seed = std::strtoull(v.c_str(), nullptr, 10);
     else {
       std::fprintf(stderr, "unknown flag %s\n", arg.c_str());
       return 2;

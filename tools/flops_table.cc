@@ -21,11 +21,12 @@ double Phase(const FlopCount& f, int phase) {
 }
 
 void Row(const char* name, const FlopCount& f) {
-  std::printf("| %s | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f |\n", name, Phase(f, FlopCount::kVision) / 1e12,
-              Phase(f, FlopCount::kProjector) / 1e12, Phase(f, FlopCount::kPrefill) / 1e12,
-              Phase(f, FlopCount::kDecode) / 1e12,
+  std::printf("| %s | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f |\n", name,
+              Phase(f, FlopCount::kVision) / 1e12, Phase(f, FlopCount::kProjector) / 1e12,
+              Phase(f, FlopCount::kPrefill) / 1e12, Phase(f, FlopCount::kDecode) / 1e12,
               (f.flops[FlopCount::kPrefill][FlopCount::kHighResProjections] +
-               f.flops[FlopCount::kDecode][FlopCount::kHighResProjections]) / 1e12,
+               f.flops[FlopCount::kDecode][FlopCount::kHighResProjections]) /
+                  1e12,
               f.Total() / 1e12);
 }
 
@@ -36,11 +37,14 @@ int main(int argc, char** argv) {
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
     const int v = std::atoi(argv[i + 1]);
-    if (a == "--text") text = v;
-    else if (a == "--generated") generated = v;
+    if (a == "--text")
+      text = v;
+    else if (a == "--generated")
+      generated = v;
     else if (a == "--text-before")
       text_before = v;
-    else if (a == "--selected-blocks") blocks = v;
+    else if (a == "--selected-blocks")
+      blocks = v;
   }
   flexvqa::LlavaConfig c;  // LlamaConfig defaults are LLaVA-1.5-7B's.
   c.vision.hidden_size = 1024;
@@ -51,12 +55,15 @@ int main(int argc, char** argv) {
   c.vision.patch_size = 14;
   const flexvqa::TextConfig& t = c.text;
   const int64_t lr = 576, hr_blocks = 81, block = 64, n_sa = 9, layers = t.num_hidden_layers;
-  const int64_t n_fa = layers - n_sa, prompt = text + lr, steps = generated;  // forwards: 1 + (steps - 1)
+  const int64_t n_fa = layers - n_sa, prompt = text + lr,
+                steps = generated;  // forwards: 1 + (steps - 1)
   const int64_t m = blocks * block;
-  std::printf("7B, %d text + 576 image prompt tokens, %d generated, flex: %d of 81 blocks (%lld HR "
-              "tokens, %.1f%%) per FA layer and step\n\n",
-              text, generated, blocks, static_cast<long long>(m), 100.0 * blocks / hr_blocks);
-  std::printf("| mode | vision | projector | prefill | decode | of which HR proj. | total (TFLOPs) |\n");
+  std::printf(
+      "7B, %d text + 576 image prompt tokens, %d generated, flex: %d of 81 blocks (%lld HR "
+      "tokens, %.1f%%) per FA layer and step\n\n",
+      text, generated, blocks, static_cast<long long>(m), 100.0 * blocks / hr_blocks);
+  std::printf(
+      "| mode | vision | projector | prefill | decode | of which HR proj. | total (TFLOPs) |\n");
   std::printf("|---|---|---|---|---|---|---|\n");
   // images through the tower; a prompt of `tokens` rows whose `skip` rows from `skip_begin` run no
   // attention.
@@ -75,12 +82,14 @@ int main(int argc, char** argv) {
     FlopCount f = base(1 + 9);
     flexvqa::AddFlexFlops(t, (n_fa + 1) * prompt, n_fa * m, rows_prefill, FlopCount::kPrefill, &f);
     for (int64_t s = 1; s < steps; ++s) {
-      flexvqa::AddFlexFlops(t, (n_fa + 1) * (prompt + s), n_fa * m, rows_per_decode, FlopCount::kDecode, &f);
+      flexvqa::AddFlexFlops(t, (n_fa + 1) * (prompt + s), n_fa * m, rows_per_decode,
+                            FlopCount::kDecode, &f);
     }
     return f;
   };
   Row("flex, lazy blocks, selection never moves (lower bound)", flex(n_fa * m, 0));
-  Row("flex, every block of every FA layer computed once (upper bound)", flex(n_fa * hr_blocks * block, 0));
+  Row("flex, every block of every FA layer computed once (upper bound)",
+      flex(n_fa * hr_blocks * block, 0));
   Row("flex, HR K/V recomputed every step (the reference)", flex(n_fa * m, n_fa * m));
   // hd: 1 + Z^2 images; the prompt holds the LR tokens and the (24 Z)^2 HR tokens.
   Row("hd, 672 px (Z = 2: 576 + 2304 image tokens)", run(1 + 4, text + lr + 48 * 48, 0, 0));

@@ -1,5 +1,6 @@
-// flexvqa_train_tokenizer: trains the tiny LLaMA-like SentencePiece model (model/tokenizer_trainer.h).
-// A separate program because libsentencepiece must not share a process with LibTorch or gRPC.
+// flexvqa_train_tokenizer: trains the tiny LLaMA-like SentencePiece model
+// (model/tokenizer_trainer.h). A separate program because libsentencepiece must not share a process
+// with LibTorch or gRPC.
 //   flexvqa_train_tokenizer CORPUS MODEL_PREFIX VOCAB_SIZE
 #include <cstdio>
 #include <cstdlib>

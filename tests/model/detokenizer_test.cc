@@ -7,8 +7,8 @@
 #include <string>
 #include <vector>
 
-#include "tests/support/tiny_tokenizer.h"
 #include "model/utf8.h"
+#include "tests/support/tiny_tokenizer.h"
 
 namespace flexvqa {
 namespace {
@@ -42,7 +42,6 @@ class DetokenizerTest : public ::testing::Test {
     for (const std::string& p : parts) out += p;
     return out;
   }
-
 };
 
 TEST_F(DetokenizerTest, ConcatenatedDeltasEqualDecode) {

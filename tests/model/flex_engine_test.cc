@@ -1,7 +1,7 @@
-// The engine in flex mode on the tiny FlexAttention fixture: it loads as "flex", runs the 1008 pipeline,
-// matches the model-level harness (itself checked against the reference in flex_parity_test) in tokens
-// and selections alone and batched, honours selection_threshold, reports selected HR tokens and frees
-// the state at Release.
+// The engine in flex mode on the tiny FlexAttention fixture: it loads as "flex", runs the 1008
+// pipeline, matches the model-level harness (itself checked against the reference in
+// flex_parity_test) in tokens and selections alone and batched, honours selection_threshold,
+// reports selected HR tokens and frees the state at Release.
 #include <gtest/gtest.h>
 
 #include <map>
@@ -85,7 +85,8 @@ TEST_F(FlexEngineTest, MatchesHarnessAloneAndBatched) {
   requests[1].selection_threshold = 120;
   std::vector<testing::FlexInput> inputs;
   for (const auto& r : requests) {
-    inputs.push_back(HarnessInput(r, r.selection_threshold.value_or(fixture_.config.flex.threshold)));
+    inputs.push_back(
+        HarnessInput(r, r.selection_threshold.value_or(fixture_.config.flex.threshold)));
   }
   const std::vector<Result> together = RunBatch(*engine, requests);
   for (size_t i = 0; i < requests.size(); ++i) {
@@ -105,7 +106,8 @@ TEST_F(FlexEngineTest, MatchesHarnessAloneAndBatched) {
     EXPECT_GT(total, 0);
     // FLOPs: every phase ran, and HR projections were paid for at most once per (layer, block).
     const FlopCount& f = together[i].report.flops;
-    for (int phase : {FlopCount::kVision, FlopCount::kProjector, FlopCount::kPrefill, FlopCount::kDecode}) {
+    for (int phase :
+         {FlopCount::kVision, FlopCount::kProjector, FlopCount::kPrefill, FlopCount::kDecode}) {
       double sum = 0;
       for (double x : f.flops[phase]) sum += x;
       EXPECT_GT(sum, 0) << "phase " << phase;

@@ -1,7 +1,8 @@
-// The flex path against the plain-PyTorch FlexAttention reference (tests/parity/flex_reference.py, full
-// attention matrices, HR keys recomputed every step, batch 1): identical selection masks at every FA layer
-// and step, logits within 1e-4, identical greedy tokens for 32 steps, alone and in batches of 3 and 8
-// requests with mixed aspect ratios (ragged selections). Also the properties of the selection.
+// The flex path against the plain-PyTorch FlexAttention reference (tests/parity/flex_reference.py,
+// full attention matrices, HR keys recomputed every step, batch 1): identical selection masks at
+// every FA layer and step, logits within 1e-4, identical greedy tokens for 32 steps, alone and in
+// batches of 3 and 8 requests with mixed aspect ratios (ragged selections). Also the properties of
+// the selection.
 #include <gtest/gtest.h>
 
 #include <set>
@@ -49,9 +50,9 @@ class FlexParityTest : public ::testing::Test {
       for (int fa = 0; fa < run.trace.num_fa_layers; ++fa) {
         const std::string ours = testing::MaskString(run.trace, step, fa);
         if (ours != c.masks[step][fa] && mask_mismatches++ < 3) {
-          ADD_FAILURE() << "step " << step << " FA layer " << fa << ": ours " << ours << "\n reference "
-                        << c.masks[step][fa] << " (selection margins " << ::testing::PrintToString(c.margins[step])
-                        << ")";
+          ADD_FAILURE() << "step " << step << " FA layer " << fa << ": ours " << ours
+                        << "\n reference " << c.masks[step][fa] << " (selection margins "
+                        << ::testing::PrintToString(c.margins[step]) << ")";
         }
       }
     }
@@ -63,10 +64,11 @@ class FlexParityTest : public ::testing::Test {
       ADD_FAILURE() << "logits first differ by more than 1e-4 at step " << first << " ("
                     << per_step[first].item<double>() << ")";
     }
-    std::printf("[flex parity] case %d (%s, batch %zu): max abs logit diff %.3g over %d steps; %lld HR "
-                "blocks computed\n",
-                index, c.image.c_str(), batch, diff, fixture_->steps,
-                static_cast<long long>(run.computed_blocks));
+    std::printf(
+        "[flex parity] case %d (%s, batch %zu): max abs logit diff %.3g over %d steps; %lld HR "
+        "blocks computed\n",
+        index, c.image.c_str(), batch, diff, fixture_->steps,
+        static_cast<long long>(run.computed_blocks));
     EXPECT_LE(diff, 1e-4);
     EXPECT_EQ(run.tokens, c.tokens);
   }
@@ -109,8 +111,8 @@ TEST_F(FlexParityTest, ThresholdOf255SelectsNothingAndEqualsLowResOnly) {
 }
 
 TEST_F(FlexParityTest, SelectionsAreBlocksAndAvoidPaddingBands) {
-  // Case 3 is 90x26: m = int(32 / 90 * 24) = 8 rows of padding at the top and the bottom; pooled rows
-  // 0-2 and 6-8 have windows entirely inside them ([0,3), [2,6), [5,8) and mirrored).
+  // Case 3 is 90x26: m = int(32 / 90 * 24) = 8 rows of padding at the top and the bottom; pooled
+  // rows 0-2 and 6-8 have windows entirely inside them ([0,3), [2,6), [5,8) and mirrored).
   const testing::FlexCase& c = fixture_->cases[3];
   const std::vector<FlexRun> runs = harness_->Run({testing::InputOf(*fixture_, c)}, 12);
   const SelectionTrace& t = runs[0].trace;

@@ -22,9 +22,9 @@ TEST(FlopCounterTest, DecoderChunk) {
   AddDecoderChunkFlops(SmallText(), /*start=*/3, /*length=*/2, FlopCount::kPrefill, &f);
   const double* p = f.flops[FlopCount::kPrefill];
   EXPECT_EQ(p[FlopCount::kProjections], 2 * 2 * 8 * 24 + 2 * 2 * 8 * 8);  // q,k,v (24 wide) + o.
-  EXPECT_EQ(p[FlopCount::kAttention], 2 * (2 * 2 * 2 * 5 * 4));            // QK^T and PV, 5 keys.
-  EXPECT_EQ(p[FlopCount::kMlp], 2 * 2 * 8 * 32 + 2 * 2 * 16 * 8);          // gate+up, down.
-  EXPECT_EQ(p[FlopCount::kLmHead], 2 * 8 * 10);                            // The last row only.
+  EXPECT_EQ(p[FlopCount::kAttention], 2 * (2 * 2 * 2 * 5 * 4));           // QK^T and PV, 5 keys.
+  EXPECT_EQ(p[FlopCount::kMlp], 2 * 2 * 8 * 32 + 2 * 2 * 16 * 8);         // gate+up, down.
+  EXPECT_EQ(p[FlopCount::kLmHead], 2 * 8 * 10);                           // The last row only.
   EXPECT_EQ(f.Total(), 1024 + 320 + 1536 + 160);
 }
 
@@ -88,7 +88,8 @@ TEST(FlopCounterTest, VisionAndProjector) {
   EXPECT_EQ(v[FlopCount::kProjections], 3 * (2 * 4 * 588 * 4 + 2 * 5 * 4 * 12 + 2 * 5 * 4 * 4));
   EXPECT_EQ(v[FlopCount::kAttention], 3 * (4 * 2 * 5 * 5 * 2));
   EXPECT_EQ(v[FlopCount::kMlp], 3 * (2 * 2 * 5 * 4 * 8));
-  EXPECT_EQ(f.flops[FlopCount::kProjector][FlopCount::kProjections], 2 * 12 * 4 * 8 + 2 * 12 * 8 * 8);
+  EXPECT_EQ(f.flops[FlopCount::kProjector][FlopCount::kProjections],
+            2 * 12 * 4 * 8 + 2 * 12 * 8 * 8);
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
-// SelectHighResBlocks against hand-derived cases of flexattention.md §3: PyTorch's overlapping adaptive
-// max-pool windows (24 -> 9), padding bands, min-max normalisation with max == min, the threshold scale.
+// SelectHighResBlocks against hand-derived cases of flexattention.md §3: PyTorch's overlapping
+// adaptive max-pool windows (24 -> 9), padding bands, min-max normalisation with max == min, the
+// threshold scale.
 #include "model/highres_selection.h"
 
 #include <gtest/gtest.h>
@@ -31,7 +32,8 @@ TEST(HighResSelectionTest, OnePeakSelectsEveryWindowThatCoversIt) {
             std::vector<int>({0, 1, 9, 10}));
   a = Flat();
   a[23 * kSide + 12] = 1.0f;  // Row 23: window 8 ([21, 24)); column 12: windows 4 ([10, 14)) only.
-  EXPECT_EQ(Selected(SelectHighResBlocks(a.data(), kSide, 100, 100, 48)), std::vector<int>({8 * 9 + 4}));
+  EXPECT_EQ(Selected(SelectHighResBlocks(a.data(), kSide, 100, 100, 48)),
+            std::vector<int>({8 * 9 + 4}));
 }
 
 TEST(HighResSelectionTest, ThresholdIsOnTheNormalisedScale) {
@@ -40,7 +42,8 @@ TEST(HighResSelectionTest, ThresholdIsOnTheNormalisedScale) {
   a[12 * kSide + 12] = 0.5f;  // 127.5 after normalisation; window (4, 4) only.
   EXPECT_EQ(Selected(SelectHighResBlocks(a.data(), kSide, 50, 50, 127)), std::vector<int>({0, 40}));
   EXPECT_EQ(Selected(SelectHighResBlocks(a.data(), kSide, 50, 50, 128)), std::vector<int>({0}));
-  EXPECT_TRUE(Selected(SelectHighResBlocks(a.data(), kSide, 50, 50, 255)).empty());  // 255 > 255 is false.
+  EXPECT_TRUE(
+      Selected(SelectHighResBlocks(a.data(), kSide, 50, 50, 255)).empty());  // 255 > 255 is false.
 }
 
 TEST(HighResSelectionTest, EqualValuesSelectNothing) {
@@ -52,8 +55,8 @@ TEST(HighResSelectionTest, PaddingBandsAreZeroed) {
   // Landscape 90x26: margin 32, m = int(32 / 90 * 24) = 8 rows top and bottom.
   // Background 0.05: 25.5 on the 0-255 scale once the bands' zeros become the minimum.
   std::vector<float> a = Flat(0.05f);
-  a[0] = 1.0f;                 // In the top band: zeroed, so it cannot win.
-  a[12 * kSide + 12] = 0.5f;   // The image's own maximum.
+  a[0] = 1.0f;                // In the top band: zeroed, so it cannot win.
+  a[12 * kSide + 12] = 0.5f;  // The image's own maximum.
   EXPECT_EQ(Selected(SelectHighResBlocks(a.data(), kSide, 90, 26, 48)), std::vector<int>({40}));
   // Portrait 26x90: the same bands as columns.
   a = Flat(0.05f);

@@ -1,5 +1,5 @@
-// KV-cache equivalence: decoding token by token (and in ragged batches) gives the logits of one full
-// forward pass over the same tokens; slots are reused cleanly.
+// KV-cache equivalence: decoding token by token (and in ragged batches) gives the logits of one
+// full forward pass over the same tokens; slots are reused cleanly.
 #include "model/kv_cache.h"
 
 #include <ATen/ATen.h>
@@ -21,7 +21,8 @@ class KvCacheTest : public ::testing::Test {
     config_ = *config;
     auto weights = WeightLoader::Open(config_);
     ASSERT_TRUE(weights.ok()) << weights.status().ToString();
-    auto decoder = LlamaDecoder::Load(**weights, config_.text, at::kFloat, at::Device(at::kCPU), 128);
+    auto decoder =
+        LlamaDecoder::Load(**weights, config_.text, at::kFloat, at::Device(at::kCPU), 128);
     ASSERT_TRUE(decoder.ok()) << decoder.status().ToString();
     decoder_ = std::move(*decoder);
     KvCacheShape shape{config_.text.num_hidden_layers, 4, 128, config_.text.num_key_value_heads,
@@ -39,7 +40,8 @@ class KvCacheTest : public ::testing::Test {
   // Logits of every position from one forward pass over all tokens in a fresh slot.
   at::Tensor FullLogits(const at::Tensor& tokens) {
     const int slot = cache_->Allocate();
-    const at::Tensor h = decoder_->Forward(decoder_->Embed(tokens), {{slot, 0, 0, tokens.size(0)}}, *cache_);
+    const at::Tensor h =
+        decoder_->Forward(decoder_->Embed(tokens), {{slot, 0, 0, tokens.size(0)}}, *cache_);
     cache_->Free(slot);
     return decoder_->Logits(h);
   }
@@ -54,7 +56,8 @@ TEST_F(KvCacheTest, IncrementalDecodingMatchesFullForward) {
   const at::Tensor full = FullLogits(tokens);
   const int slot = cache_->Allocate();
   const int64_t prompt = 7;
-  at::Tensor h = decoder_->Forward(decoder_->Embed(tokens.narrow(0, 0, prompt)), {{slot, 0, 0, prompt}}, *cache_);
+  at::Tensor h = decoder_->Forward(decoder_->Embed(tokens.narrow(0, 0, prompt)),
+                                   {{slot, 0, 0, prompt}}, *cache_);
   EXPECT_EQ(cache_->length(slot), prompt);
   std::vector<at::Tensor> logits = {decoder_->Logits(h)};
   for (int64_t i = prompt; i < 20; ++i) {
@@ -74,7 +77,8 @@ TEST_F(KvCacheTest, ChunkedPrefillMatchesFullForward) {
   const at::Tensor full = FullLogits(tokens);
   const int slot = cache_->Allocate();
   decoder_->Forward(decoder_->Embed(tokens.narrow(0, 0, 9)), {{slot, 0, 0, 9}}, *cache_);
-  const at::Tensor h = decoder_->Forward(decoder_->Embed(tokens.narrow(0, 9, 7)), {{slot, 9, 0, 7}}, *cache_);
+  const at::Tensor h =
+      decoder_->Forward(decoder_->Embed(tokens.narrow(0, 9, 7)), {{slot, 9, 0, 7}}, *cache_);
   EXPECT_LT((decoder_->Logits(h) - full.narrow(0, 9, 7)).abs().max().item<double>(), 1e-4);
 }
 
@@ -84,10 +88,12 @@ TEST_F(KvCacheTest, RaggedBatchMatchesSequencesAlone) {
   // Prefill the three prompts minus their last token as one packed batch...
   const int sa = cache_->Allocate(), sb = cache_->Allocate(), sc = cache_->Allocate();
   const at::Tensor packed = at::cat({a.narrow(0, 0, 10), b.narrow(0, 0, 4), c.narrow(0, 0, 7)});
-  decoder_->Forward(decoder_->Embed(packed), {{sa, 0, 0, 10}, {sb, 0, 10, 4}, {sc, 0, 14, 7}}, *cache_);
+  decoder_->Forward(decoder_->Embed(packed), {{sa, 0, 0, 10}, {sb, 0, 10, 4}, {sc, 0, 14, 7}},
+                    *cache_);
   // ...then decode their last tokens together, each at its own position.
   const at::Tensor last = at::stack({a[10], b[4], c[7]});
-  const at::Tensor h = decoder_->Forward(decoder_->Embed(last), {{sa, 10, 0, 1}, {sb, 4, 1, 1}, {sc, 7, 2, 1}}, *cache_);
+  const at::Tensor h = decoder_->Forward(decoder_->Embed(last),
+                                         {{sa, 10, 0, 1}, {sb, 4, 1, 1}, {sc, 7, 2, 1}}, *cache_);
   const at::Tensor logits = decoder_->Logits(h);
   EXPECT_LT((logits[0] - fa[10]).abs().max().item<double>(), 1e-4);
   EXPECT_LT((logits[1] - fb[4]).abs().max().item<double>(), 1e-4);

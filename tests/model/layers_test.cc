@@ -37,8 +37,8 @@ TEST(LayersTest, RotaryRotatesPairsByPositionTimesFrequency) {
 TEST(LayersTest, QuickGeluAndGelu) {
   const at::Tensor x = at::tensor({-1.0f, 0.5f, 2.0f});
   EXPECT_TRUE(at::allclose(Activation(x, "quick_gelu"), x * at::sigmoid(1.702 * x)));
-  EXPECT_NEAR(Activation(x, "gelu")[2].item<float>(), 2.0 * 0.5 * (1 + std::erf(2.0 / std::sqrt(2.0))),
-              1e-6);
+  EXPECT_NEAR(Activation(x, "gelu")[2].item<float>(),
+              2.0 * 0.5 * (1 + std::erf(2.0 / std::sqrt(2.0))), 1e-6);
 }
 
 TEST(LayersTest, AttentionWithCausalOffsetMatchesMaskedSoftmax) {
@@ -51,7 +51,8 @@ TEST(LayersTest, AttentionWithCausalOffsetMatchesMaskedSoftmax) {
   for (int64_t i = 0; i < t; ++i) {
     // Row i sees keys 0 .. cached + i.
     const int64_t n = cached + i + 1;
-    const at::Tensor p = at::softmax(at::matmul(q.narrow(1, i, 1), k.narrow(1, 0, n).transpose(1, 2)) * 0.25, -1);
+    const at::Tensor p =
+        at::softmax(at::matmul(q.narrow(1, i, 1), k.narrow(1, 0, n).transpose(1, 2)) * 0.25, -1);
     const at::Tensor expected = at::matmul(p, v.narrow(1, 0, n));
     EXPECT_TRUE(at::allclose(out.narrow(1, i, 1), expected, 1e-5, 1e-6)) << "row " << i;
   }
@@ -60,7 +61,8 @@ TEST(LayersTest, AttentionWithCausalOffsetMatchesMaskedSoftmax) {
 TEST(LayersTest, NegativeOffsetIsBidirectional) {
   at::manual_seed(2);
   const at::Tensor q = at::randn({1, 4, 8}), k = at::randn({1, 4, 8}), v = at::randn({1, 4, 8});
-  const at::Tensor expected = at::matmul(at::softmax(at::matmul(q, k.transpose(1, 2)) * 0.5, -1), v);
+  const at::Tensor expected =
+      at::matmul(at::softmax(at::matmul(q, k.transpose(1, 2)) * 0.5, -1), v);
   EXPECT_TRUE(at::allclose(Attention(q, k, v, 0.5, -1), expected, 1e-5, 1e-6));
 }
 
@@ -71,7 +73,8 @@ TEST(LayersTest, DtypeAndDeviceParsing) {
   EXPECT_FALSE(ParseDtype("int8", cpu).ok());
   EXPECT_TRUE(ParseDevice("cpu").ok());
   EXPECT_FALSE(ParseDevice("tpu").ok());
-  if (!CudaAvailable()) EXPECT_EQ(ParseDevice("cuda").status().code(), StatusCode::kFailedPrecondition);
+  if (!CudaAvailable())
+    EXPECT_EQ(ParseDevice("cuda").status().code(), StatusCode::kFailedPrecondition);
 }
 
 }  // namespace

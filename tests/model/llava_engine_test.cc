@@ -1,5 +1,5 @@
-// The LLaVA engine end to end on tiny checkpoints: validation, determinism, batching invariance, stop
-// conditions, slot management, and equality of the two public checkpoint layouts.
+// The LLaVA engine end to end on tiny checkpoints: validation, determinism, batching invariance,
+// stop conditions, slot management, and equality of the two public checkpoint layouts.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -18,7 +18,9 @@ using testing::MakeEngine;
 GenerationRequest Request(const std::string& question, bool with_image, int max_new = 12) {
   GenerationRequest r;
   r.turns.push_back({ChatTurn::Role::kUser, question});
-  if (with_image) r.image = ImageInput{testing::ReadSourceFile("tests/fixtures/preprocess/photo_64x48.jpg"), "image/jpeg"};
+  if (with_image)
+    r.image = ImageInput{testing::ReadSourceFile("tests/fixtures/preprocess/photo_64x48.jpg"),
+                         "image/jpeg"};
   r.sampling.max_new_tokens = max_new;
   r.sampling.ignore_eos = true;
   return r;
@@ -59,10 +61,10 @@ TEST(LlavaEngineTest, GreedyIsDeterministicAndImageMatters) {
 
 TEST(LlavaEngineTest, BatchingDoesNotChangeResults) {
   auto engine = MakeEngine(testing::TinyModelDir());
-  std::vector<GenerationRequest> requests = {Request("What is in the picture?", true, 9),
-                                             Request("Count the red squares.", false, 15),
-                                             Request("Describe the colours of the sky at dusk.", true, 4),
-                                             Request("Is there a cat?", true, 12)};
+  std::vector<GenerationRequest> requests = {
+      Request("What is in the picture?", true, 9), Request("Count the red squares.", false, 15),
+      Request("Describe the colours of the sky at dusk.", true, 4),
+      Request("Is there a cat?", true, 12)};
   requests[1].sampling.temperature = 0.9f;
   requests[1].sampling.top_p = 0.9f;
   requests[1].sampling.seed = 5;
@@ -98,7 +100,8 @@ TEST(LlavaEngineTest, StopStringEndsGenerationAndIsNotEmitted) {
   size_t begin = full.text.size() / 2;
   while (begin > 0 && (static_cast<unsigned char>(full.text[begin]) & 0xC0) == 0x80) --begin;
   size_t end = begin + 1;
-  while (end < full.text.size() && (static_cast<unsigned char>(full.text[end]) & 0xC0) == 0x80) ++end;
+  while (end < full.text.size() && (static_cast<unsigned char>(full.text[end]) & 0xC0) == 0x80)
+    ++end;
   const std::string stop = full.text.substr(begin, end - begin);
   r.sampling.stop = {stop};
   const Generation stopped = RunOne(*engine, r);

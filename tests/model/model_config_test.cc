@@ -381,10 +381,13 @@ TEST(ModelConfigFlexTest, ReadsExtraStrings) {
   EXPECT_FALSE(plain->flex.enabled);
   EXPECT_EQ(ParseLlavaConfigJson(base + R"({"zoom_ratio": "three"}})").status().code(),
             StatusCode::kInvalidArgument);
-  EXPECT_EQ(ParseLlavaConfigJson(base + R"({"zoom_ratio": "3", "highres_size": "1000"}})").status().code(),
+  EXPECT_EQ(ParseLlavaConfigJson(base + R"({"zoom_ratio": "3", "highres_size": "1000"}})")
+                .status()
+                .code(),
             StatusCode::kInvalidArgument);
-  EXPECT_EQ(ParseLlavaConfigJson(base + R"({"zoom_ratio": "3", "num_sa_layers": "40"}})").status().code(),
-            StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      ParseLlavaConfigJson(base + R"({"zoom_ratio": "3", "num_sa_layers": "40"}})").status().code(),
+      StatusCode::kInvalidArgument);
 }
 
 // kOriginalConfig plus one top-level key (value as JSON text; may carry more keys after it).

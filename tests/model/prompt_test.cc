@@ -37,7 +37,6 @@ class PromptTest : public ::testing::Test {
     EXPECT_NE(ids.status().message().find(message_part), std::string::npos)
         << ids.status().message();
   }
-
 };
 
 TEST_F(PromptTest, SystemPromptIsLlavaVicunaV1) { EXPECT_EQ(kVicunaV1System, kSystem); }

@@ -35,7 +35,8 @@ TEST(SamplerTest, TopKKeepsTheKLargestAndTiesWithTheKth) {
   ApplyTopK(logits.data(), 5, 2);
   EXPECT_EQ(logits[0], kNegInf);
   EXPECT_EQ(logits[1], 5.0f);
-  EXPECT_EQ(logits[2], 3.0f);  // Tie with the 2nd largest: kept, as torch's `scores < kth` keeps it.
+  EXPECT_EQ(logits[2],
+            3.0f);  // Tie with the 2nd largest: kept, as torch's `scores < kth` keeps it.
   EXPECT_EQ(logits[3], 3.0f);
   EXPECT_EQ(logits[4], kNegInf);
 }

@@ -36,8 +36,9 @@ TEST(ConfigTest, DefaultsAreValid) {
 }
 
 TEST(ConfigTest, EnvironmentOverridesDefaultAndFlagOverridesEnvironment) {
-  Parsed p = Parse({"--max_running=3"}, {{"FLEXVQA_MAX_RUNNING", "5"}, {"FLEXVQA_MAX_QUEUED", "7"},
-                                         {"FLEXVQA_LOG_JSON", "true"}});
+  Parsed p = Parse(
+      {"--max_running=3"},
+      {{"FLEXVQA_MAX_RUNNING", "5"}, {"FLEXVQA_MAX_QUEUED", "7"}, {"FLEXVQA_LOG_JSON", "true"}});
   ASSERT_TRUE(p.status.ok()) << p.status.ToString();
   EXPECT_EQ(p.config.scheduler.max_running, 3);
   EXPECT_EQ(p.config.scheduler.max_queued, 7);

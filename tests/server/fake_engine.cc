@@ -25,7 +25,11 @@ bool ValidUtf8(const std::string& s) {
   size_t i = 0;
   while (i < s.size()) {
     const unsigned char c = s[i];
-    int extra = c < 0x80 ? 0 : (c >> 5) == 0x6 ? 1 : (c >> 4) == 0xe ? 2 : (c >> 3) == 0x1e ? 3 : -1;
+    int extra = c < 0x80           ? 0
+                : (c >> 5) == 0x6  ? 1
+                : (c >> 4) == 0xe  ? 2
+                : (c >> 3) == 0x1e ? 3
+                                   : -1;
     if (extra < 0 || s.size() - i <= static_cast<size_t>(extra)) return false;
     for (int k = 1; k <= extra; ++k) {
       if ((static_cast<unsigned char>(s[i + k]) >> 6) != 0x2) return false;
@@ -88,9 +92,9 @@ Status SniffImage(const ImageInput& image, const EngineLimits& limits) {
   }
   if (width <= 0 || height <= 0) return InvalidArgumentError("image has a zero dimension");
   if (width * height > limits.max_image_pixels) {
-    return InvalidArgumentError("image is " + std::to_string(width) + "x" +
-                                std::to_string(height) + " pixels; the limit is " +
-                                std::to_string(limits.max_image_pixels) + " pixels");
+    return InvalidArgumentError("image is " + std::to_string(width) + "x" + std::to_string(height) +
+                                " pixels; the limit is " + std::to_string(limits.max_image_pixels) +
+                                " pixels");
   }
   return Status::Ok();
 }
@@ -200,8 +204,10 @@ StatusOr<std::shared_ptr<const PreparedRequest>> FakeEngine::Prepare(
   if (request.selection_threshold) {
     const int threshold = *request.selection_threshold;
     if (info_.mode != "flex") {
-      return InvalidArgumentError("selection_threshold applies to FlexAttention models only; this "
-                                  "model's attention mode is '" + info_.mode + "'");
+      return InvalidArgumentError(
+          "selection_threshold applies to FlexAttention models only; this "
+          "model's attention mode is '" +
+          info_.mode + "'");
     }
     if (threshold < 0 || threshold > 255) {
       return InvalidArgumentError("selection_threshold must be in [0, 255], got " +

@@ -1,10 +1,11 @@
 // A deterministic Engine for scheduler and service tests (as leveldb's in-memory Env): no model, no
-// torch. The next token is a hash of the sequence's own prompt, seed (when sampling) and tokens so far, so
-// results never depend on what else is batched. Prepare validates like the real engine (sampling
-// ranges, UTF-8, image headers and limits, prompt length, selection threshold) and is thread-safe.
-// Report counts made-up but exact FLOPs (kFake*Flops) and, in "flex" mode, selected high-res tokens
-// that fall as the threshold rises. The rest is worker-thread only, except the counters, which any
-// thread may read. Hooks and failure injection make timing and errors controllable without sleeps.
+// torch. The next token is a hash of the sequence's own prompt, seed (when sampling) and tokens so
+// far, so results never depend on what else is batched. Prepare validates like the real engine
+// (sampling ranges, UTF-8, image headers and limits, prompt length, selection threshold) and is
+// thread-safe. Report counts made-up but exact FLOPs (kFake*Flops) and, in "flex" mode, selected
+// high-res tokens that fall as the threshold rises. The rest is worker-thread only, except the
+// counters, which any thread may read. Hooks and failure injection make timing and errors
+// controllable without sleeps.
 #pragma once
 
 #include <atomic>
@@ -36,12 +37,13 @@ struct FakeEngineOptions {
   EngineLimits limits;
   // Worker thread: slept at the start of every Prefill and Decode call (load tests).
   std::chrono::microseconds step_delay{0};
-  // Worker thread: called at the start of every Prefill and Decode call (tests block steps with it).
+  // Worker thread: called at the start of every Prefill and Decode call (tests block steps with
+  // it).
   std::function<void()> step_hook;
   // Pool threads: called at the start of Prepare with the request (tests stall one image with it).
   std::function<void(const GenerationRequest&)> prepare_hook;
-  // A sequence whose question contains this fails with RESOURCE_EXHAUSTED (device out of memory) when
-  // it has generated oom_after_tokens tokens; the others in the batch carry on.
+  // A sequence whose question contains this fails with RESOURCE_EXHAUSTED (device out of memory)
+  // when it has generated oom_after_tokens tokens; the others in the batch carry on.
   std::string oom_marker = "[oom]";
   int oom_after_tokens = 2;
 };
@@ -86,8 +88,8 @@ class FakeEngine : public Engine {
   std::atomic<int64_t> released_{0};
 };
 
-// The engine's own output for one request, run alone through Prepare/Admit/Prefill/Decode/Release on the
-// calling thread: the reference a served answer must equal.
+// The engine's own output for one request, run alone through Prepare/Admit/Prefill/Decode/Release
+// on the calling thread: the reference a served answer must equal.
 struct DirectResult {
   std::string text;
   std::vector<int32_t> token_ids;

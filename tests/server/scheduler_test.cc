@@ -188,8 +188,8 @@ TEST(SchedulerTest, OneRequestStreamsTheEngineOutput) {
 TEST(SchedulerTest, SixtyFourConcurrentRequestsGiveTheirSoloAnswers) {
   std::vector<GenerationRequest> requests;
   for (int i = 0; i < 64; ++i) {
-    GenerationRequest r = Question("question number " + std::to_string(i), 8 + i % 24, i,
-                                   i % 2 ? 0.7f : 0.0f);
+    GenerationRequest r =
+        Question("question number " + std::to_string(i), 8 + i % 24, i, i % 2 ? 0.7f : 0.0f);
     if (i % 3 == 0) r.image = ImageInput{testing::MakePng(8 + i, 8), "image/png"};
     requests.push_back(r);
   }
@@ -264,7 +264,8 @@ TEST(SchedulerTest, FullQueueIsRejectedWithinMilliseconds) {
   ASSERT_TRUE(gate.WaitEntered());  // The worker is inside the first prefill.
   for (int i = 0; i < 4; ++i) {
     collectors.emplace_back();
-    ASSERT_TRUE(Submit(scheduler, Question("queued " + std::to_string(i)), &collectors.back()).ok());
+    ASSERT_TRUE(
+        Submit(scheduler, Question("queued " + std::to_string(i)), &collectors.back()).ok());
   }
   Collector rejected;
   const auto start = Clock::now();

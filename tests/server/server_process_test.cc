@@ -1,6 +1,6 @@
 // The server as a process (flexvqa_fake_server: the real main over the fake engine): SIGTERM drains
-// (health NOT_SERVING, new calls UNAVAILABLE, the running stream completes) and the process exits 0; past
-// the drain time the rest ends UNAVAILABLE, still exit 0.
+// (health NOT_SERVING, new calls UNAVAILABLE, the running stream completes) and the process exits
+// 0; past the drain time the rest ends UNAVAILABLE, still exit 0.
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 #include <signal.h>
@@ -116,8 +116,8 @@ TEST(ServerProcessTest, SigtermDrainsThenExitsZero) {
   EXPECT_EQ(client.Check(), Health::SERVING);
 
   std::promise<void> first;
-  auto stream = std::async(std::launch::async,
-                           [&] { return ReadAll(client, LongRequest(3000), &first); });
+  auto stream =
+      std::async(std::launch::async, [&] { return ReadAll(client, LongRequest(3000), &first); });
   first.get_future().wait();
   server.Signal(SIGTERM);
   // The signal is asynchronous: poll the health status the drain sets first.
@@ -142,8 +142,8 @@ TEST(ServerProcessTest, PastTheDrainTimeRunningRequestsEndUnavailable) {
   ASSERT_GT(port, 0);
   Client client(port);
   std::promise<void> first;
-  auto stream = std::async(std::launch::async,
-                           [&] { return ReadAll(client, LongRequest(4000), &first); });
+  auto stream =
+      std::async(std::launch::async, [&] { return ReadAll(client, LongRequest(4000), &first); });
   first.get_future().wait();
   server.Signal(SIGINT);
   auto [status, tokens] = stream.get();

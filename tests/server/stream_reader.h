@@ -1,5 +1,6 @@
-// Test support: reads one Generate stream to its end, collecting the streamed text and token ids, the
-// final message and the call's status (shared by the service tests on the fake and the real engine).
+// Test support: reads one Generate stream to its end, collecting the streamed text and token ids,
+// the final message and the call's status (shared by the service tests on the fake and the real
+// engine).
 #pragma once
 
 #include <grpcpp/grpcpp.h>

@@ -12,15 +12,16 @@ namespace flexvqa::testing {
 namespace {
 
 void Put32(std::string* out, uint32_t v) {
-  for (int shift = 24; shift >= 0; shift -= 8) out->push_back(static_cast<char>((v >> shift) & 0xff));
+  for (int shift = 24; shift >= 0; shift -= 8)
+    out->push_back(static_cast<char>((v >> shift) & 0xff));
 }
 
 void Chunk(std::string* png, const char* type, const std::string& data) {
   Put32(png, static_cast<uint32_t>(data.size()));
   const std::string body = std::string(type, 4) + data;
   png->append(body);
-  Put32(png, static_cast<uint32_t>(
-                 crc32(0, reinterpret_cast<const Bytef*>(body.data()), body.size())));
+  Put32(png,
+        static_cast<uint32_t>(crc32(0, reinterpret_cast<const Bytef*>(body.data()), body.size())));
 }
 
 std::string Png(int header_width, int header_height, int width, int height) {

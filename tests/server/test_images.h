@@ -1,5 +1,5 @@
-// Encoded test images, real files any decoder accepts (PNG through zlib, JPEG through libturbojpeg),
-// and the broken variants the service must reject. Pure; any thread.
+// Encoded test images, real files any decoder accepts (PNG through zlib, JPEG through
+// libturbojpeg), and the broken variants the service must reject. Pure; any thread.
 #pragma once
 
 #include <string>
@@ -9,7 +9,8 @@ namespace flexvqa::testing {
 // A w x h RGB gradient.
 std::string MakePng(int width, int height);
 std::string MakeJpeg(int width, int height);
-// A small, well-formed PNG whose header claims width x height pixels (a decompression bomb's header).
+// A small, well-formed PNG whose header claims width x height pixels (a decompression bomb's
+// header).
 std::string PngClaiming(int width, int height);
 
 }  // namespace flexvqa::testing

@@ -1,7 +1,7 @@
 // End to end over real gRPC on 127.0.0.1 (ephemeral port), the fake engine behind the real server:
 // streamed text equals the engine's direct output, batching keeps answers, every bad input gets its
-// status and the server keeps serving, cancel and deadline free the slot, health turns NOT_SERVING on
-// drain.
+// status and the server keeps serving, cancel and deadline free the slot, health turns NOT_SERVING
+// on drain.
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
@@ -186,7 +186,8 @@ TEST_F(ServiceTest, FlexThresholdReachesTheEngineAndTheFinalMessageCarriesItsRep
   ASSERT_TRUE(result.final.has_value());
   const v1::GenerateFinal& final = *result.final;
   const double prefill = testing::kFakePrefillFlopsPerToken * final.usage().prompt_tokens();
-  const double decode = testing::kFakeDecodeFlopsPerStep * 5;  // 6 tokens: 1 from prefill, 5 decoded.
+  const double decode =
+      testing::kFakeDecodeFlopsPerStep * 5;  // 6 tokens: 1 from prefill, 5 decoded.
   EXPECT_DOUBLE_EQ(final.flops_by_phase().vision(), testing::kFakeVisionFlops);
   EXPECT_DOUBLE_EQ(final.flops_by_phase().prefill(), prefill);
   EXPECT_DOUBLE_EQ(final.flops_by_phase().decode(), decode);
@@ -239,11 +240,13 @@ TEST_F(ServiceTest, EveryBadInputGetsItsStatusAndTheServerKeepsServing) {
       {"image over the byte limit", image(std::string(2 << 20, 'x')), StatusCode::INVALID_ARGUMENT},
       {"message over the gRPC limit", image(std::string(5 << 20, 'x')),
        StatusCode::RESOURCE_EXHAUSTED},
-      {"prompt over the context", [](v1::GenerateRequest* r) { r->set_question(std::string(4000, 'w')); },
+      {"prompt over the context",
+       [](v1::GenerateRequest* r) { r->set_question(std::string(4000, 'w')); },
        StatusCode::INVALID_ARGUMENT},
       {"empty prompt", [](v1::GenerateRequest* r) { r->clear_question(); },
        StatusCode::INVALID_ARGUMENT},
-      {"max_new_tokens 0", [](v1::GenerateRequest* r) { r->mutable_sampling()->set_max_new_tokens(0); },
+      {"max_new_tokens 0",
+       [](v1::GenerateRequest* r) { r->mutable_sampling()->set_max_new_tokens(0); },
        StatusCode::INVALID_ARGUMENT},
       {"max_new_tokens huge",
        [](v1::GenerateRequest* r) { r->mutable_sampling()->set_max_new_tokens(1 << 30); },
@@ -273,8 +276,8 @@ TEST_F(ServiceTest, EveryBadInputGetsItsStatusAndTheServerKeepsServing) {
     v1::GenerateRequest request = Question("what is this?");
     bad.spoil(&request);
     StreamResult result = Generate(request);
-    EXPECT_EQ(result.status.error_code(), bad.code) << bad.name << ": "
-                                                    << result.status.error_message();
+    EXPECT_EQ(result.status.error_code(), bad.code)
+        << bad.name << ": " << result.status.error_message();
     EXPECT_FALSE(result.status.error_message().empty()) << bad.name;
     EXPECT_EQ(result.messages, 0) << bad.name;
     grpc::ClientContext context;
@@ -287,8 +290,8 @@ TEST_F(ServiceTest, EveryBadInputGetsItsStatusAndTheServerKeepsServing) {
   EXPECT_FALSE(good.ids.empty());
 }
 
-// C++ protobuf refuses to parse a proto3 string that is not UTF-8; the service parses the request itself
-// and says so with INVALID_ARGUMENT, and keeps serving.
+// C++ protobuf refuses to parse a proto3 string that is not UTF-8; the service parses the request
+// itself and says so with INVALID_ARGUMENT, and keeps serving.
 TEST_F(ServiceTest, InvalidUtf8GetsInvalidArgument) {
   StartServer();
   const v1::GenerateRequest request = Question(std::string("caf\xc3", 4));
@@ -315,10 +318,11 @@ TEST_F(ServiceTest, AFloodBeyondTheQueueGetsResourceExhaustedAtOnce) {
   accepted.push_back(std::async(std::launch::async, [&] { return Generate(Question("first")); }));
   hold.WaitEntered();
   for (int i = 0; i < 4; ++i) {
-    accepted.push_back(std::async(std::launch::async, [&] { return Generate(Question("queued")); }));
+    accepted.push_back(
+        std::async(std::launch::async, [&] { return Generate(Question("queued")); }));
   }
-  ASSERT_TRUE(server_->scheduler().WaitFor(
-      [](const SchedulerStats& s) { return s.accepted == 5; }, kWait));
+  ASSERT_TRUE(
+      server_->scheduler().WaitFor([](const SchedulerStats& s) { return s.accepted == 5; }, kWait));
   const auto start = std::chrono::steady_clock::now();
   StreamResult rejected = Generate(Question("one too many"));
   EXPECT_EQ(rejected.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
@@ -381,8 +385,8 @@ TEST_F(ServiceTest, HealthTurnsNotServingOnDrainAndNewCallsGetUnavailable) {
   auto running = std::async(std::launch::async, [&] { return Generate(Question("in flight", 8)); });
   hold.WaitEntered();
   std::thread shutdown([&] { server_->Shutdown(Clock::now() + 30s); });
-  ASSERT_TRUE(server_->scheduler().WaitFor([](const SchedulerStats& s) { return s.draining; },
-                                           kWait));
+  ASSERT_TRUE(
+      server_->scheduler().WaitFor([](const SchedulerStats& s) { return s.draining; }, kWait));
   EXPECT_EQ(check(""), grpc::health::v1::HealthCheckResponse::NOT_SERVING);
   EXPECT_EQ(check(kHealthServiceName), grpc::health::v1::HealthCheckResponse::NOT_SERVING);
   EXPECT_EQ(Generate(Question("too late")).status.error_code(), grpc::StatusCode::UNAVAILABLE);

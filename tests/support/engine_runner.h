@@ -1,7 +1,7 @@
-// Test support: runs requests through an Engine the way the scheduler does, without threads: all are
-// prepared and admitted, prefilled in one call, then decoded in lockstep until each finishes. Records
-// each request's tokens, text, finish reason and status, and its report and selections at the moment it
-// finished; checks that Release forgets the sequence.
+// Test support: runs requests through an Engine the way the scheduler does, without threads: all
+// are prepared and admitted, prefilled in one call, then decoded in lockstep until each finishes.
+// Records each request's tokens, text, finish reason and status, and its report and selections at
+// the moment it finished; checks that Release forgets the sequence.
 #pragma once
 
 #include <gtest/gtest.h>

@@ -1,7 +1,8 @@
 // Test support for FlexAttention: the reference fixture tests/fixtures/flex_tiny (written by
 // tests/parity/make_flex_fixture.py) and a harness that runs its cases through the same LlavaModel
-// functions the engine uses (two-resolution vision pass, packed prefill, lockstep greedy decode, one
-// HighResSequence per request, FlexAttention hook), at any batch size. Header-only; fp32 on CPU.
+// functions the engine uses (two-resolution vision pass, packed prefill, lockstep greedy decode,
+// one HighResSequence per request, FlexAttention hook), at any batch size. Header-only; fp32 on
+// CPU.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -52,9 +53,9 @@ inline StatusOr<FlexFixture> LoadFlexFixture(const std::string& relative = kFlex
     f.steps = j.at("steps").get<int>();
     const int64_t vocab = j.at("vocab").get<int64_t>();
     const auto& cases = j.at("cases");
-    FLEXVQA_ASSIGN_OR_RETURN(
-        at::Tensor logits,
-        ReadFloat32File(f.dir + "/logits.f32", {static_cast<int64_t>(cases.size()), f.steps, vocab}));
+    FLEXVQA_ASSIGN_OR_RETURN(at::Tensor logits,
+                             ReadFloat32File(f.dir + "/logits.f32",
+                                             {static_cast<int64_t>(cases.size()), f.steps, vocab}));
     for (size_t i = 0; i < cases.size(); ++i) {
       const auto& c = cases[i];
       FlexCase fc;
@@ -69,14 +70,16 @@ inline StatusOr<FlexFixture> LoadFlexFixture(const std::string& relative = kFlex
       fc.logits = logits[static_cast<int64_t>(i)];
       f.cases.push_back(std::move(fc));
     }
-    FLEXVQA_ASSIGN_OR_RETURN(f.config, LoadLlavaConfig(f.dir + "/" + j.value("model_dir", "model")));
+    FLEXVQA_ASSIGN_OR_RETURN(f.config,
+                             LoadLlavaConfig(f.dir + "/" + j.value("model_dir", "model")));
   } catch (const nlohmann::json::exception& e) {
     return InvalidArgumentError(f.dir + "/fixture.json: " + e.what());
   }
   return f;
 }
 
-// One request for the harness: prompt ids (image placeholders expanded), an encoded image, the threshold.
+// One request for the harness: prompt ids (image placeholders expanded), an encoded image, the
+// threshold.
 struct FlexInput {
   std::vector<int32_t> input_ids;
   std::string image_bytes;  // Empty: no image.
@@ -97,18 +100,20 @@ class FlexHarness {
   static StatusOr<std::unique_ptr<FlexHarness>> Open(const LlavaConfig& config) {
     auto h = std::unique_ptr<FlexHarness>(new FlexHarness());
     h->config_ = config;
-    FLEXVQA_ASSIGN_OR_RETURN(h->model_, LlavaModel::Load(config, at::kFloat, at::Device(at::kCPU), 1024));
+    FLEXVQA_ASSIGN_OR_RETURN(h->model_,
+                             LlavaModel::Load(config, at::kFloat, at::Device(at::kCPU), 1024));
     const TextConfig& t = config.text;
     KvCacheShape shape{t.num_hidden_layers, 8, 1024, t.num_key_value_heads, t.head_dim()};
-    FLEXVQA_ASSIGN_OR_RETURN(KvCache cache, KvCache::Create(shape, at::kFloat, at::Device(at::kCPU)));
+    FLEXVQA_ASSIGN_OR_RETURN(KvCache cache,
+                             KvCache::Create(shape, at::kFloat, at::Device(at::kCPU)));
     h->cache_ = std::make_unique<KvCache>(std::move(cache));
     return h;
   }
 
   const LlavaModel& model() const { return *model_; }
 
-  // Runs the inputs together: one vision pass, one packed prefill, `steps - 1` lockstep greedy decode
-  // steps. Each input's logits and trace are its own.
+  // Runs the inputs together: one vision pass, one packed prefill, `steps - 1` lockstep greedy
+  // decode steps. Each input's logits and trace are its own.
   std::vector<FlexRun> Run(const std::vector<FlexInput>& inputs, int steps) {
     const FlexAttentionConfig& fc = config_.flex;
     PreprocessOptions pre;
@@ -130,7 +135,8 @@ class FlexHarness {
       sizes.push_back({image->width, image->height});
     }
     at::Tensor lr, hr;
-    if (!highs.empty()) std::tie(lr, hr) = model_->EncodeTwoResolutions(at::stack(highs), at::stack(lows));
+    if (!highs.empty())
+      std::tie(lr, hr) = model_->EncodeTwoResolutions(at::stack(highs), at::stack(lows));
     std::vector<std::unique_ptr<HighResSequence>> states(inputs.size());
     std::vector<PromptChunk> prompts;
     std::vector<int> slots;
@@ -144,9 +150,10 @@ class FlexHarness {
         p.image_features = lr[image];
         if (inputs[i].hierarchical) {
           const auto& ids = inputs[i].input_ids;
-          const int64_t begin = std::find(ids.begin(), ids.end(), config_.image_token_id) - ids.begin();
-          states[i] = std::make_unique<HighResSequence>(*model_->highres(), hr[image].clone(), begin,
-                                                        sizes[image][0], sizes[image][1],
+          const int64_t begin =
+              std::find(ids.begin(), ids.end(), config_.image_token_id) - ids.begin();
+          states[i] = std::make_unique<HighResSequence>(*model_->highres(), hr[image].clone(),
+                                                        begin, sizes[image][0], sizes[image][1],
                                                         inputs[i].threshold);
         }
         ++image;

@@ -1,5 +1,5 @@
-// Test support: a tiny random LLaVA checkpoint written once per test process (model/tiny_llava.h) and
-// a small synthetic PNG, so engine tests need no downloads.
+// Test support: a tiny random LLaVA checkpoint written once per test process (model/tiny_llava.h)
+// and a small synthetic PNG, so engine tests need no downloads.
 #pragma once
 
 #include <gtest/gtest.h>
