@@ -1,5 +1,5 @@
 # flexvqa_add_test(<name> LIBS <targets...> LABEL <unit|e2e|gpu>)
-# Builds tests/<dir>/<name>.cc (when it exists) into one gtest binary and registers each test case with
+# Builds tests/<dir>/<name>.cc into one gtest binary and registers each test case with
 # CTest (gtest_discover_tests), so `ctest -N` lists every test by name. CI runs every label but gpu.
 find_package(GTest REQUIRED)
 include(GoogleTest)
@@ -7,7 +7,7 @@ function(flexvqa_add_test name)
   cmake_parse_arguments(ARG "" "LABEL" "LIBS;SOURCES" ${ARGN})
   set(src ${CMAKE_CURRENT_SOURCE_DIR}/${name}.cc)
   if(NOT EXISTS ${src})
-    return()
+    message(FATAL_ERROR "flexvqa_add_test(${name}): ${src} does not exist")
   endif()
   get_filename_component(dir ${CMAKE_CURRENT_SOURCE_DIR} NAME)
   set(target ${dir}_${name})

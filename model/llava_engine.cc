@@ -1,12 +1,13 @@
 // LLaVA-1.5 behind the Engine interface of model/engine.h, in the attention mode its checkpoint
 // asks for: "full" (LLaVA-1.5 at 336 px), "flex" (FlexAttention at 1008 px,
-// model/flex_attention.h), "hd" (HR tile tokens in the sequence), "composite" (image tokens skip
-// attention) or "xattn" (cross-attention to HR features, model/cross_attention.h); docs/modes.md.
-// CLIP tower + mlp2x_gelu projector + LLaMA decoder, a slot-per-sequence KV cache, per-sequence
-// samplers, streaming detokenisation and stop strings. Prefill packs every new sequence's prompt
-// into one forward pass; decode packs one row per running sequence (model/llama.h). flex and xattn
-// keep each request's high-resolution state (flex: features, HR keys/values, selection trace;
-// xattn: cross-attention keys/values) beside its slot, freed at Release.
+// model/modes/flex_attention.h), "hd" (HR tile tokens in the sequence), "composite" (image tokens
+// skip attention) or "xattn" (cross-attention to HR features, model/modes/cross_attention.h);
+// docs/modes.md. CLIP tower + mlp2x_gelu projector + LLaMA decoder, a slot-per-sequence KV cache,
+// per-sequence samplers, streaming detokenisation and stop strings. Prefill packs every new
+// sequence's prompt into one forward pass; decode packs one row per running sequence
+// (model/nn/llama.h). flex and xattn keep each request's high-resolution state (flex: features, HR
+// keys/values, selection trace; xattn: cross-attention keys/values) beside its slot, freed at
+// Release.
 #include <ATen/ATen.h>
 
 #include <algorithm>
@@ -15,22 +16,22 @@
 #include <filesystem>
 #include <unordered_map>
 
-#include "model/cross_attention.h"
-#include "model/detokenizer.h"
 #include "model/engine.h"
-#include "model/flex_attention.h"
-#include "model/flop_counter.h"
-#include "model/image_decode.h"
-#include "model/image_preprocess.h"
-#include "model/kv_cache.h"
-#include "model/llama.h"
+#include "model/image/image_decode.h"
+#include "model/image/image_preprocess.h"
 #include "model/llava_model.h"
-#include "model/model_config.h"
-#include "model/prompt.h"
-#include "model/sampler.h"
-#include "model/tokenizer.h"
-#include "model/torch_compat.h"
-#include "model/utf8.h"
+#include "model/modes/cross_attention.h"
+#include "model/modes/flex_attention.h"
+#include "model/nn/flop_counter.h"
+#include "model/nn/kv_cache.h"
+#include "model/nn/llama.h"
+#include "model/nn/sampler.h"
+#include "model/nn/torch_compat.h"
+#include "model/text/detokenizer.h"
+#include "model/text/prompt.h"
+#include "model/text/tokenizer.h"
+#include "model/text/utf8.h"
+#include "model/weights/model_config.h"
 
 namespace flexvqa {
 namespace {

@@ -5,7 +5,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include "model/weights.h"
+#include "model/weights/weights.h"
 
 namespace flexvqa {
 

@@ -12,12 +12,12 @@
 #include <memory>
 #include <vector>
 
-#include "model/clip_vision.h"
-#include "model/cross_attention.h"
-#include "model/flex_attention.h"
-#include "model/llama.h"
-#include "model/model_config.h"
+#include "model/modes/cross_attention.h"
+#include "model/modes/flex_attention.h"
+#include "model/nn/clip_vision.h"
+#include "model/nn/llama.h"
 #include "model/status.h"
+#include "model/weights/model_config.h"
 
 namespace flexvqa {
 

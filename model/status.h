@@ -1,6 +1,7 @@
 // Status and StatusOr<T>: the error currency at every module boundary of the engine (no exceptions
-// cross them). Torch-free and header-only so that server/ can use it. Codes follow absl/gRPC so
-// that the server maps them one-to-one in a single place (server/status_map).
+// cross them). Torch-free and header-only so that server/ can use it. The codes carry gRPC's
+// canonical names, but their numeric values are ours (not gRPC's or absl's): server/status_map.cc
+// maps each one explicitly, in one place, and nothing may rely on the numbers.
 #pragma once
 
 #include <optional>

@@ -17,7 +17,7 @@ namespace flexvqa {
 
 struct ServerConfig {
   ServerOptions server;       // server/vqa_server.h
-  SchedulerConfig scheduler;  // server/batch_policy.h
+  SchedulerConfig scheduler;  // server/scheduler_config.h
   EngineOptions engine;       // model/engine.h
   LoggingConfig logging;      // server/logging.h
   MetricsConfig metrics;      // server/metrics.h

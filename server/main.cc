@@ -1,7 +1,7 @@
 // flexvqa_server: the VQA gRPC service over the LLaVA engine. `flexvqa_server --help` lists the
 // flags; each has a FLEXVQA_<FLAG> environment override. Without --model_dir it serves the embedded
 // default model: the tiny random LLaVA at FLEXVQA_DEFAULT_MODEL_DIR (<build dir>/models/tiny-llava,
-// the directory scripts/demo.sh uses), written there on first start (model/tiny_llava.h).
+// the directory scripts/demo.sh uses), written there on first start (tools/tiny/tiny_llava.h).
 #include <unistd.h>
 
 #include <filesystem>
@@ -9,9 +9,9 @@
 #include <system_error>
 
 #include "model/engine.h"
-#include "model/tiny_llava.h"
 #include "server/logging.h"
-#include "server/server_main.h"
+#include "server/server_process.h"
+#include "tools/tiny/tiny_llava.h"
 
 namespace flexvqa {
 namespace {
@@ -40,7 +40,7 @@ Status EnsureDefaultModel(const std::string& dir) {
 int main(int argc, char** argv) {
   flexvqa::ServerConfig defaults;
   defaults.engine.model_dir = FLEXVQA_DEFAULT_MODEL_DIR;
-  return flexvqa::RunServerMain(
+  return flexvqa::RunServerProcess(
       argc, argv, defaults,
       [](const flexvqa::ServerConfig& config)
           -> flexvqa::StatusOr<std::unique_ptr<flexvqa::Engine>> {

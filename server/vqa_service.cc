@@ -39,10 +39,8 @@ Clock::time_point SteadyDeadline(const grpc::CallbackServerContext& context) {
   return Clock::now() + std::chrono::duration_cast<Clock::duration>(remaining);
 }
 
-// One line per request: what was asked, by whom, how it ended, where the time went. Also counts the
-// call in the metrics.
+// One line per request: what was asked, by whom, how it ended, where the time went.
 void LogRequest(const CallInfo& call, const Status& status, const StreamItem* final_item) {
-  if (call.metrics != nullptr) call.metrics->ObserveRequest(call.method, status.code(), final_item);
   nlohmann::ordered_json line;  // Keeps the fields in this order.
   line["method"] = call.method;
   line["id"] = call.id;
@@ -82,6 +80,12 @@ void LogRequest(const CallInfo& call, const Status& status, const StreamItem* fi
     }
   }
   Logger("request")->info("{}", text);
+}
+
+// Everything a finished call reports, once: its metrics, then its log line.
+void EndCall(const CallInfo& call, const Status& status, const StreamItem* final_item) {
+  if (call.metrics != nullptr) call.metrics->ObserveRequest(call.method, status.code(), final_item);
+  LogRequest(call, status, final_item);
 }
 
 // OnCancel may run before Submit returns the handle (or never get one): remember it either way.
@@ -154,7 +158,7 @@ class GenerateReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
         std::lock_guard<std::mutex> lock(mu_);
         finished_ = true;
       }
-      LogRequest(call_, submitted, nullptr);
+      EndCall(call_, submitted, nullptr);
       Finish(ToGrpcStatus(submitted));
     }
   }
@@ -217,7 +221,7 @@ class GenerateReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
       StartWrite(&out_);
       return;
     }
-    LogRequest(call_, final_->status, &*final_);  // final_ is no longer written by anyone.
+    EndCall(call_, final_->status, &*final_);  // final_ is no longer written by anyone.
     Finish(ToGrpcStatus(final_->status));
   }
 
@@ -249,7 +253,7 @@ class AnswerReactor : public grpc::ServerUnaryReactor {
                            *request, call_, scheduler,
                            [self](StreamItem item) { self->OnItem(std::move(item)); }, &cancel_);
     if (!submitted.ok()) {
-      LogRequest(call_, submitted, nullptr);
+      EndCall(call_, submitted, nullptr);
       Finish(ToGrpcStatus(submitted));
     }
   }
@@ -267,7 +271,7 @@ class AnswerReactor : public grpc::ServerUnaryReactor {
     }
     ToProto(item, call_.id, answer_.mutable_final());
     if (item.status.ok()) Serialize(answer_, response_);
-    LogRequest(call_, item.status, &item);
+    EndCall(call_, item.status, &item);
     Finish(ToGrpcStatus(item.status));
   }
 

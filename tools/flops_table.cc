@@ -1,4 +1,4 @@
-// flops_table: the FLOP counter's formulas (model/flop_counter.h) applied to LLaVA-1.5-7B for a
+// flops_table: the FLOP counter's formulas (model/nn/flop_counter.h) applied to LLaVA-1.5-7B for a
 // request like the paper's MagnifierBench setting (prompt text tokens, generated tokens, 1008 px,
 // selected fraction), for the modes the engine implements; prints the Markdown table of
 // docs/flops.md. Modes hd, composite and xattn as docs/modes.md defines them (composite: the image
@@ -8,7 +8,7 @@
 #include <cstdlib>
 #include <string>
 
-#include "model/flop_counter.h"
+#include "model/nn/flop_counter.h"
 
 namespace {
 

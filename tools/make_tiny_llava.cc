@@ -1,5 +1,5 @@
-// make_tiny_llava: writes a tiny random LLaVA-1.5 checkpoint (model/tiny_llava.h) for tests and the
-// demo.
+// make_tiny_llava: writes a tiny random LLaVA-1.5 checkpoint (tools/tiny/tiny_llava.h) for tests
+// and the demo.
 //   make_tiny_llava --out DIR [--mode full|flex|hd|composite|xattn] [--layout hf|original] [--seed
 //   N]
 //                   [--dtype float32|float16|bfloat16]
@@ -10,7 +10,7 @@
 #include <cstdlib>
 #include <string>
 
-#include "model/tiny_llava.h"
+#include "tools/tiny/tiny_llava.h"
 
 int main(int argc, char** argv) {
   flexvqa::TinyLlavaOptions options;

@@ -1,11 +1,11 @@
 // flexvqa_train_tokenizer: trains the tiny LLaMA-like SentencePiece model
-// (model/tokenizer_trainer.h). A separate program because libsentencepiece must not share a process
-// with LibTorch or gRPC.
+// (tools/tiny/tokenizer_trainer.h). A separate program because libsentencepiece must not share a
+// process with LibTorch or gRPC.
 //   flexvqa_train_tokenizer CORPUS MODEL_PREFIX VOCAB_SIZE
 #include <cstdio>
 #include <cstdlib>
 
-#include "model/tokenizer_trainer.h"
+#include "tools/tiny/tokenizer_trainer.h"
 
 int main(int argc, char** argv) {
   if (argc != 4) {

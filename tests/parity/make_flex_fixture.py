@@ -3,7 +3,7 @@
 in float16 to stay small), 8 small synthetic images of mixed aspect ratios, and what the plain-PyTorch
 reference (tests/parity/flex_reference.py) computes for each: 32 greedy steps, each step's last-row logits,
 the 9x9 block mask every FA layer used, and how close each selection came to flipping.
-tests/model/flex_parity_test.cc checks the engine against it.
+tests/model/modes/flex_parity_test.cc checks the engine against it.
 
     /usr/bin/python3 tests/parity/make_flex_fixture.py [--make-tiny-llava build-flex/tools/make_tiny_llava]
 

@@ -13,7 +13,7 @@ Everything runs on the CPU in fp32 with eager attention (no TF32, no GPU kernels
 exact fp32 answer whatever machine produces it. Deterministic: fixed seeds, no clock.
 
 Weights: HF's default init (std 0.02) at width 64 makes the logits nearly independent of the input, so
-every parameter is redrawn the way model/tiny_llava.cc draws them (normal(0, 1/sqrt(fan_in)) matrices,
+every parameter is redrawn the way tools/tiny/tiny_llava.cc draws them (normal(0, 1/sqrt(fan_in)) matrices,
 norms around 1, small biases, lm_head x4): logits of O(10) that move with the image and the position.
 
 Outputs, in the fixture directory (the format of tests/parity/make_reference_fixture.py):
@@ -55,7 +55,7 @@ TOLERANCE = 1e-4
 
 
 def tiny_config():
-    """The shapes of model/tiny_llava.h's defaults."""
+    """The shapes of tools/tiny/tiny_llava.h's defaults."""
     text = LlamaConfig(vocab_size=576, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
                        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
                        rms_norm_eps=1e-5, hidden_act="silu", bos_token_id=1, eos_token_id=2,

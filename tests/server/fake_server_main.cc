@@ -3,14 +3,14 @@
 // flexvqa_server's.
 #include <memory>
 
-#include "server/server_main.h"
+#include "server/server_process.h"
 #include "tests/server/fake_engine.h"
 
 int main(int argc, char** argv) {
   flexvqa::ServerConfig defaults;
   defaults.server.listen_address = "127.0.0.1:0";
   defaults.metrics.listen_address = "127.0.0.1:0";  // Tests run in parallel: no fixed port.
-  return flexvqa::RunServerMain(argc, argv, defaults, [](const flexvqa::ServerConfig& config) {
+  return flexvqa::RunServerProcess(argc, argv, defaults, [](const flexvqa::ServerConfig& config) {
     flexvqa::testing::FakeEngineOptions options;
     options.max_sequences = config.engine.max_sequences;
     options.limits = config.engine.limits;

@@ -13,11 +13,11 @@
 #include <string>
 #include <vector>
 
-#include "model/flex_attention.h"
-#include "model/image_decode.h"
-#include "model/image_preprocess.h"
-#include "model/kv_cache.h"
+#include "model/image/image_decode.h"
+#include "model/image/image_preprocess.h"
 #include "model/llava_model.h"
+#include "model/modes/flex_attention.h"
+#include "model/nn/kv_cache.h"
 #include "tests/support/parity_fixture.h"
 #include "tests/support/tiny_model.h"
 

@@ -17,10 +17,10 @@
 #include <string>
 #include <vector>
 
-#include "model/kv_cache.h"
 #include "model/llava_model.h"
-#include "model/model_config.h"
+#include "model/nn/kv_cache.h"
 #include "model/status.h"
+#include "model/weights/model_config.h"
 
 namespace flexvqa::testing {
 

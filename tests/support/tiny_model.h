@@ -1,5 +1,5 @@
-// Test support: a tiny random LLaVA checkpoint written once per test process (model/tiny_llava.h)
-// and a small synthetic PNG, so engine tests need no downloads.
+// Test support: a tiny random LLaVA checkpoint written once per test process
+// (tools/tiny/tiny_llava.h) and a small synthetic PNG, so engine tests need no downloads.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -10,7 +10,7 @@
 #include <map>
 #include <string>
 
-#include "model/tiny_llava.h"
+#include "tools/tiny/tiny_llava.h"
 
 namespace flexvqa::testing {
 

@@ -1,5 +1,5 @@
 // Test support: the tiny LLaMA-like tokenizer trained once per test process from the shipped corpus
-// (model/tokenizer_trainer.h, vocabulary 512), for tests of the text component.
+// (tools/tiny/tokenizer_trainer.h, vocabulary 512), for tests of the text component.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -8,8 +8,8 @@
 #include <memory>
 #include <string>
 
-#include "model/tokenizer.h"
-#include "model/tokenizer_trainer.h"
+#include "model/text/tokenizer.h"
+#include "tools/tiny/tokenizer_trainer.h"
 
 namespace flexvqa::testing {
 
