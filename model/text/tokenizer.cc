@@ -73,10 +73,17 @@ Status Tokenizer::Init(SentencePieceModel model) {
                     : model.model_type == ModelType::kWord  ? "WORD"
                                                             : "CHAR"));
   }
-  // A charsmap is a compiled normalization table (e.g. nmt_nfkc); LLaMA's "identity" has none.
-  if (!model.precompiled_charsmap.empty() || !model.denormalizer_charsmap.empty()) {
-    return UnimplementedError("SentencePiece normalizer '" + model.normalizer_name +
-                              "' with a precompiled charsmap is not supported; only identity");
+  // A charsmap is a compiled normalization table (nmt_nfkc, nfkc, *_cf, a rule TSV); LLaMA's
+  // "identity" has none. A denormalizer table would rewrite decoded text: no released model we
+  // serve has one, and Decode does not apply it.
+  if (!model.denormalizer_charsmap.empty()) {
+    return UnimplementedError("SentencePiece denormalizer with a precompiled charsmap ('" +
+                              model.normalizer_name + "' model) is not supported");
+  }
+  if (!model.precompiled_charsmap.empty()) {
+    auto charsmap = PrecompiledCharsMap::Parse(model.precompiled_charsmap);
+    if (!charsmap.ok()) return charsmap.status();
+    charsmap_ = std::move(charsmap).value();
   }
   byte_fallback_ = model.byte_fallback;
   add_dummy_prefix_ = model.add_dummy_prefix;
@@ -159,11 +166,17 @@ size_t Tokenizer::MatchUserDefined(std::string_view text) const {
 }
 
 std::string Tokenizer::Normalize(std::string_view input) const {
-  // normalizer.cc, NormalizePrefix without a charsmap: a user-defined piece whole, else one
-  // character, else one invalid byte, which becomes U+FFFD.
+  // normalizer.cc, NormalizePrefix: a user-defined piece whole, else the longest prefix the
+  // charsmap rewrites, else one character, else one invalid byte, which becomes U+FFFD.
   const auto next_unit = [this](std::string_view text) -> std::pair<std::string_view, size_t> {
     if (const size_t length = MatchUserDefined(text); length > 0) {
       return {text.substr(0, length), length};
+    }
+    if (charsmap_) {
+      std::string_view replacement;
+      if (const size_t length = charsmap_->LongestMatch(text, &replacement); length > 0) {
+        return {replacement, length};
+      }
     }
     size_t length = 0;
     if (ClassifyUtf8At(text, 0, &length) != Utf8Sequence::kValid) return {kReplacementChar, 1};

@@ -1,11 +1,13 @@
 // Tokenizer: a LLaMA SentencePiece tokenizer.model, loaded once, then immutable (const methods are
-// thread-safe). Encode/Decode reproduce sentencepiece 0.1.97 for BPE models with the identity
-// normalizer, without linking it; TokenBytes feeds the streaming detokenizer. Load errors:
-// NOT_FOUND, INVALID_ARGUMENT (not a SentencePiece model), UNIMPLEMENTED (any other kind).
+// thread-safe). Encode/Decode reproduce sentencepiece 0.1.97 for BPE models with any normalizer
+// (identity, or a precompiled charsmap: nmt_nfkc, nfkc, nmt_nfkc_cf, nfkc_cf, a rule TSV), without
+// linking it; TokenBytes feeds the streaming detokenizer. Load errors: NOT_FOUND, INVALID_ARGUMENT
+// (not a SentencePiece model, a broken charsmap), UNIMPLEMENTED (not BPE, a denormalizer table).
 #pragma once
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -13,6 +15,7 @@
 #include <vector>
 
 #include "model/status.h"
+#include "model/text/precompiled_charsmap.h"
 #include "model/text/sentencepiece_model.h"
 
 namespace flexvqa {
@@ -56,7 +59,7 @@ class Tokenizer {
   int32_t PieceToId(std::string_view piece) const;
   // Length of the longest user-defined piece `text` starts with; 0 if none.
   size_t MatchUserDefined(std::string_view text) const;
-  // sentencepiece's Normalizer::Normalize for a model without a precompiled charsmap.
+  // sentencepiece's Normalizer::Normalize (normalizer.cc), with the charsmap when there is one.
   std::string Normalize(std::string_view text) const;
   // bpe_model.cc, Model::SampleEncode without dropout.
   std::vector<EncodedPiece> EncodeBpe(std::string_view normalized) const;
@@ -71,6 +74,7 @@ class Tokenizer {
   int32_t byte_ids_[256] = {};
   int32_t model_unk_id_ = 0;  // The UNKNOWN piece, whatever unk_piece says.
 
+  std::optional<PrecompiledCharsMap> charsmap_;  // None: the identity normalizer.
   bool byte_fallback_ = false;
   bool add_dummy_prefix_ = true;
   bool remove_extra_whitespaces_ = true;

@@ -17,6 +17,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "model/text/precompiled_charsmap.h"
 #include "model/text/sentencepiece_model.h"
 #include "model/text/utf8.h"
 #include "tools/tiny/tokenizer_trainer.h"
@@ -302,6 +303,92 @@ std::vector<std::string> ParityTexts() {
   return texts;
 }
 
+// Characters the NFKC-based normalizers rewrite (compatibility, full- and half-width forms,
+// ligatures, circled digits, combining marks, other spaces and controls) or case-fold, alone and
+// in words.
+const std::vector<std::string>& NormalizerCases() {
+  static const std::vector<std::string> cases = {
+      "ﬁ",
+      "ﬂ",
+      "ﬀ",
+      "①",
+      "⑳",
+      "㈱",
+      "㍻",
+      "Ｈｅｌｌｏ",
+      "ＡＢＣ ｘｙｚ １２３",
+      "ｶﾀｶﾅ",
+      "ｶﾞｷﾞ",
+      "ﾊﾟ",
+      "e\xCC\x81",
+      "A\xCC\x8A",
+      "o\xCC\x88\xCC\x81",
+      "\xE1\x84\x80\xE1\x85\xA1",  // Combining.
+      "\xC2\xA0",
+      "a\xC2\xA0b",
+      "\xE3\x80\x80",
+      "a\xE3\x80\x80\xE3\x80\x80b",
+      "\xE2\x80\x83",
+      "\xE2\x80\x8B",
+      "\xEF\xBB\xBF",
+      "\xC2\xAD",
+      "\x7F",
+      "\x01\x02",
+      "\r\n",
+      "\x0B\x0C",
+      "\xE2\x80\xA8",
+      "ß",
+      "Straße",
+      "ΣΑΣ",
+      "İstanbul",
+      "ǅ",
+      "Ⅻ",
+      "½",
+      "x²",
+      "™",
+      "℃",
+      "Å",
+      "µ",
+      "…",
+      "‥",
+      "Ａ\tＢ\nＣ",
+      "  Ｈｅｌｌｏ  ｗｏｒｌｄ  ",
+      "ﬁnal ﬂight ①②③",
+      "ＬＬａＶＡ １．５",
+      "한국어",
+      "ｱｲｳｴｵ ﾜｦﾝ",
+      "Ⓐⓑⓒ",
+      "𝐀𝐁𝐂 𝟏𝟐𝟑",
+      "ﾟ",
+      "゛゜",
+      "\xF0\x9F\x87\xAF\xF0\x9F\x87\xB5",
+  };
+  return cases;
+}
+
+// ParityTexts plus the normalizer cases and random mixtures of them with corpus characters and
+// whitespace: about 2,500 strings.
+std::vector<std::string> NormalizerParityTexts() {
+  std::vector<std::string> texts = ParityTexts();
+  texts.insert(texts.end(), NormalizerCases().begin(), NormalizerCases().end());
+  std::vector<std::string> alphabet =
+      DistinctCharacters(ReadFile(FLEXVQA_DATA_DIR "/tiny_corpus.txt"));
+  for (const std::string& c : NormalizerCases()) {
+    for (int i = 0; i < 4; ++i) alphabet.push_back(c);
+  }
+  for (const char* extra : {" ", " ", "  ", "\n", "\t", "\xC2\xA0", "\xE3\x80\x80", "\xCC\x81"})
+    alphabet.push_back(extra);
+  std::mt19937 rng(20261201);
+  for (int i = 0; i < 2000; ++i) {
+    std::string text;
+    const int units = std::uniform_int_distribution<int>(0, 40)(rng);
+    for (int u = 0; u < units; ++u)
+      text += alphabet[std::uniform_int_distribution<size_t>(0, alphabet.size() - 1)(rng)];
+    texts.push_back(text);
+  }
+  return texts;
+}
+
 class TokenizerParityTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -337,6 +424,10 @@ class TokenizerParityTest : public ::testing::Test {
   // Compares vocabulary, special ids, Encode on every text and Decode on those ids and on random
   // id sequences. Returns how many texts were compared.
   static int ExpectParity(const std::string& name, const std::string& serialized) {
+    return ExpectParity(name, serialized, ParityTexts());
+  }
+  static int ExpectParity(const std::string& name, const std::string& serialized,
+                          const std::vector<std::string>& texts) {
     SCOPED_TRACE(name);
     sentencepiece::SentencePieceProcessor sp;
     const auto loaded_sp = sp.LoadFromSerializedProto(serialized);
@@ -366,7 +457,7 @@ class TokenizerParityTest : public ::testing::Test {
       return kept;
     };
     int compared = 0;
-    for (const std::string& text : ParityTexts()) {
+    for (const std::string& text : texts) {
       std::vector<int> expected;
       EXPECT_TRUE(sp.Encode(text, &expected).ok());
       const std::vector<int32_t> ids = ours.Encode(text, /*add_bos=*/false);
@@ -426,6 +517,57 @@ TEST_F(TokenizerParityTest, OtherSettingsMatchSentencePiece) {
   ASSERT_TRUE(
       restricted.SetVocabulary(std::vector<absl::string_view>(keep.begin(), keep.end())).ok());
   ExpectParity("unused", restricted.serialized_model_proto());
+}
+
+// SentencePiece's own normalizers are precompiled charsmaps; sentencepiece's defaults otherwise
+// (extra whitespace removed), with and without byte fallback.
+TEST_F(TokenizerParityTest, CharsmapNormalizersMatchSentencePiece) {
+  const std::vector<std::string> texts = NormalizerParityTexts();
+  int compared = 0;
+  for (const char* rule : {"nmt_nfkc", "nfkc", "nmt_nfkc_cf", "nfkc_cf"}) {
+    for (const char* byte_fallback : {"true", "false"}) {
+      const std::string name = std::string(rule) + "_bf_" + byte_fallback;
+      const std::string serialized = TrainVariant(name, {{"vocab_size", "700"},
+                                                         {"normalization_rule_name", rule},
+                                                         {"byte_fallback", byte_fallback},
+                                                         {"user_defined_symbols", "<image>,ﬁx"}});
+      const auto model = ParseSentencePieceModel(serialized);
+      ASSERT_TRUE(model.ok()) << model.status().ToString();
+      EXPECT_EQ(model->normalizer_name, rule);
+      EXPECT_FALSE(model->precompiled_charsmap.empty()) << rule;
+      compared += ExpectParity(name, serialized, texts);
+    }
+  }
+  // LLaMA's settings but nmt_nfkc: no extra-whitespace removal, dummy prefix, byte fallback.
+  compared += ExpectParity("llama_nmt_nfkc",
+                           TrainVariant("llama_nmt_nfkc", {{"vocab_size", "600"},
+                                                           {"normalization_rule_name", "nmt_nfkc"},
+                                                           {"byte_fallback", "true"},
+                                                           {"remove_extra_whitespaces", "false"},
+                                                           {"split_digits", "true"}}),
+                           texts);
+  std::cout << "compared " << compared << " texts with libsentencepiece" << std::endl;
+  EXPECT_GT(compared, 9 * 2000);
+}
+
+// A user's own rules (normalization_rule_tsv: source code points, tab, target code points) are
+// compiled into the same kind of charsmap.
+TEST_F(TokenizerParityTest, RuleTsvNormalizerMatchesSentencePiece) {
+  const std::string tsv = *dir_ + "/rules.tsv";
+  // a -> A; "ﬁ" -> "fi"; "c" "h" -> "ç" (a two-character source); "x" -> "" (deleted); U+3000 ->
+  // space.
+  std::ofstream(tsv) << "61\t41\nFB01\t66 69\n63 68\tE7\n78\t\n3000\t20\n";
+  const std::string serialized = TrainVariant("tsv", {{"vocab_size", "600"},
+                                                      {"normalization_rule_name", ""},
+                                                      {"normalization_rule_tsv", tsv},
+                                                      {"byte_fallback", "true"}});
+  const auto model = ParseSentencePieceModel(serialized);
+  ASSERT_TRUE(model.ok()) << model.status().ToString();
+  EXPECT_EQ(model->normalizer_name, "user_defined");
+  std::vector<std::string> texts = NormalizerParityTexts();
+  for (const char* text : {"a cat", "chat ch c h", "xxx", "ﬁsh and chips", "\xE3\x80\x80a"})
+    texts.push_back(text);
+  EXPECT_GT(ExpectParity("tsv", serialized, texts), 2000);
 }
 
 TEST_F(TokenizerParityTest, EncodingALongPromptIsFast) {
@@ -585,10 +727,47 @@ TEST_F(TokenizerModelFileTest, UnsupportedModelsAreUnimplemented) {
   // A second trainer_spec merges into the first, as in protobuf: model_type = UNIGRAM.
   const auto unigram = LoadBytes(Model() + std::string("\x12\x02\x18\x01", 4));
   EXPECT_EQ(unigram.status().code(), StatusCode::kUnimplemented) << unigram.status().ToString();
-  // A normalizer with a compiled table (nmt_nfkc and the like).
-  const auto nfkc = LoadBytes(Model() + std::string("\x1A\x03\x12\x01\x41", 5));
-  EXPECT_EQ(nfkc.status().code(), StatusCode::kUnimplemented) << nfkc.status().ToString();
-  EXPECT_NE(nfkc.status().message().find("charsmap"), std::string::npos);
+  // A denormalizer with a compiled table would rewrite decoded text.
+  const auto denormalizer = LoadBytes(Model() + std::string("\x2A\x03\x12\x01\x41", 5));
+  EXPECT_EQ(denormalizer.status().code(), StatusCode::kUnimplemented)
+      << denormalizer.status().ToString();
+  EXPECT_NE(denormalizer.status().message().find("denormalizer"), std::string::npos);
+}
+
+TEST_F(TokenizerModelFileTest, BrokenCharsmapIsInvalidArgument) {
+  // normalizer_spec.precompiled_charsmap (field 2) of a given blob.
+  const auto with_charsmap = [](const std::string& blob) {
+    return Model() + "\x1A" + static_cast<char>(blob.size() + 2) + "\x12" +
+           static_cast<char>(blob.size()) + blob;
+  };
+  for (const std::string& blob : {std::string("A"), std::string("\x04\x00\x00\x00", 4),
+                                  std::string("\x09\x00\x00\x00\x01\x02\x03\x04\x05", 9),
+                                  std::string("\xFF\xFF\xFF\xFF\x00\x00", 6)}) {
+    const auto loaded = LoadBytes(with_charsmap(blob));
+    EXPECT_EQ(loaded.status().code(), StatusCode::kInvalidArgument) << loaded.status().ToString();
+  }
+}
+
+TEST(PrecompiledCharsMapTest, HostileTablesNeverReadOutOfBounds) {
+  // A well-formed empty trie (size 0) and tries whose offsets and values point anywhere.
+  auto empty = PrecompiledCharsMap::Parse(std::string("\x00\x00\x00\x00\x00", 5));
+  ASSERT_TRUE(empty.ok());
+  std::string_view replacement;
+  EXPECT_EQ(empty->LongestMatch("abc", &replacement), 0u);
+  std::mt19937 rng(5);
+  for (int i = 0; i < 3000; ++i) {
+    const uint32_t units = 1 + rng() % 64;
+    std::string blob(4, '\0');
+    for (int b = 0; b < 4; ++b) blob[b] = static_cast<char>(((units * 4) >> (8 * b)) & 0xFF);
+    for (uint32_t u = 0; u < units * 4; ++u) blob.push_back(static_cast<char>(rng()));
+    for (int n = 0; n < 8; ++n) blob.push_back(static_cast<char>(rng() % 4 == 0 ? 0 : rng()));
+    auto map = PrecompiledCharsMap::Parse(blob);
+    ASSERT_TRUE(map.ok());
+    std::string input;
+    for (int c = 0; c < 12; ++c) input.push_back(static_cast<char>(rng()));
+    const size_t length = map->LongestMatch(input, &replacement);
+    EXPECT_LE(length, input.size());
+  }
 }
 
 TEST(TokenizerBytePieceTest, Value) {
