@@ -71,6 +71,9 @@ struct EngineOptions {
   std::string dtype = "auto";  // auto (fp32 on CPU, bf16 on CUDA) | float32 | bfloat16 | float16
   int max_sequences = 8;       // KV-cache slots: sequences resident at once.
   int max_context = 0;         // Tokens per slot. Default (0): the model's max_position_embeddings.
+  // Prompt template (docs/chat_templates.md): llava_v1 | vicuna_v1 | llava_hf. Default (""): the
+  // checkpoint layout's, llava_hf for llava-hf checkpoints, vicuna_v1 for original LLaVA ones.
+  std::string chat_template;
   EngineLimits limits;
 };
 
@@ -80,6 +83,7 @@ struct ModelInfo {
                        // composite | xattn (docs/modes.md).
   std::string dtype;   // float32 | bfloat16 | float16
   std::string device;  // cpu | cuda:N
+  std::string chat_template;  // The prompt template in use: llava_v1 | vicuna_v1 | llava_hf.
   int context_length = 0;
   int vocab_size = 0;
   int num_image_tokens = 0;  // Image tokens one image adds to the prompt.

@@ -27,10 +27,10 @@
 #include "model/nn/llama.h"
 #include "model/nn/sampler.h"
 #include "model/nn/torch_compat.h"
+#include "model/request_validation.h"
 #include "model/text/detokenizer.h"
 #include "model/text/prompt.h"
 #include "model/text/tokenizer.h"
-#include "model/text/utf8.h"
 #include "model/weights/model_config.h"
 
 namespace flexvqa {
@@ -71,42 +71,6 @@ struct Sequence {
 
 double MsBetween(std::chrono::steady_clock::time_point a, std::chrono::steady_clock::time_point b) {
   return std::chrono::duration<double, std::milli>(b - a).count();
-}
-
-Status ValidateSampling(const SamplingParams& s, const EngineLimits& limits) {
-  if (s.max_new_tokens < 1 || s.max_new_tokens > limits.max_new_tokens) {
-    return InvalidArgumentError("max_new_tokens must be between 1 and " +
-                                std::to_string(limits.max_new_tokens) + ", got " +
-                                std::to_string(s.max_new_tokens));
-  }
-  if (!std::isfinite(s.temperature) || s.temperature < 0.0f) {
-    return InvalidArgumentError("temperature must be a finite number >= 0 (0 means greedy), got " +
-                                std::to_string(s.temperature));
-  }
-  if (!(s.top_p > 0.0f && s.top_p <= 1.0f)) {
-    return InvalidArgumentError("top_p must be in (0, 1], got " + std::to_string(s.top_p));
-  }
-  if (s.top_k < 0) {
-    return InvalidArgumentError("top_k must be >= 0 (0 disables it), got " +
-                                std::to_string(s.top_k));
-  }
-  if (!std::isfinite(s.repetition_penalty) || s.repetition_penalty <= 0.0f) {
-    return InvalidArgumentError(
-        "repetition_penalty must be a finite number > 0 (1 disables it), got " +
-        std::to_string(s.repetition_penalty));
-  }
-  if (static_cast<int>(s.stop.size()) > limits.max_stop_strings) {
-    return InvalidArgumentError("at most " + std::to_string(limits.max_stop_strings) +
-                                " stop strings are allowed, got " + std::to_string(s.stop.size()));
-  }
-  for (const std::string& stop : s.stop) {
-    if (stop.empty() || static_cast<int>(stop.size()) > limits.max_stop_string_bytes) {
-      return InvalidArgumentError("each stop string must be 1 to " +
-                                  std::to_string(limits.max_stop_string_bytes) + " bytes long");
-    }
-    if (!IsValidUtf8(stop)) return InvalidArgumentError("stop strings must be valid UTF-8");
-  }
-  return Status::Ok();
 }
 
 class LlavaEngine : public Engine {
@@ -151,6 +115,7 @@ class LlavaEngine : public Engine {
 
   LlavaConfig config_;
   ModelInfo info_;
+  ChatTemplate chat_template_ = ChatTemplate::kVicunaV1;  // Parsed once in Create.
   at::Device device_ = at::Device(at::kCPU);
   at::ScalarType dtype_ = at::kFloat;
   std::unique_ptr<Tokenizer> tokenizer_;
@@ -220,6 +185,13 @@ StatusOr<std::unique_ptr<Engine>> LlavaEngine::Create(const EngineOptions& optio
   info.mode = config.flex.enabled ? "flex" : config.mode.name;
   info.dtype = DtypeName(engine->dtype_);
   info.device = engine->device_.str();
+  if (options.chat_template.empty()) {
+    engine->chat_template_ = config.layout == CheckpointLayout::kHfLlava ? ChatTemplate::kLlavaHf
+                                                                         : ChatTemplate::kVicunaV1;
+  } else {
+    FLEXVQA_ASSIGN_OR_RETURN(engine->chat_template_, ParseChatTemplate(options.chat_template));
+  }
+  info.chat_template = ChatTemplateName(engine->chat_template_);
   info.context_length = context;
   info.vocab_size = config.text.vocab_size;
   info.num_image_tokens = config.num_image_tokens();
@@ -234,10 +206,11 @@ StatusOr<std::unique_ptr<Engine>> LlavaEngine::Create(const EngineOptions& optio
 StatusOr<std::shared_ptr<const PreparedRequest>> LlavaEngine::Prepare(
     const GenerationRequest& request) const {
   const EngineLimits& limits = info_.limits;
-  FLEXVQA_RETURN_IF_ERROR(ValidateSampling(request.sampling, limits));
+  FLEXVQA_RETURN_IF_ERROR(ValidateRequest(request, info_, config_.flex.enabled));
   auto prepared = std::make_shared<LlavaPrepared>();
   prepared->sampling = request.sampling;
   PromptOptions prompt;
+  prompt.chat_template = chat_template_;
   prompt.has_image = request.image.has_value();
   prompt.image_token_id = config_.image_token_id;
   prompt.num_image_tokens = info_.num_image_tokens;
@@ -262,12 +235,6 @@ StatusOr<std::shared_ptr<const PreparedRequest>> LlavaEngine::Prepare(
   }
   const bool flex = config_.flex.enabled;
   const bool two_views = flex || config_.mode.zoom() > 0;
-  if (request.selection_threshold && !flex) {
-    return InvalidArgumentError(
-        "selection_threshold applies to FlexAttention models only; this model's "
-        "attention mode is '" +
-        info_.mode + "'");
-  }
   prepared->threshold = request.selection_threshold.value_or(config_.flex.threshold);
   if (flex && (prepared->threshold < 0 || prepared->threshold > 255)) {
     return InvalidArgumentError("selection_threshold must be between 0 and 255, got " +

@@ -38,13 +38,10 @@ Status ConvertTurns(const v1::GenerateRequest& request, std::vector<ChatTurn>* t
         return InvalidArgumentError(field + ".role " + std::to_string(turn.role()) +
                                     " is not a known role (ROLE_USER, ROLE_ASSISTANT)");
     }
-    if (turn.text().empty()) return InvalidArgumentError(field + ".text is empty");
     converted.text = turn.text();
     turns->push_back(std::move(converted));
   }
-  if (turns->back().role != ChatTurn::Role::kUser) {
-    return InvalidArgumentError("the last of `turns` must be the user's question (ROLE_USER)");
-  }
+  // Roles, order and text are the engine's to check, once (model/request_validation.h).
   return Status::Ok();
 }
 
@@ -153,6 +150,7 @@ void ToProto(const ModelInfo& info, const ServerLimits& limits, v1::ModelInfoRes
   out->set_mode(info.mode);
   out->set_dtype(info.dtype);
   out->set_device(info.device);
+  out->set_chat_template(info.chat_template);
   out->set_context_length(info.context_length);
   out->set_vocab_size(info.vocab_size);
   out->set_num_image_tokens(info.num_image_tokens);

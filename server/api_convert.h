@@ -1,7 +1,8 @@
 // Between the API (proto/flexvqa/v1/vqa.proto) and the engine's plain structs, with the API-level
 // checks the engine cannot make (question vs. turns, number of images, MIME type, request id).
-// Sampling ranges, the selection threshold, image contents and prompt length are the engine's to
-// check (Engine::Prepare). Pure functions; any thread.
+// The conversation (roles, order, text), sampling ranges, the selection threshold, image contents
+// and prompt length are the engine's to check (Engine::Prepare, model/request_validation.h). Pure
+// functions; any thread.
 #pragma once
 
 #include <string>

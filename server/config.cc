@@ -30,6 +30,10 @@ void AddServerFlags(ServerConfig* c, FlagSet* f) {
          &c->engine.vision_dir);
   f->Add("device", "cpu | cuda | cuda:N", &c->engine.device);
   f->Add("dtype", "auto | float32 | bfloat16 | float16", &c->engine.dtype);
+  f->Add("chat_template",
+         "prompt template: llava_v1 | vicuna_v1 | llava_hf (docs/chat_templates.md); empty: the "
+         "checkpoint's (llava_hf for llava-hf layouts, vicuna_v1 for original LLaVA)",
+         &c->engine.chat_template);
   f->Add("max_sequences", "KV-cache slots: sequences resident at once", &c->engine.max_sequences);
   f->Add("max_context", "tokens per KV slot; 0: the model's context length",
          &c->engine.max_context);

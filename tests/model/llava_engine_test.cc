@@ -218,8 +218,10 @@ TEST(LlavaEngineTest, MemoryCountsResidentPositionsAndIsFreedAtRelease) {
 }
 
 TEST(LlavaEngineTest, BothPublicLayoutsGiveTheSameAnswer) {
-  auto hf = MakeEngine(testing::TinyModelDir(CheckpointLayout::kHfLlava, 3));
-  auto original = MakeEngine(testing::TinyModelDir(CheckpointLayout::kOriginalLlava, 3));
+  // One prompt template for both: the layouts' defaults differ (docs/chat_templates.md).
+  auto hf = MakeEngine(testing::TinyModelDir(CheckpointLayout::kHfLlava, 3), 8, "vicuna_v1");
+  auto original =
+      MakeEngine(testing::TinyModelDir(CheckpointLayout::kOriginalLlava, 3), 8, "vicuna_v1");
   const GenerationRequest r = Request("What is in the picture?", true, 10);
   const Generation a = RunOne(*hf, r);
   const Generation b = RunOne(*original, r);

@@ -46,12 +46,10 @@ TEST(ApiConvertTest, RejectsApiLevelMistakes) {
   both.add_turns()->set_text("t");
   EXPECT_EQ(CodeOf(both), StatusCode::kInvalidArgument);
 
-  v1::GenerateRequest assistant_last;
-  assistant_last.add_turns()->set_text("q");
-  auto* answer = assistant_last.add_turns();
-  answer->set_role(v1::ChatTurn::ROLE_ASSISTANT);
-  answer->set_text("a");
-  EXPECT_EQ(CodeOf(assistant_last), StatusCode::kInvalidArgument);
+  v1::GenerateRequest unknown_role;
+  unknown_role.add_turns()->set_text("q");
+  unknown_role.mutable_turns(0)->set_role(static_cast<v1::ChatTurn::Role>(7));
+  EXPECT_EQ(CodeOf(unknown_role), StatusCode::kInvalidArgument);
 
   v1::GenerateRequest two_images;
   two_images.set_question("q");
@@ -71,6 +69,22 @@ TEST(ApiConvertTest, RejectsApiLevelMistakes) {
   zero_bytes.set_question("q");
   zero_bytes.add_images();
   EXPECT_EQ(CodeOf(zero_bytes), StatusCode::kInvalidArgument);
+}
+
+// The conversation's rules (roles, order, text) are the engine's, checked once
+// (model/request_validation.h): the conversion passes a bad conversation through as it is.
+TEST(ApiConvertTest, ConversationPassesThroughForTheEngineToCheck) {
+  v1::GenerateRequest request;
+  request.add_turns()->set_text("q");
+  auto* answer = request.add_turns();
+  answer->set_role(v1::ChatTurn::ROLE_ASSISTANT);
+  answer->set_text("");
+  const auto converted = FromProto(request);
+  ASSERT_TRUE(converted.ok()) << converted.status().ToString();
+  ASSERT_EQ(converted->turns.size(), 2u);
+  EXPECT_EQ(converted->turns[0].role, ChatTurn::Role::kUser);
+  EXPECT_EQ(converted->turns[1].role, ChatTurn::Role::kAssistant);
+  EXPECT_EQ(converted->turns[1].text, "");
 }
 
 // The engine checks the threshold (mode and range); the conversion only keeps set from unset.

@@ -45,6 +45,15 @@ TEST(ConfigTest, EnvironmentOverridesDefaultAndFlagOverridesEnvironment) {
   EXPECT_TRUE(p.config.logging.json);
 }
 
+TEST(ConfigTest, ChatTemplateFlagAndEnvironment) {
+  EXPECT_EQ(Parse({}).config.engine.chat_template, "");  // The checkpoint layout's default.
+  EXPECT_EQ(Parse({}, {{"FLEXVQA_CHAT_TEMPLATE", "llava_v1"}}).config.engine.chat_template,
+            "llava_v1");
+  EXPECT_EQ(Parse({"--chat_template=llava_hf"}, {{"FLEXVQA_CHAT_TEMPLATE", "llava_v1"}})
+                .config.engine.chat_template,
+            "llava_hf");
+}
+
 TEST(ConfigTest, SpaceSeparatedValuesAndBooleans) {
   Parsed p = Parse({"--device", "cuda:1", "--log_json", "--max_queue_wait_ms=250"});
   ASSERT_TRUE(p.status.ok()) << p.status.ToString();

@@ -5,6 +5,8 @@
 #include <cstring>
 #include <thread>
 
+#include "model/request_validation.h"
+
 namespace flexvqa::testing {
 
 namespace {
@@ -19,24 +21,6 @@ uint64_t Mix(uint64_t x) {  // splitmix64's finaliser.
 uint64_t Hash(const std::string& s, uint64_t h) {
   for (unsigned char c : s) h = Mix(h ^ c);
   return h;
-}
-
-bool ValidUtf8(const std::string& s) {
-  size_t i = 0;
-  while (i < s.size()) {
-    const unsigned char c = s[i];
-    int extra = c < 0x80           ? 0
-                : (c >> 5) == 0x6  ? 1
-                : (c >> 4) == 0xe  ? 2
-                : (c >> 3) == 0x1e ? 3
-                                   : -1;
-    if (extra < 0 || s.size() - i <= static_cast<size_t>(extra)) return false;
-    for (int k = 1; k <= extra; ++k) {
-      if ((static_cast<unsigned char>(s[i + k]) >> 6) != 0x2) return false;
-    }
-    i += extra + 1;
-  }
-  return true;
 }
 
 uint32_t BigEndian32(const std::string& s, size_t at) {
@@ -99,32 +83,6 @@ Status SniffImage(const ImageInput& image, const EngineLimits& limits) {
   return Status::Ok();
 }
 
-Status ValidateSampling(const SamplingParams& s, const EngineLimits& limits) {
-  if (s.max_new_tokens < 1 || s.max_new_tokens > limits.max_new_tokens) {
-    return InvalidArgumentError("max_new_tokens " + std::to_string(s.max_new_tokens) +
-                                " is outside [1, " + std::to_string(limits.max_new_tokens) + "]");
-  }
-  if (!std::isfinite(s.temperature) || s.temperature < 0) {
-    return InvalidArgumentError("temperature must be >= 0 (0: greedy)");
-  }
-  if (!(s.top_p > 0 && s.top_p <= 1)) return InvalidArgumentError("top_p must be in (0, 1]");
-  if (s.top_k < 0) return InvalidArgumentError("top_k must be >= 0 (0: off)");
-  if (!std::isfinite(s.repetition_penalty) || s.repetition_penalty <= 0) {
-    return InvalidArgumentError("repetition_penalty must be > 0 (1: off)");
-  }
-  if (static_cast<int>(s.stop.size()) > limits.max_stop_strings) {
-    return InvalidArgumentError("more than " + std::to_string(limits.max_stop_strings) +
-                                " stop strings");
-  }
-  for (const std::string& stop : s.stop) {
-    if (stop.empty() || static_cast<int>(stop.size()) > limits.max_stop_string_bytes) {
-      return InvalidArgumentError("a stop string is empty or longer than " +
-                                  std::to_string(limits.max_stop_string_bytes) + " bytes");
-    }
-  }
-  return Status::Ok();
-}
-
 class FakePrepared : public PreparedRequest {
  public:
   uint64_t state = 0;
@@ -156,6 +114,7 @@ struct FakeEngine::Sequence {
 FakeEngine::FakeEngine(FakeEngineOptions options) : options_(std::move(options)) {
   info_.name = "fake";
   info_.mode = options_.mode;
+  info_.chat_template = options_.chat_template;
   info_.dtype = "float32";
   info_.device = "cpu";
   info_.context_length = options_.context_length;
@@ -175,20 +134,16 @@ std::string FakeEngine::Piece(int32_t token) {
 StatusOr<std::shared_ptr<const PreparedRequest>> FakeEngine::Prepare(
     const GenerationRequest& request) const {
   if (options_.prepare_hook) options_.prepare_hook(request);
-  if (request.turns.empty()) return InvalidArgumentError("empty prompt: no turns");
-  if (request.turns.back().role != ChatTurn::Role::kUser) {
-    return InvalidArgumentError("the last turn must be the user's");
-  }
+  // The real engine's checks, in its order (model/request_validation.h).
+  const bool flex = info_.mode == "flex";
+  FLEXVQA_RETURN_IF_ERROR(ValidateRequest(request, info_, flex));
   auto prepared = std::make_shared<FakePrepared>();
   int text_tokens = 0;
   uint64_t state = 17;
   for (const ChatTurn& turn : request.turns) {
-    if (turn.text.empty()) return InvalidArgumentError("empty prompt: a turn has no text");
-    if (!ValidUtf8(turn.text)) return InvalidArgumentError("prompt is not valid UTF-8");
     text_tokens += 4 + static_cast<int>((turn.text.size() + 3) / 4);
     state = Hash(turn.text, state ^ static_cast<uint64_t>(turn.role));
   }
-  FLEXVQA_RETURN_IF_ERROR(ValidateSampling(request.sampling, options_.limits));
   if (request.image) {
     FLEXVQA_RETURN_IF_ERROR(SniffImage(*request.image, options_.limits));
     prepared->image_tokens = options_.num_image_tokens;
@@ -201,20 +156,7 @@ StatusOr<std::shared_ptr<const PreparedRequest>> FakeEngine::Prepare(
     return InvalidArgumentError("prompt has " + std::to_string(prepared->prompt_tokens) +
                                 " tokens; the model accepts at most " + std::to_string(max_prompt));
   }
-  if (request.selection_threshold) {
-    const int threshold = *request.selection_threshold;
-    if (info_.mode != "flex") {
-      return InvalidArgumentError(
-          "selection_threshold applies to FlexAttention models only; this "
-          "model's attention mode is '" +
-          info_.mode + "'");
-    }
-    if (threshold < 0 || threshold > 255) {
-      return InvalidArgumentError("selection_threshold must be in [0, 255], got " +
-                                  std::to_string(threshold));
-    }
-  }
-  if (info_.mode == "flex") {
+  if (flex) {
     const int threshold = request.selection_threshold.value_or(kFakeDefaultThreshold);
     prepared->selected_hr_tokens = int64_t{prepared->image_tokens} * (255 - threshold) / 255;
   }

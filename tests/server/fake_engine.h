@@ -1,11 +1,11 @@
 // A deterministic Engine for scheduler and service tests (as leveldb's in-memory Env): no model, no
 // torch. The next token is a hash of the sequence's own prompt, seed (when sampling) and tokens so
-// far, so results never depend on what else is batched. Prepare validates like the real engine
-// (sampling ranges, UTF-8, image headers and limits, prompt length, selection threshold) and is
-// thread-safe. Report counts made-up but exact FLOPs (kFake*Flops) and, in "flex" mode, selected
-// high-res tokens that fall as the threshold rises. The rest is worker-thread only, except the
-// counters, which any thread may read. Hooks and failure injection make timing and errors
-// controllable without sleeps.
+// far, so results never depend on what else is batched. Prepare validates the request with the
+// real engine's own function (model/request_validation.h), then image headers and limits and the
+// prompt length, and is thread-safe. Report counts made-up but exact FLOPs (kFake*Flops) and, in
+// "flex" mode, selected high-res tokens that fall as the threshold rises. The rest is worker-thread
+// only, except the counters, which any thread may read. Hooks and failure injection make timing and
+// errors controllable without sleeps.
 #pragma once
 
 #include <atomic>
@@ -34,6 +34,7 @@ struct FakeEngineOptions {
   int vocab_size = 64;  // Token 0 is end-of-sequence.
   int num_image_tokens = 16;
   std::string mode = "full";
+  std::string chat_template = "llava_hf";  // Reported in ModelInfo only.
   EngineLimits limits;
   // Worker thread: slept at the start of every Prefill and Decode call (load tests).
   std::chrono::microseconds step_delay{0};

@@ -179,7 +179,7 @@ TEST_F(ServiceTest, FlexThresholdReachesTheEngineAndTheFinalMessageCarriesItsRep
   request.set_selection_threshold(256);
   StreamResult out_of_range = Generate(request);
   EXPECT_EQ(out_of_range.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-  EXPECT_NE(out_of_range.status.error_message().find("[0, 255]"), std::string::npos);
+  EXPECT_NE(out_of_range.status.error_message().find("between 0 and 255"), std::string::npos);
 
   request.clear_selection_threshold();
   StreamResult result = Generate(request);
@@ -203,6 +203,7 @@ TEST_F(ServiceTest, ModelInfoDescribesModelAndLimits) {
   ASSERT_TRUE(stub_->ModelInfo(&context, v1::ModelInfoRequest(), &info).ok());
   EXPECT_EQ(info.name(), "fake");
   EXPECT_EQ(info.mode(), "full");
+  EXPECT_EQ(info.chat_template(), "llava_hf");
   EXPECT_EQ(info.max_images(), 1);
   EXPECT_FALSE(info.supports_selection_threshold());
   EXPECT_EQ(info.limits().max_message_bytes(), 64 << 20);

@@ -25,10 +25,12 @@ struct EngineRun {
   SelectionTrace trace;
 };
 
-inline std::unique_ptr<Engine> MakeEngine(const std::string& model_dir, int max_sequences = 8) {
+inline std::unique_ptr<Engine> MakeEngine(const std::string& model_dir, int max_sequences = 8,
+                                          const std::string& chat_template = "") {
   EngineOptions options;
   options.model_dir = model_dir;
   options.max_sequences = max_sequences;
+  options.chat_template = chat_template;
   auto engine = CreateLlavaEngine(options);
   EXPECT_TRUE(engine.ok()) << engine.status().ToString();
   return engine.ok() ? std::move(*engine) : nullptr;

@@ -13,14 +13,22 @@
 
 namespace flexvqa::testing {
 
-inline const Tokenizer& TinyTokenizer() {
-  static const std::unique_ptr<Tokenizer> tokenizer = [] {
+// The trained tokenizer.model's path (trained on first use).
+inline const std::string& TinyTokenizerPath() {
+  static const std::string path = [] {
     char dir_template[] = "/tmp/flexvqa_tiny_tokenizer_XXXXXX";
     EXPECT_NE(mkdtemp(dir_template), nullptr);
     const std::string prefix = std::string(dir_template) + "/tiny";
     const Status trained = TrainTinyTokenizer(FLEXVQA_DATA_DIR "/tiny_corpus.txt", prefix, 512);
     EXPECT_TRUE(trained.ok()) << trained.ToString();
-    auto loaded = Tokenizer::Load(prefix + ".model");
+    return prefix + ".model";
+  }();
+  return path;
+}
+
+inline const Tokenizer& TinyTokenizer() {
+  static const std::unique_ptr<Tokenizer> tokenizer = [] {
+    auto loaded = Tokenizer::Load(TinyTokenizerPath());
     EXPECT_TRUE(loaded.ok()) << loaded.status().ToString();
     return loaded.ok() ? std::move(loaded).value() : std::unique_ptr<Tokenizer>();
   }();

@@ -1,7 +1,7 @@
 #include "model/text/prompt.h"
 
 #include <gtest/gtest.h>
-#include <stdlib.h>
+#include <sentencepiece_processor.h>
 
 #include <algorithm>
 #include <string>
@@ -12,10 +12,14 @@
 namespace flexvqa {
 namespace {
 
-const std::string kSystem =
+// LLaVA llava/conversation.py (commit 053c284): conv_llava_v1.system and conv_vicuna_v1.system,
+// typed here from the source, not taken from the code under test.
+const std::string kLlavaSystem =
     "A chat between a curious human and an artificial intelligence assistant. The assistant gives "
-    "helpful, "
-    "detailed, and polite answers to the human's questions.";
+    "helpful, detailed, and polite answers to the human's questions.";
+const std::string kVicunaSystem =
+    "A chat between a curious user and an artificial intelligence assistant. The assistant gives "
+    "helpful, detailed, and polite answers to the user's questions.";
 
 ChatTurn User(std::string text) { return {ChatTurn::Role::kUser, std::move(text)}; }
 ChatTurn Assistant(std::string text) { return {ChatTurn::Role::kAssistant, std::move(text)}; }
@@ -26,70 +30,174 @@ std::vector<int32_t> Concat(std::initializer_list<std::vector<int32_t>> parts) {
   return out;
 }
 
+// The tiny tokenizer, loaded twice from one file: ours, the code under test, and libsentencepiece
+// (linked into this torch-free test only), which computes the expected ids independently.
 class PromptTest : public ::testing::Test {
  protected:
+  static void SetUpTestSuite() {
+    sp_ = new sentencepiece::SentencePieceProcessor();
+    ASSERT_TRUE(sp_->Load(testing::TinyTokenizerPath()).ok());
+  }
+  static void TearDownTestSuite() { delete sp_; }
   static const Tokenizer& tok() { return testing::TinyTokenizer(); }
 
-  static void ExpectInvalid(const std::vector<ChatTurn>& turns, const std::string& message_part) {
-    const auto ids = BuildLlavaPrompt(tok(), turns, PromptOptions{});
-    ASSERT_FALSE(ids.ok());
-    EXPECT_EQ(ids.status().code(), StatusCode::kInvalidArgument);
-    EXPECT_NE(ids.status().message().find(message_part), std::string::npos)
-        << ids.status().message();
+  // libsentencepiece's ids for one chunk of text, with BOS in front when asked.
+  static std::vector<int32_t> Sp(const std::string& text, bool bos = false) {
+    std::vector<int> ids;
+    EXPECT_TRUE(sp_->Encode(text, &ids).ok());
+    std::vector<int32_t> out;
+    if (bos) out.push_back(sp_->bos_id());
+    out.insert(out.end(), ids.begin(), ids.end());
+    return out;
   }
+  static std::vector<int32_t> Eos() { return {sp_->eos_id()}; }
+
+  static std::vector<int32_t> Build(ChatTemplate t, const std::vector<ChatTurn>& turns,
+                                    bool has_image, int num_image_tokens = 3) {
+    PromptOptions options;
+    options.chat_template = t;
+    options.has_image = has_image;
+    options.image_token_id = 32000;
+    options.num_image_tokens = num_image_tokens;
+    auto ids = BuildLlavaPrompt(tok(), turns, options);
+    EXPECT_TRUE(ids.ok()) << ids.status().ToString();
+    return ids.ok() ? *ids : std::vector<int32_t>{};
+  }
+
+  static inline sentencepiece::SentencePieceProcessor* sp_ = nullptr;
 };
 
-TEST_F(PromptTest, SystemPromptIsLlavaVicunaV1) { EXPECT_EQ(kVicunaV1System, kSystem); }
+const std::vector<int32_t> kImage3(3, 32000);
+
+TEST(ChatTemplateTest, NamesParseOnceAndRoundTrip) {
+  for (ChatTemplate t : {ChatTemplate::kLlavaV1, ChatTemplate::kVicunaV1, ChatTemplate::kLlavaHf}) {
+    const auto parsed = ParseChatTemplate(ChatTemplateName(t));
+    ASSERT_TRUE(parsed.ok());
+    EXPECT_EQ(*parsed, t);
+  }
+  EXPECT_STREQ(ChatTemplateName(ChatTemplate::kLlavaV1), "llava_v1");
+  EXPECT_STREQ(ChatTemplateName(ChatTemplate::kVicunaV1), "vicuna_v1");
+  EXPECT_STREQ(ChatTemplateName(ChatTemplate::kLlavaHf), "llava_hf");
+  for (const char* bad : {"", "vicuna", "LLAVA_HF", "llava_hf ", "v1"}) {
+    const auto parsed = ParseChatTemplate(bad);
+    EXPECT_EQ(parsed.status().code(), StatusCode::kInvalidArgument) << bad;
+    EXPECT_NE(parsed.status().message().find("llava_v1, vicuna_v1 or llava_hf"), std::string::npos);
+  }
+}
+
+TEST(ChatTemplateTest, SystemPromptsAreLlavas) {
+  EXPECT_EQ(ChatTemplateSystem(ChatTemplate::kLlavaV1), kLlavaSystem);
+  EXPECT_EQ(ChatTemplateSystem(ChatTemplate::kVicunaV1), kVicunaSystem);
+  EXPECT_STREQ(ChatTemplateSystem(ChatTemplate::kLlavaHf), "");
+}
 
 TEST_F(PromptTest, RendersSingleTurn) {
-  EXPECT_EQ(RenderVicunaV1({User("What is this?")}, false),
-            kSystem + " USER: What is this? ASSISTANT:");
-  EXPECT_EQ(RenderVicunaV1({User("What is this?")}, true),
-            kSystem + " USER: <image>\nWhat is this? ASSISTANT:");
+  const std::vector<ChatTurn> q = {User("What is this?")};
+  EXPECT_EQ(RenderPrompt(ChatTemplate::kLlavaV1, q, false),
+            kLlavaSystem + " USER: What is this? ASSISTANT:");
+  EXPECT_EQ(RenderPrompt(ChatTemplate::kLlavaV1, q, true),
+            kLlavaSystem + " USER: <image>\nWhat is this? ASSISTANT:");
+  EXPECT_EQ(RenderPrompt(ChatTemplate::kVicunaV1, q, true),
+            kVicunaSystem + " USER: <image>\nWhat is this? ASSISTANT:");
+  // transformers tests/models/llava/test_processor_llava.py, test_chat_template.
+  EXPECT_EQ(RenderPrompt(ChatTemplate::kLlavaHf, {User("What is shown in this image?")}, true),
+            "USER: <image>\nWhat is shown in this image? ASSISTANT:");
+  EXPECT_EQ(RenderPrompt(ChatTemplate::kLlavaHf, q, false), "USER: What is this? ASSISTANT:");
 }
 
 TEST_F(PromptTest, RendersMultiTurn) {
   const std::vector<ChatTurn> turns = {User("What colour is the car?"), Assistant("Green."),
                                        User("And the roof?")};
-  EXPECT_EQ(RenderVicunaV1(turns, true), kSystem +
-                                             " USER: <image>\nWhat colour is the car? ASSISTANT: "
-                                             "Green.</s>USER: And the roof? ASSISTANT:");
+  EXPECT_EQ(RenderPrompt(ChatTemplate::kLlavaV1, turns, true),
+            kLlavaSystem +
+                " USER: <image>\nWhat colour is the car? ASSISTANT: Green.</s>USER: And the roof? "
+                "ASSISTANT:");
+  EXPECT_EQ(RenderPrompt(ChatTemplate::kVicunaV1, turns, false),
+            kVicunaSystem +
+                " USER: What colour is the car? ASSISTANT: Green.</s>USER: And the roof? "
+                "ASSISTANT:");
+  // The llava-hf template ends every message with " ", answers included, and has no "</s>".
+  EXPECT_EQ(RenderPrompt(ChatTemplate::kLlavaHf, turns, true),
+            "USER: <image>\nWhat colour is the car? ASSISTANT: Green. USER: And the roof? "
+            "ASSISTANT:");
+}
+
+// Each template's exact ids: libsentencepiece's encoding of the template's literal text chunks,
+// BOS in front, the image ids and EOS where the template puts them.
+TEST_F(PromptTest, LlavaV1Ids) {
   EXPECT_EQ(
-      RenderVicunaV1(turns, false),
-      kSystem +
-          " USER: What colour is the car? ASSISTANT: Green.</s>USER: And the roof? ASSISTANT:");
+      Build(ChatTemplate::kLlavaV1, {User("What is this?")}, true),
+      Concat({Sp(kLlavaSystem + " USER: ", true), kImage3, Sp("\nWhat is this? ASSISTANT:")}));
+  EXPECT_EQ(Build(ChatTemplate::kLlavaV1, {User("How many apples?")}, false),
+            Sp(kLlavaSystem + " USER: How many apples? ASSISTANT:", true));
 }
 
-TEST_F(PromptTest, TextOnlyPromptIsOneEncodedChunk) {
-  const std::vector<ChatTurn> turns = {User("How many apples?")};
-  const auto ids = BuildLlavaPrompt(tok(), turns, PromptOptions{});
-  ASSERT_TRUE(ids.ok()) << ids.status().ToString();
-  EXPECT_EQ(*ids, tok().Encode(RenderVicunaV1(turns, false), /*add_bos=*/true));
-  EXPECT_EQ(tok().Decode(*ids), RenderVicunaV1(turns, false));
+TEST_F(PromptTest, VicunaV1Ids) {
+  const std::vector<ChatTurn> turns = {User("Count the birds."), Assistant("Eleven."),
+                                       User("And cats?"), Assistant("None."),
+                                       User("Thanks, what colour is the sky?")};
+  EXPECT_EQ(Build(ChatTemplate::kVicunaV1, turns, true, 2),
+            Concat({Sp(kVicunaSystem + " USER: ", true),
+                    {32000, 32000},
+                    Sp("\nCount the birds. ASSISTANT: Eleven."),
+                    Eos(),
+                    Sp("USER: And cats? ASSISTANT: None."),
+                    Eos(),
+                    Sp("USER: Thanks, what colour is the sky? ASSISTANT:")}));
+  EXPECT_EQ(Build(ChatTemplate::kVicunaV1, {User("Hi")}, false),
+            Sp(kVicunaSystem + " USER: Hi ASSISTANT:", true));
 }
 
-TEST_F(PromptTest, ImagePromptLayoutMatchesTokenizerImageToken) {
-  PromptOptions options;
-  options.has_image = true;
-  options.image_token_id = 32000;
-  options.num_image_tokens = 7;
-  const auto ids = BuildLlavaPrompt(tok(), {User("What is this?")}, options);
-  ASSERT_TRUE(ids.ok()) << ids.status().ToString();
-  // tokenizer_image_token: chunk 0 with BOS, the image, chunk 1 without its BOS.
-  const std::vector<int32_t> head = tok().Encode(kSystem + " USER: ", true);
-  const std::vector<int32_t> tail = tok().Encode("\nWhat is this? ASSISTANT:", false);
-  EXPECT_EQ(*ids, Concat({head, std::vector<int32_t>(7, 32000), tail}));
-  EXPECT_EQ(ids->front(), tok().bos_id());
-  EXPECT_EQ(std::count(ids->begin(), ids->end(), 32000), 7);
-  // Head ends with a lone "▁" (the space after "USER:"), the tail starts with "▁" then "\n": the
-  // dummy prefix of a separately encoded chunk, as in LLaVA ([..., 29871, -200, 29871, 13, ...]).
-  EXPECT_EQ(tok().IdToPiece(head.back()), "\xE2\x96\x81");
-  EXPECT_EQ(tok().IdToPiece(tail[0]), "\xE2\x96\x81");
-  EXPECT_EQ(tok().IdToPiece(tail[1]), "<0x0A>");
+TEST_F(PromptTest, LlavaHfIds) {
+  // transformers' test_chat_template_dict pins LLaMA's ids for this prompt:
+  // [1, 3148, 1001, 29901, 29871, 32000, 29871, 13, 5618, ...]: BOS, "USER:" and a lone "▁", the
+  // image, then "▁" "\n" (the tokenizer splits at the added <image> and prefixes each piece).
+  const std::vector<int32_t> ids =
+      Build(ChatTemplate::kLlavaHf, {User("What is shown in this image?")}, true, 1);
+  EXPECT_EQ(ids,
+            Concat({Sp("USER: ", true), {32000}, Sp("\nWhat is shown in this image? ASSISTANT:")}));
+  const auto image = std::find(ids.begin(), ids.end(), 32000);
+  ASSERT_TRUE(image != ids.begin() && image + 2 < ids.end());
+  EXPECT_EQ(ids.front(), sp_->bos_id());
+  EXPECT_EQ(sp_->IdToPiece(image[-1]), "\xE2\x96\x81");
+  EXPECT_EQ(sp_->IdToPiece(image[1]), "\xE2\x96\x81");
+  EXPECT_EQ(sp_->IdToPiece(image[2]), "<0x0A>");
+  // Multi-turn: one chunk after the image, no EOS anywhere.
+  const std::vector<ChatTurn> turns = {User("What colour is the car?"), Assistant("Green."),
+                                       User("And the roof?")};
+  const std::vector<int32_t> multi = Build(ChatTemplate::kLlavaHf, turns, true);
+  EXPECT_EQ(multi, Concat({Sp("USER: ", true), kImage3,
+                           Sp("\nWhat colour is the car? ASSISTANT: Green. USER: And the roof? "
+                              "ASSISTANT:")}));
+  EXPECT_EQ(std::count(multi.begin(), multi.end(), sp_->eos_id()), 0);
+  EXPECT_EQ(
+      Build(ChatTemplate::kLlavaHf, turns, false),
+      Sp("USER: What colour is the car? ASSISTANT: Green. USER: And the roof? ASSISTANT:", true));
+}
+
+TEST_F(PromptTest, DefaultOptionsAreVicunaV1) {
+  const auto ids = BuildLlavaPrompt(tok(), {User("Hi")}, PromptOptions{});
+  ASSERT_TRUE(ids.ok());
+  EXPECT_EQ(*ids, Sp(kVicunaSystem + " USER: Hi ASSISTANT:", true));
+}
+
+TEST_F(PromptTest, TextOnlyPromptDecodesToTheRenderedText) {
+  for (ChatTemplate t : {ChatTemplate::kLlavaV1, ChatTemplate::kVicunaV1, ChatTemplate::kLlavaHf}) {
+    const std::vector<ChatTurn> turns = {User("How many apples?"), Assistant("Three."),
+                                         User("Pears?")};
+    std::string rendered = RenderPrompt(t, turns, false);
+    const std::vector<int32_t> ids = Build(t, turns, false);
+    // Decode drops EOS; the chunk after it has a dummy prefix of its own, which decodes to a
+    // space (LLaVA's "</s>USER:" tokenises as [2, "▁US", ...]).
+    const size_t eos = rendered.find("</s>");
+    if (eos != std::string::npos) rendered.replace(eos, 4, " ");
+    EXPECT_EQ(tok().Decode(ids), rendered) << ChatTemplateName(t);
+  }
 }
 
 TEST_F(PromptTest, ImageTokenIdMayBeNegative) {
   PromptOptions options{true, -200, 3};
+  options.chat_template = ChatTemplate::kLlavaV1;
   const auto ids = BuildLlavaPrompt(tok(), {User("Hi")}, options);
   ASSERT_TRUE(ids.ok());
   const auto first = std::find(ids->begin(), ids->end(), -200);
@@ -98,54 +206,22 @@ TEST_F(PromptTest, ImageTokenIdMayBeNegative) {
   EXPECT_EQ(std::count(ids->begin(), ids->end(), -200), 3);
   // The placeholder decodes to nothing, so decoding gives the prompt without "<image>".
   EXPECT_EQ(tok().Decode(*ids),
-            kSystem + " USER:  \nHi ASSISTANT:");  // Two "▁": chunk end, dummy prefix.
-}
-
-TEST_F(PromptTest, EosTokenSeparatesTurns) {
-  const std::vector<ChatTurn> turns = {User("Count the birds."), Assistant("Eleven."),
-                                       User("And cats?"), Assistant("None."),
-                                       User("Thanks, what colour is the sky?")};
-  PromptOptions options{true, 32000, 2};
-  const auto ids = BuildLlavaPrompt(tok(), turns, options);
-  ASSERT_TRUE(ids.ok()) << ids.status().ToString();
-  const std::vector<int32_t> eos = {tok().eos_id()};
-  const std::vector<int32_t> expected =
-      Concat({tok().Encode(kSystem + " USER: ", true),
-              {32000, 32000},
-              tok().Encode("\nCount the birds. ASSISTANT: Eleven.", false),
-              eos,
-              tok().Encode("USER: And cats? ASSISTANT: None.", false),
-              eos,
-              tok().Encode("USER: Thanks, what colour is the sky? ASSISTANT:", false)});
-  EXPECT_EQ(*ids, expected);
-  EXPECT_EQ(std::count(ids->begin(), ids->end(), tok().eos_id()), 2);
-  EXPECT_EQ(std::count(ids->begin(), ids->end(), tok().bos_id()), 1);
+            kLlavaSystem + " USER:  \nHi ASSISTANT:");  // Two "▁": chunk end, dummy prefix.
 }
 
 TEST_F(PromptTest, UserTypedEndOfTurnStaysText) {
-  const auto ids = BuildLlavaPrompt(tok(), {User("What does </s> mean?")}, PromptOptions{});
-  ASSERT_TRUE(ids.ok());
-  EXPECT_EQ(std::count(ids->begin(), ids->end(), tok().eos_id()), 0);
-  EXPECT_NE(tok().Decode(*ids).find("What does </s> mean?"), std::string::npos);
+  for (ChatTemplate t : {ChatTemplate::kLlavaV1, ChatTemplate::kVicunaV1, ChatTemplate::kLlavaHf}) {
+    const std::vector<int32_t> ids = Build(t, {User("What does </s> mean?")}, false);
+    EXPECT_EQ(std::count(ids.begin(), ids.end(), tok().eos_id()), 0);
+    EXPECT_NE(tok().Decode(ids).find("What does </s> mean?"), std::string::npos);
+  }
 }
 
-TEST_F(PromptTest, ValidationErrors) {
-  ExpectInvalid({}, "no turns");
-  ExpectInvalid({Assistant("Hello")}, "turn 0 must be the user's");
-  ExpectInvalid({User("a"), User("b")}, "turn 1 must be the assistant's");
-  ExpectInvalid({User("a"), Assistant("b"), Assistant("c")}, "turn 2 must be the user's");
-  ExpectInvalid({User("What?"), Assistant("That.")}, "last turn must be the user's");
-  ExpectInvalid({User("   \n\t ")}, "turn 0 is empty");
-  ExpectInvalid({User("")}, "turn 0 is empty");
-  ExpectInvalid({User("ok"), Assistant(" "), User("ok")}, "turn 1 is empty");
-  ExpectInvalid({User("bad \xC3\x28 byte")},
-                "turn 0 is not valid UTF-8 (first bad byte at offset 4)");
-  ExpectInvalid({User("ok"), Assistant("cut \xF0\x9F"), User("ok")}, "turn 1 is not valid UTF-8");
-  ExpectInvalid({User("<image>\nWhat is this?")}, "image field");
-  ExpectInvalid({User("ok"), Assistant("see <image>"), User("ok")}, "turn 1 contains");
+TEST_F(PromptTest, ImageNeedsImageTokens) {
   EXPECT_EQ(BuildLlavaPrompt(tok(), {User("Hi")}, PromptOptions{true, 32000, 0}).status().code(),
             StatusCode::kInvalidArgument);
-  EXPECT_TRUE(ValidateConversation({User("Où? 😀")}).ok());
+  EXPECT_EQ(BuildLlavaPrompt(tok(), {User("Hi")}, PromptOptions{true, 32000, -1}).status().code(),
+            StatusCode::kInvalidArgument);
 }
 
 }  // namespace

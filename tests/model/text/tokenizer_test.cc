@@ -242,6 +242,19 @@ std::vector<std::string> DistinctCharacters(const std::string& text) {
   return {seen.begin(), seen.end()};
 }
 
+// Appends `count` strings of 0 to max_units units drawn from `alphabet` (seeded: reproducible).
+void AppendRandomMixtures(const std::vector<std::string>& alphabet, int count, int max_units,
+                          uint32_t seed, std::vector<std::string>* texts) {
+  std::mt19937 rng(seed);
+  for (int i = 0; i < count; ++i) {
+    std::string text;
+    const int units = std::uniform_int_distribution<int>(0, max_units)(rng);
+    for (int u = 0; u < units; ++u)
+      text += alphabet[std::uniform_int_distribution<size_t>(0, alphabet.size() - 1)(rng)];
+    texts->push_back(text);
+  }
+}
+
 // Every corpus line, hand-picked edge cases, and random mixtures of corpus characters with
 // whitespace, digits and characters the corpus lacks.
 std::vector<std::string> ParityTexts() {
@@ -292,14 +305,7 @@ std::vector<std::string> ParityTexts() {
   for (const char* extra : {" ", " ", " ", "  ", "\n", "\t", "0", "1", "7", "9", "😀", "猫", "Ж",
                             "\xE2\x96\x81", "é", "<image>"})
     alphabet.push_back(extra);
-  std::mt19937 rng(20240531);
-  for (int i = 0; i < 300; ++i) {
-    std::string text;
-    const int units = std::uniform_int_distribution<int>(0, 60)(rng);
-    for (int u = 0; u < units; ++u)
-      text += alphabet[std::uniform_int_distribution<size_t>(0, alphabet.size() - 1)(rng)];
-    texts.push_back(text);
-  }
+  AppendRandomMixtures(alphabet, 300, 60, 20240531, &texts);
   return texts;
 }
 
@@ -378,14 +384,7 @@ std::vector<std::string> NormalizerParityTexts() {
   }
   for (const char* extra : {" ", " ", "  ", "\n", "\t", "\xC2\xA0", "\xE3\x80\x80", "\xCC\x81"})
     alphabet.push_back(extra);
-  std::mt19937 rng(20261201);
-  for (int i = 0; i < 2000; ++i) {
-    std::string text;
-    const int units = std::uniform_int_distribution<int>(0, 40)(rng);
-    for (int u = 0; u < units; ++u)
-      text += alphabet[std::uniform_int_distribution<size_t>(0, alphabet.size() - 1)(rng)];
-    texts.push_back(text);
-  }
+  AppendRandomMixtures(alphabet, 2000, 40, 20261201, &texts);
   return texts;
 }
 
