@@ -15,6 +15,26 @@ constexpr char kVicunaV1System[] =
     "A chat between a curious user and an artificial intelligence assistant. The assistant gives "
     "helpful, detailed, and polite answers to the user's questions.";
 
+struct TemplateSpec {
+  ChatTemplate id;
+  const char* name;
+  const char* system;     // "" for none.
+  bool eos_after_answer;  // sep2 = "</s>" (LLaVA's SeparatorStyle.TWO); else " ".
+};
+// Indexed by the enum's value.
+constexpr TemplateSpec kTemplates[] = {
+    {ChatTemplate::kLlavaV1, "llava_v1", kLlavaV1System, true},
+    {ChatTemplate::kVicunaV1, "vicuna_v1", kVicunaV1System, true},
+    {ChatTemplate::kLlavaHf, "llava_hf", "", false},
+};
+static_assert(kTemplates[0].id == ChatTemplate::kLlavaV1 &&
+                  kTemplates[1].id == ChatTemplate::kVicunaV1 &&
+                  kTemplates[2].id == ChatTemplate::kLlavaHf,
+              "kTemplates is indexed by ChatTemplate");
+const TemplateSpec& Spec(ChatTemplate chat_template) {
+  return kTemplates[static_cast<int>(chat_template)];
+}
+
 // The rendered prompt as text pieces separated by the two places that are not plain text, so that
 // the text and the token ids come from one description of the template.
 struct PromptPart {
@@ -30,9 +50,9 @@ struct PromptPart {
 // then "ASSISTANT:".
 std::vector<PromptPart> BuildParts(ChatTemplate chat_template, const std::vector<ChatTurn>& turns,
                                    bool has_image) {
-  const bool eos_after_answer = chat_template != ChatTemplate::kLlavaHf;
+  const TemplateSpec& spec = Spec(chat_template);
   std::vector<PromptPart> parts;
-  const std::string system = ChatTemplateSystem(chat_template);
+  const std::string system = spec.system;
   std::string text = system.empty() ? "" : system + " ";
   for (size_t i = 0; i < turns.size(); ++i) {
     const bool user = turns[i].role == ChatTurn::Role::kUser;
@@ -45,7 +65,7 @@ std::vector<PromptPart> BuildParts(ChatTemplate chat_template, const std::vector
       text = "\n";
     }
     text += turns[i].text;
-    if (user || !eos_after_answer) {
+    if (user || !spec.eos_after_answer) {
       text += " ";
     } else {
       parts.push_back({PromptPart::Kind::kText, std::move(text)});
@@ -61,36 +81,16 @@ std::vector<PromptPart> BuildParts(ChatTemplate chat_template, const std::vector
 }  // namespace
 
 StatusOr<ChatTemplate> ParseChatTemplate(std::string_view name) {
-  for (ChatTemplate t : {ChatTemplate::kLlavaV1, ChatTemplate::kVicunaV1, ChatTemplate::kLlavaHf}) {
-    if (name == ChatTemplateName(t)) return t;
+  for (const TemplateSpec& spec : kTemplates) {
+    if (name == spec.name) return spec.id;
   }
   return InvalidArgumentError("unknown chat template '" + std::string(name.substr(0, 64)) +
                               "': use llava_v1, vicuna_v1 or llava_hf");
 }
 
-const char* ChatTemplateName(ChatTemplate chat_template) {
-  switch (chat_template) {
-    case ChatTemplate::kLlavaV1:
-      return "llava_v1";
-    case ChatTemplate::kVicunaV1:
-      return "vicuna_v1";
-    case ChatTemplate::kLlavaHf:
-      return "llava_hf";
-  }
-  return "";
-}
+const char* ChatTemplateName(ChatTemplate chat_template) { return Spec(chat_template).name; }
 
-const char* ChatTemplateSystem(ChatTemplate chat_template) {
-  switch (chat_template) {
-    case ChatTemplate::kLlavaV1:
-      return kLlavaV1System;
-    case ChatTemplate::kVicunaV1:
-      return kVicunaV1System;
-    case ChatTemplate::kLlavaHf:
-      return "";
-  }
-  return "";
-}
+const char* ChatTemplateSystem(ChatTemplate chat_template) { return Spec(chat_template).system; }
 
 std::string RenderPrompt(ChatTemplate chat_template, const std::vector<ChatTurn>& turns,
                          bool has_image) {
