@@ -1,7 +1,6 @@
 #include "tests/server/fake_engine.h"
 
 #include <algorithm>
-#include <cmath>
 #include <cstring>
 #include <thread>
 
