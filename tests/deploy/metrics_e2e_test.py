@@ -16,7 +16,7 @@ metrics port, the alert rules with every `for` shortened to 0s), then:
     substituted) and the KEDA trigger's query, failing on an error or on no data;
   - checks every alert rule evaluates without error, sees FlexvqaHighErrorRatio and FlexvqaQueueSaturated
     fire, then stops the server (SIGTERM: exit 0) and sees FlexvqaDown fire.
-Bounded: everything ends within --timeout seconds (default 85) and the processes are stopped.
+Bounded: everything ends within --timeout seconds (default 100) and the processes are stopped.
 
     metrics_e2e_test.py --server_bin BIN --stubs DIR --deploy_dir deploy [--make_model BIN]
 """
@@ -139,7 +139,7 @@ def main():
     parser.add_argument("--make_model", help="make_tiny_llava: serve a tiny flex checkpoint")
     parser.add_argument("--prometheus", default="/usr/bin/prometheus")
     parser.add_argument("--promtool", default="/usr/bin/promtool")
-    parser.add_argument("--timeout", type=float, default=85)
+    parser.add_argument("--timeout", type=float, default=100)
     args = parser.parse_args()
     sys.path.insert(0, args.stubs)
     import grpc  # noqa: E402  (python3-grpcio)
@@ -312,11 +312,14 @@ def main():
             results += list(pool.map(generate, [good(i) for i in range(12)]))
         check(all(code == "OK" for code, _ in results),
               "12 good requests, 4 at a time, answered OK (%s)" % sorted({c for c, _ in results}))
-        with concurrent.futures.ThreadPoolExecutor(max_workers=40) as pool:
+        # Bad requests within the queue limit (--max_queued 6): on a loaded machine a wider burst would
+        # meet RESOURCE_EXHAUSTED before validation.
+        with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
             bad_results = list(pool.map(generate, [bad(i) for i in range(25)]))
-            check(all(code == "INVALID_ARGUMENT" for code, _ in bad_results),
-                  "25 bad requests got INVALID_ARGUMENT (%s)" % sorted({c for c, _ in bad_results}))
-            results += bad_results
+        check(all(code == "INVALID_ARGUMENT" for code, _ in bad_results),
+              "25 bad requests got INVALID_ARGUMENT (%s)" % sorted({c for c, _ in bad_results}))
+        results += bad_results
+        with concurrent.futures.ThreadPoolExecutor(max_workers=40) as pool:
             flood_results = list(pool.map(generate, [flood(i) for i in range(40)]))
             check(any(code == "RESOURCE_EXHAUSTED" for code, _ in flood_results) and
                   any(code == "OK" for code, _ in flood_results),
