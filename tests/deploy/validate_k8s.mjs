@@ -297,8 +297,8 @@ function checkConsistency(docs, root, flags, healthName) {
     const same = ["cpu", "memory"].every((r) => requests[r] !== undefined && String(requests[r]) === String(limits[r]));
     check(same, `${tag}: container ${c.name} has requests == limits for cpu and memory (Guaranteed QoS)`);
   }
-  for (const v of (pod.spec.volumes || []).filter((x) => x.emptyDir)) {
-    check(v.emptyDir.sizeLimit !== undefined, `${tag}: emptyDir ${v.name} has a sizeLimit`);
+  for (const v of (pod.spec.volumes || []).filter((x) => "emptyDir" in x)) {
+    check(v.emptyDir?.sizeLimit !== undefined, `${tag}: emptyDir ${v.name} has a sizeLimit`);
   }
   const preStop = container.lifecycle?.preStop;
   const preStopS = preStop?.sleep?.seconds ?? Number(preStop?.exec?.command?.at(-1) ?? 0);
