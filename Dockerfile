@@ -7,9 +7,10 @@
 # of the context; ctest deploy.DockerBuildStages runs build_cpu.sh in a copy of the checkout filtered
 # through it and checks collect_libs.sh's library list, without a Docker engine.
 # Pinned: base images by exact tag (no registry was reachable to read digests from; pin them with
-# `docker buildx imagetools inspect IMAGE:TAG` where one is), torch by version. Runtime images run as a non-root user with the server as entrypoint; gRPC on 50051 with the
-# standard grpc.health.v1 service (Kubernetes' native gRPC probes need nothing in the image), Prometheus
-# metrics on 9464. Flags come from FLEXVQA_<FLAG> environment variables (deploy/k8s/base/configmap.yaml).
+# `docker buildx imagetools inspect IMAGE:TAG` where one is), torch by version.
+# Runtime images run as a non-root user with the server as entrypoint; gRPC on 50051 with the standard
+# grpc.health.v1 service (Kubernetes' native gRPC probes need nothing in the image), Prometheus metrics
+# on 9464. Flags come from FLEXVQA_<FLAG> environment variables (deploy/k8s/base/flags.env).
 
 # torch 2.11.0 for CUDA 13.0: what the GPU machine runs (shared gpu.md); the CUDA image matches it.
 ARG CUDA_VERSION=13.0.0
