@@ -3,8 +3,13 @@
 # and promtool) and python3-yaml, and the pinned npm packages of tests/deploy/package-lock.json
 # (kubernetes-models and the KEDA / Prometheus Operator models, yaml) into tests/deploy/node_modules.
 # Needs root (or sudo) for apt; safe to run again: installs only what is missing.
+# FLEXVQA_SKIP_TEST_DEPS=1 skips it all (image builds: deploy/docker/build_cpu.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "${FLEXVQA_SKIP_TEST_DEPS:-0}" = 1 ]; then
+  echo "install_test_deps: skipped (FLEXVQA_SKIP_TEST_DEPS=1)"
+  exit 0
+fi
 
 PACKAGES=(prometheus python3-yaml nodejs npm)
 missing=()

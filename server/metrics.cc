@@ -41,18 +41,45 @@ const Buckets kPrefillBuckets = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                                  0.25,  0.5,    1,     2.5,  5,     10};
 const Buckets kFirstTokenBuckets = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                                     1,     2.5,  5,     10,   20,  30,   60};
-const Buckets kInterTokenBuckets = {0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02,
-                                    0.03,  0.05,   0.075, 0.1,    0.2,  0.5,   1};
+// Up to 30 s: a decode step can wait behind a long prefill or a device stall, and those are the
+// gaps worth seeing.
+const Buckets kInterTokenBuckets = {0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05,
+                                    0.075, 0.1,    0.2,   0.5,    1,    2.5,   5,    10,   30};
+// Decode time of one request: up to max_new_tokens (1024) steps of up to ~90 ms, and beyond.
+const Buckets kDecodeBuckets = {0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,  2.5,
+                                5,    10,    20,   30,  60,   120, 300};
 const Buckets kDurationBuckets = {0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,  2.5,
                                   5,    10,    20,   30,  60,   120, 300};
 // Sequences per step: powers of two up to well past any KV-slot count we run.
 const Buckets kBatchBuckets = {1, 2, 4, 8, 16, 32, 64, 128, 256};
 // Selected HR tokens summed over FA layers and steps: 64 per 8x8 block (72x72 grid, 81 blocks),
-// times up to 30 FA layers and hundreds of steps.
-const Buckets kSelectedTokenBuckets = {0,     64,     256,     1024,    4096,     16384,
-                                       65536, 262144, 1048576, 4194304, 16777216, 67108864};
+// times up to 30 FA layers and hundreds of steps. 1-1.5-2-3-5-7 per decade: a quantile is off by
+// at most half a bucket (+-25%), where powers of 4 read 163,840 for values of 103k-125k.
+const Buckets kSelectedTokenBuckets = {0,     100, 150,   200, 300,   500, 700,   1e3, 1.5e3, 2e3,
+                                       3e3,   5e3, 7e3,   1e4, 1.5e4, 2e4, 3e4,   5e4, 7e4,   1e5,
+                                       1.5e5, 2e5, 3e5,   5e5, 7e5,   1e6, 1.5e6, 2e6, 3e6,   5e6,
+                                       7e6,   1e7, 1.5e7, 2e7, 3e7,   5e7, 7e7};
+// Prompt tokens per request: a LLaVA-1.5 image is 576 tokens, text adds tens to hundreds; the
+// context is 4096.
+const Buckets kPromptTokenBuckets = {16,  32,   64,   128,  256,  512,  576, 640,
+                                     768, 1024, 1536, 2048, 3072, 4096, 8192};
+const Buckets kGenerationTokenBuckets = {1,   2,   4,   8,   16,   32,   64,
+                                         128, 256, 512, 768, 1024, 2048, 4096};
+// Tokens one worker step processed (prompts prefilled plus tokens generated).
+const Buckets kStepTokenBuckets = {1,   2,   4,    8,    16,   32,   64,    128,
+                                   256, 512, 1024, 2048, 4096, 8192, 16384, 32768};
 const Buckets kFractionBuckets = {0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5,
                                   0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1};
+
+// The finish_reason label of flexvqa_request_duration_seconds: a bounded set.
+enum FinishLabel { kFinishStop, kFinishLength, kFinishCancelled, kFinishError, kNumFinishLabels };
+const char* const kFinishLabelNames[kNumFinishLabels] = {"stop", "length", "cancelled", "error"};
+
+FinishLabel FinishLabelFor(StatusCode code, FinishReason reason) {
+  if (code == StatusCode::kCancelled) return kFinishCancelled;
+  if (code != StatusCode::kOk) return kFinishError;
+  return reason == FinishReason::kLength ? kFinishLength : kFinishStop;
+}
 
 const char* PhaseName(int phase) {
   switch (phase) {
@@ -160,13 +187,31 @@ struct ServerMetrics::Families {
                         .Help("Gap between two consecutive tokens of one sequence")
                         .Register(r)
                         .Add({}, kInterTokenBuckets)),
-        duration(
-            prometheus::BuildHistogram()
-                .Name("flexvqa_request_duration_seconds")
-                .Help(
-                    "From a call's arrival to its final message (calls that reached the scheduler)")
-                .Register(r)
-                .Add({}, kDurationBuckets)),
+        decode(prometheus::BuildHistogram()
+                   .Name("flexvqa_request_decode_seconds")
+                   .Help("From a call's first token to its last (calls that ended OK)")
+                   .Register(r)
+                   .Add({}, kDecodeBuckets)),
+        duration(prometheus::BuildHistogram()
+                     .Name("flexvqa_request_duration_seconds")
+                     .Help("From a call's arrival to its final message, by finish reason (stop, "
+                           "length, cancelled, error; calls that reached the scheduler)")
+                     .Register(r)),
+        prompt_length(prometheus::BuildHistogram()
+                          .Name("flexvqa_request_prompt_tokens")
+                          .Help("Prompt tokens (image tokens included) per request that reached "
+                                "the model")
+                          .Register(r)),
+        generation_length(prometheus::BuildHistogram()
+                              .Name("flexvqa_request_generation_tokens")
+                              .Help("Generated tokens per request that reached the model")
+                              .Register(r)),
+        step_tokens(prometheus::BuildHistogram()
+                        .Name("flexvqa_step_tokens")
+                        .Help("Tokens one worker step processed: prompts prefilled plus tokens "
+                              "generated")
+                        .Register(r)
+                        .Add({}, kStepTokenBuckets)),
         batch_family(prometheus::BuildHistogram()
                          .Name("flexvqa_batch_size_sequences")
                          .Help("Sequences in one worker step, by phase (prefill, decode)")
@@ -198,20 +243,26 @@ struct ServerMetrics::Families {
             Gauge(r, "flexvqa_max_running_requests", "Sequences decoded together (--max_running)")),
         free_slots(
             Gauge(r, "flexvqa_kv_cache_free_slots", "KV-cache slots free after the last step")),
+        slots(Gauge(r, "flexvqa_kv_cache_slots",
+                    "KV-cache slots: sequences resident at once (--max_sequences)")),
         kv_cache_bytes(
             Gauge(r, "flexvqa_kv_cache_memory_bytes",
                   "KV-cache memory holding resident sequences' positions, after the last step")),
+        kv_cache_capacity_bytes(Gauge(r, "flexvqa_kv_cache_capacity_bytes",
+                                      "The KV-cache pool, allocated once at load")),
+        kv_cache_usage(Gauge(r, "flexvqa_kv_cache_usage_ratio",
+                             "Fraction (0-1) of the KV-cache pool holding resident sequences' "
+                             "positions, after the last step")),
         hr_cache_bytes(
             Gauge(r, "flexvqa_hr_cache_memory_bytes",
                   "High-resolution features and keys/values held by requests (flex, xattn), "
                   "after the last step")),
-        device_bytes(Gauge(r, "flexvqa_device_memory_used_bytes",
-                           "Accelerator memory in use; 0 until the engine reports it (not yet)")),
-        resident_bytes(
-            Gauge(r, "flexvqa_process_resident_memory_bytes",
-                  "Resident host memory of the server process (the model's memory on CPU)")),
+        // The standard process_* names (Prometheus' client libraries export them; prometheus-cpp
+        // does not), so that the usual dashboards and restart alerts apply.
+        resident_bytes(Gauge(r, "process_resident_memory_bytes", "Resident memory size in bytes")),
         draining(Gauge(r, "flexvqa_draining", "1 while the server drains (SIGTERM received)")),
-        start_time(Gauge(r, "flexvqa_process_start_time_seconds", "Unix time the server started")),
+        start_time(Gauge(r, "process_start_time_seconds",
+                         "Start time of the process since unix epoch in seconds")),
         model_info(prometheus::BuildGauge()
                        .Name("flexvqa_model_info")
                        .Help("The model served (value 1): name, attention mode, dtype, device")
@@ -242,7 +293,11 @@ struct ServerMetrics::Families {
   Histogram& prefill;
   Histogram& first_token;
   Histogram& inter_token;
-  Histogram& duration;
+  Histogram& decode;
+  prometheus::Family<Histogram>& duration;
+  prometheus::Family<Histogram>& prompt_length;
+  prometheus::Family<Histogram>& generation_length;
+  Histogram& step_tokens;
   prometheus::Family<Histogram>& batch_family;
   Histogram& prefill_batch;
   Histogram& decode_batch;
@@ -253,15 +308,20 @@ struct ServerMetrics::Families {
   prometheus::Gauge& max_queued;
   prometheus::Gauge& max_running;
   prometheus::Gauge& free_slots;
+  prometheus::Gauge& slots;
   prometheus::Gauge& kv_cache_bytes;
+  prometheus::Gauge& kv_cache_capacity_bytes;
+  prometheus::Gauge& kv_cache_usage;
   prometheus::Gauge& hr_cache_bytes;
-  prometheus::Gauge& device_bytes;
   prometheus::Gauge& resident_bytes;
   prometheus::Gauge& draining;
   prometheus::Gauge& start_time;
   prometheus::Family<prometheus::Gauge>& model_info;
 
+  Histogram* duration_by_finish[kNumFinishLabels] = {};  // Made with the family.
   // Made by SetModel; null before.
+  Histogram* prompt_length_mode = nullptr;
+  Histogram* generation_length_mode = nullptr;
   prometheus::Counter* prompt_tokens_mode = nullptr;
   prometheus::Counter* image_tokens_mode = nullptr;
   prometheus::Counter* selected_hr_tokens_mode = nullptr;
@@ -272,6 +332,11 @@ struct ServerMetrics::Families {
 ServerMetrics::ServerMetrics()
     : registry_(std::make_shared<prometheus::Registry>()),
       f_(std::make_unique<Families>(*registry_)) {
+  // Every finish reason exists from the start, as the request counters do.
+  for (int i = 0; i < kNumFinishLabels; ++i) {
+    f_->duration_by_finish[i] =
+        &f_->duration.Add({{"finish_reason", kFinishLabelNames[i]}}, kDurationBuckets);
+  }
   f_->start_time.Set(
       std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count());
 }
@@ -305,7 +370,10 @@ void ServerMetrics::SetModel(const ModelInfo& info, int max_queued, int max_runn
   f_->max_queued.Set(max_queued);
   f_->max_running.Set(max_running);
   f_->free_slots.Set(info.max_sequences);
+  f_->slots.Set(info.max_sequences);
   const prometheus::Labels mode{{"mode", mode_}};
+  f_->prompt_length_mode = &f_->prompt_length.Add(mode, kPromptTokenBuckets);
+  f_->generation_length_mode = &f_->generation_length.Add(mode, kGenerationTokenBuckets);
   f_->prompt_tokens_mode = &f_->prompt_tokens.Add(mode);
   f_->image_tokens_mode = &f_->image_tokens.Add(mode);
   f_->selected_hr_tokens_mode = &f_->selected_hr_tokens.Add(mode);
@@ -338,31 +406,40 @@ void ServerMetrics::ObserveRequest(const std::string& method, StatusCode code,
       .Increment();
   if (final_item == nullptr) return;
   const RequestTimings& t = final_item->timings;
+  const RequestUsage& u = final_item->usage;
+  f_->duration_by_finish[FinishLabelFor(code, final_item->reason)]->Observe(t.total_ms / 1e3);
+  if (final_item->reached_model && f_->prompt_length_mode != nullptr) {
+    f_->prompt_length_mode->Observe(u.prompt_tokens);
+    f_->generation_length_mode->Observe(u.generated_tokens);
+  }
+  if (code != StatusCode::kOk) return;  // Failures stay out of the phase latencies.
   f_->queue.Observe(t.queue_ms / 1e3);
   f_->preprocess.Observe(t.preprocess_ms / 1e3);
-  f_->duration.Observe(t.total_ms / 1e3);
-  if (!final_item->reached_model || f_->prompt_tokens_mode == nullptr) return;
-  const RequestUsage& u = final_item->usage;
-  f_->prompt_tokens_mode->Increment(u.prompt_tokens);
-  f_->image_tokens_mode->Increment(u.image_tokens);
-  f_->selected_hr_tokens_mode->Increment(static_cast<double>(u.selected_hr_tokens));
-  f_->generated_tokens_mode->Increment(u.generated_tokens);
-  for (int p = 0; p < FlopCount::kNumPhases; ++p) {
-    for (int c = 0; c < FlopCount::kNumComponents; ++c) {
-      const double flops = final_item->flops.flops[p][c];
-      if (flops > 0) f_->flops_mode[p][c]->Increment(flops);
-    }
-  }
+  if (!final_item->reached_model) return;
   if (u.image_tokens > 0 && t.vision_ms > 0) f_->vision.Observe(t.vision_ms / 1e3);
   if (u.generated_tokens > 0) {
     f_->prefill.Observe(t.prefill_ms / 1e3);
     f_->first_token.Observe(t.first_token_ms / 1e3);
+    f_->decode.Observe(t.decode_ms / 1e3);
   }
 }
 
-void ServerMetrics::ObserveStep(int prefill_sequences, int decode_sequences) {
-  if (prefill_sequences > 0) f_->prefill_batch.Observe(prefill_sequences);
-  if (decode_sequences > 0) f_->decode_batch.Observe(decode_sequences);
+void ServerMetrics::ObserveStep(const StepUsage& step) {
+  if (step.prefill_sequences > 0) f_->prefill_batch.Observe(step.prefill_sequences);
+  if (step.decode_sequences > 0) f_->decode_batch.Observe(step.decode_sequences);
+  const int64_t tokens = step.prompt_tokens + step.generated_tokens;
+  if (tokens > 0) f_->step_tokens.Observe(static_cast<double>(tokens));
+  if (f_->prompt_tokens_mode == nullptr) return;  // No model yet: nothing can have run.
+  f_->prompt_tokens_mode->Increment(static_cast<double>(step.prompt_tokens));
+  f_->image_tokens_mode->Increment(static_cast<double>(step.image_tokens));
+  f_->selected_hr_tokens_mode->Increment(static_cast<double>(step.selected_hr_tokens));
+  f_->generated_tokens_mode->Increment(static_cast<double>(step.generated_tokens));
+  for (int p = 0; p < FlopCount::kNumPhases; ++p) {
+    for (int c = 0; c < FlopCount::kNumComponents; ++c) {
+      const double flops = step.flops.flops[p][c];
+      if (flops > 0) f_->flops_mode[p][c]->Increment(flops);
+    }
+  }
 }
 
 void ServerMetrics::ObserveInterToken(double seconds) { f_->inter_token.Observe(seconds); }
@@ -377,10 +454,13 @@ void ServerMetrics::ObserveSelection(const SelectionTrace& trace) {
   f_->selected_ratio.Observe(selected / available);
 }
 
-void ServerMetrics::SetMemory(double kv_cache_bytes, double hr_cache_bytes, double device_bytes) {
-  f_->kv_cache_bytes.Set(kv_cache_bytes);
-  f_->hr_cache_bytes.Set(hr_cache_bytes);
-  f_->device_bytes.Set(device_bytes);
+void ServerMetrics::SetMemory(const EngineMemory& memory) {
+  const double pool = static_cast<double>(memory.kv_cache_pool_bytes);
+  const double used = static_cast<double>(memory.kv_cache_used_bytes);
+  f_->kv_cache_bytes.Set(used);
+  f_->kv_cache_capacity_bytes.Set(pool);
+  f_->kv_cache_usage.Set(pool > 0 ? used / pool : 0);
+  f_->hr_cache_bytes.Set(static_cast<double>(memory.hr_cache_bytes));
 }
 
 void ServerMetrics::Refresh() const {

@@ -1,6 +1,7 @@
-// The server's Prometheus metrics, all named flexvqa_* (the list: deploy/README.md): one
-// ServerMetrics owned by main and passed by reference to the scheduler (steps, tokens), the service
-// (one call per request) and the server (scrape-time gauges). Every method is thread-safe. The
+// The server's Prometheus metrics, named flexvqa_* plus the standard process_* (the list:
+// deploy/README.md): one ServerMetrics owned by main and passed by reference to the scheduler (one
+// call per worker step: tokens and FLOPs as they are produced), the service (one call per request:
+// counts and latencies) and the server (scrape-time gauges). Every method is thread-safe. The
 // /metrics endpoint (server/metrics_endpoint.h) is optional: when it cannot bind, StartEndpoint
 // logs and returns the error and serving goes on.
 #pragma once
@@ -48,17 +49,20 @@ class ServerMetrics {
   void SetStatsSource(std::function<SchedulerStats()> source);
 
   // Service: every call once, when it ends. `final_item` is null when the call never reached the
-  // scheduler (unparseable, rejected at Submit).
+  // scheduler (unparseable, rejected at Submit). The phase latencies (queue ... decode) count calls
+  // that ended OK only; the end-to-end duration counts every call that reached the scheduler, by
+  // finish reason, so failures stay apart.
   void ObserveRequest(const std::string& method, StatusCode code, const StreamItem* final_item);
-  // Scheduler worker: sequences prefilled and decoded in one step (0: that phase did not run).
-  void ObserveStep(int prefill_sequences, int decode_sequences);
+  // Scheduler worker, once per step: what the step produced (tokens and FLOPs counted here, not at
+  // completion).
+  void ObserveStep(const StepUsage& step);
   // Scheduler worker: the gap between two tokens of one sequence.
   void ObserveInterToken(double seconds);
   // Scheduler worker, when a sequence with an image retires: its high-resolution selections (an
   // empty trace, from modes that select nothing, is ignored).
   void ObserveSelection(const SelectionTrace& trace);
-  // Engine memory in bytes (the scheduler sets it after every step from Engine::Memory).
-  void SetMemory(double kv_cache_bytes, double hr_cache_bytes, double device_bytes);
+  // Engine memory (the scheduler sets it after every step from Engine::Memory).
+  void SetMemory(const EngineMemory& memory);
 
   // The text exposition of everything (after refreshing the scrape-time gauges): tests, debugging.
   std::string Serialize() const;

@@ -31,7 +31,8 @@ struct Scheduler::Sequence {
   SequenceId id = -1;  // Engine sequence id once admitted.
   int64_t prefill_step = -1;
   int generated = 0;
-  SequenceReport report;  // The engine's, taken just before Release.
+  SequenceReport report;   // The engine's, taken just before Release.
+  SequenceReport counted;  // The part of the engine's report already in the metrics.
   Clock::time_point prepare_start, prepare_end, admitted, first_token, last_token;
 };
 
@@ -190,6 +191,8 @@ void Scheduler::AdmitAndPrefill(std::vector<SequencePtr> admitted) {
     sequence->id = *id;
     sequence->admitted = Clock::now();
     sequence->prefill_step = step_;
+    step_usage_.prompt_tokens += sequence->prepared->prompt_tokens;
+    step_usage_.image_tokens += sequence->prepared->image_tokens;
     ids.push_back(*id);
     running_.push_back(std::move(sequence));
   }
@@ -197,7 +200,7 @@ void Scheduler::AdmitAndPrefill(std::vector<SequencePtr> admitted) {
   std::vector<TokenEvent> events;
   const Clock::time_point start = Clock::now();
   engine_->Prefill(ids, &events);
-  if (metrics_ != nullptr) metrics_->ObserveStep(static_cast<int>(ids.size()), 0);
+  step_usage_.prefill_sequences = static_cast<int>(ids.size());
   Logger("scheduler")
       ->debug("step {}: prefilled {} sequences in {:.2f} ms", step_, ids.size(),
               Ms(Clock::now() - start));
@@ -212,7 +215,7 @@ void Scheduler::DecodeRunning() {
   if (ids.empty()) return;
   std::vector<TokenEvent> events;
   engine_->Decode(ids, &events);
-  if (metrics_ != nullptr) metrics_->ObserveStep(0, static_cast<int>(ids.size()));
+  step_usage_.decode_sequences = static_cast<int>(ids.size());
   ApplyEvents(events);
 }
 
@@ -228,6 +231,7 @@ void Scheduler::ApplyEvents(const std::vector<TokenEvent>& events) {
     Sequence& sequence = **it;
     if (event.token_id >= 0) {
       ++sequence.generated;
+      ++step_usage_.generated_tokens;
       if (!IsSet(sequence.first_token)) sequence.first_token = now;
       if (metrics_ != nullptr && IsSet(sequence.last_token)) {
         metrics_->ObserveInterToken(
@@ -254,6 +258,7 @@ void Scheduler::Retire(size_t index, Status status, FinishReason reason) {
   SequencePtr sequence = std::move(running_[index]);
   running_.erase(running_.begin() + static_cast<std::ptrdiff_t>(index));
   sequence->report = engine_->Report(sequence->id);  // Valid until Release.
+  CountProgress(*sequence, sequence->report);
   if (metrics_ != nullptr && sequence->prepared->image_tokens > 0) {
     metrics_->ObserveSelection(engine_->Selections(sequence->id));  // Empty unless it selected.
   }
@@ -261,14 +266,27 @@ void Scheduler::Retire(size_t index, Status status, FinishReason reason) {
   Finish(*sequence, std::move(status), reason);
 }
 
+void Scheduler::CountProgress(Sequence& sequence, const SequenceReport& report) {
+  step_usage_.selected_hr_tokens += report.selected_hr_tokens - sequence.counted.selected_hr_tokens;
+  for (int p = 0; p < FlopCount::kNumPhases; ++p) {
+    for (int c = 0; c < FlopCount::kNumComponents; ++c) {
+      step_usage_.flops.flops[p][c] +=
+          report.flops.flops[p][c] - sequence.counted.flops.flops[p][c];
+    }
+  }
+  sequence.counted = report;
+}
+
 void Scheduler::PublishStep() {
   const int free_slots = engine_->FreeSlots();
   if (metrics_ != nullptr) {
-    const EngineMemory memory = engine_->Memory();
-    // Device memory in use is not reported by the engine yet (CPU builds have none to report).
-    metrics_->SetMemory(static_cast<double>(memory.kv_cache_used_bytes),
-                        static_cast<double>(memory.hr_cache_bytes), 0.0);
+    for (const SequencePtr& sequence : running_) {
+      CountProgress(*sequence, engine_->Report(sequence->id));
+    }
+    metrics_->ObserveStep(step_usage_);
+    metrics_->SetMemory(engine_->Memory());
   }
+  step_usage_ = StepUsage();
   {
     std::lock_guard<std::mutex> lock(mu_);
     ++stats_.steps;

@@ -84,6 +84,19 @@ class RequestHandle {
   std::atomic<bool> cancelled_{false};
 };
 
+// What one worker step produced, summed over its sequences, for the metrics: counted per step (not
+// at completion) so that rates move during a long request. Token and FLOP figures are the engine's
+// per-sequence reports minus what earlier steps already counted.
+struct StepUsage {
+  int prefill_sequences = 0;  // Sequences prefilled (admitted this step).
+  int decode_sequences = 0;   // Sequences decoded one token.
+  int64_t prompt_tokens = 0;  // Prompt tokens of the sequences prefilled (image tokens included).
+  int64_t image_tokens = 0;
+  int64_t generated_tokens = 0;  // Tokens emitted this step (stop tokens included).
+  int64_t selected_hr_tokens = 0;
+  FlopCount flops;
+};
+
 struct SchedulerStats {
   int running = 0;       // Sequences holding a KV slot.
   int queued = 0;        // Prepared, waiting for a slot.
@@ -98,7 +111,8 @@ struct SchedulerStats {
 class Scheduler {
  public:
   // `engine` (and `metrics` when not null) must outlive the scheduler. Starts the worker and the
-  // preprocessing pool. `metrics` receives batch sizes, inter-token gaps and flex selections.
+  // preprocessing pool. `metrics` receives each step's usage (batch sizes, tokens, FLOPs),
+  // inter-token gaps and flex selections.
   Scheduler(Engine* engine, const SchedulerConfig& config, ServerMetrics* metrics = nullptr);
   // Drains with no grace time (everything still running ends UNAVAILABLE), then joins.
   ~Scheduler();
@@ -137,6 +151,8 @@ class Scheduler {
   void ApplyEvents(const std::vector<TokenEvent>& events);
   // Takes running_[index]'s report, releases its slot, sends its final item and removes it.
   void Retire(size_t index, Status status, FinishReason reason);
+  // Adds to step_usage_ what `report` holds beyond what the sequence's earlier steps counted.
+  void CountProgress(Sequence& sequence, const SequenceReport& report);
   void PublishStep();
   // Sends the final item. Any scheduler thread; the sequence must no longer hold a slot.
   void Finish(Sequence& sequence, Status status, FinishReason reason);
@@ -160,6 +176,7 @@ class Scheduler {
 
   std::vector<SequencePtr> running_;  // Worker thread only.
   int64_t step_ = 0;                  // Worker thread only.
+  StepUsage step_usage_;              // Worker thread only: this step's, for the metrics.
   ThreadPool pool_;
   std::thread worker_;
 };

@@ -5,14 +5,18 @@ Starts flexvqa_server (on a tiny flex checkpoint written by make_tiny_llava, or 
 Debian's prometheus with deploy/prometheus/prometheus.yml adjusted to the test (1 s scrapes, the server's
 metrics port, the alert rules with every `for` shortened to 0s), then:
   - promtool check config / check rules on the shipped files;
+  - sends one long request and sees the token and FLOP counters take values between its start and its
+    end while it streams (they are counted per worker step, not at completion);
   - sends good requests (with and without images), a burst of bad ones and a flood beyond the queue;
   - checks the metric values against what the clients received: calls by status, token sums, FLOPs by
-    phase equal to the sum of the final messages' figures, histogram counts;
+    phase equal to the sum of the final messages' figures, histogram counts, calls by finish reason;
+    the newer series (decode time, lengths, tokens per step, KV capacity and usage) and that their
+    buckets resolve the values the clients saw;
   - evaluates every PromQL expression of every panel of deploy/grafana/flexvqa.json (template variables
     substituted) and the KEDA trigger's query, failing on an error or on no data;
   - checks every alert rule evaluates without error, sees FlexvqaHighErrorRatio and FlexvqaQueueSaturated
     fire, then stops the server (SIGTERM: exit 0) and sees FlexvqaDown fire.
-Bounded: everything ends within --timeout seconds (default 85) and the processes are stopped.
+Bounded: everything ends within --timeout seconds (default 100) and the processes are stopped.
 
     metrics_e2e_test.py --server_bin BIN --stubs DIR --deploy_dir deploy [--make_model BIN]
 """
@@ -39,6 +43,7 @@ import yaml  # python3-yaml
 FAILURES = []
 CHECKS = [0]
 START = time.monotonic()
+START_WALL = time.time()
 
 
 def check(condition, what):
@@ -119,7 +124,11 @@ def shorten_rules(rules):
 
 
 def substitute(expr, instance_regex):
-    return expr.replace("$__rate_interval", "30s").replace("$instance", instance_regex)
+    """A panel's expression as Grafana sends it: $job's default, every other variable "All"."""
+    for variable, value in (("$__rate_interval", "30s"), ("$instance", instance_regex), ("$job", "flexvqa"),
+                            ("$namespace", ".*"), ("$pod", ".*"), ("$model", ".*")):
+        expr = expr.replace(variable, value)
+    return expr
 
 
 def main():
@@ -130,7 +139,7 @@ def main():
     parser.add_argument("--make_model", help="make_tiny_llava: serve a tiny flex checkpoint")
     parser.add_argument("--prometheus", default="/usr/bin/prometheus")
     parser.add_argument("--promtool", default="/usr/bin/promtool")
-    parser.add_argument("--timeout", type=float, default=85)
+    parser.add_argument("--timeout", type=float, default=100)
     args = parser.parse_args()
     sys.path.insert(0, args.stubs)
     import grpc  # noqa: E402  (python3-grpcio)
@@ -194,7 +203,9 @@ def main():
         test_config["global"]["scrape_interval"] = "1s"
         test_config["global"]["evaluation_interval"] = "1s"
         job = next(j for j in test_config["scrape_configs"] if j["job_name"] == "flexvqa")
-        job["scrape_timeout"] = "1s"
+        # 250 ms on the server: several scrapes during the long request below, whatever the CPU speed.
+        job["scrape_interval"] = "250ms"
+        job["scrape_timeout"] = "250ms"
         job["static_configs"] = [{"targets": ["127.0.0.1:%d" % metrics_port]}]
         test_config["rule_files"] = [os.path.join(tmp, "rules.yml")]
         with open(os.path.join(tmp, "rules.yml"), "w") as f:
@@ -266,16 +277,49 @@ def main():
             request.sampling.ignore_eos = True
             return request
 
-        results = []
+        # --- One long request: the counters move while it streams, not only when it ends. ---
+        def samples(expr, since, until):
+            """Raw samples of one series scraped in [since, until] (Unix seconds)."""
+            result, _ = prom.query("%s[%ds]" % (expr, int(time.time() - since) + 2))
+            return [float(v) for t, v in (result[0]["values"] if result else []) if since <= float(t) <= until]
+        generated_expr = 'flexvqa_generated_tokens_total{job="flexvqa"}'
+        decode_expr = 'flexvqa_flops_total{job="flexvqa", phase="decode", component="mlp"}'
+        before = {e: prom.value(e) or 0.0 for e in (generated_expr, decode_expr)}
+        long_tokens = max(64, min(info.limits.max_new_tokens, info.context_length // 2))
+        long_request = vqa_pb2.GenerateRequest(question="tell a long story")
+        long_request.sampling.max_new_tokens = long_tokens
+        long_request.sampling.ignore_eos = True
+        started = time.time()
+        long_result = generate(long_request)
+        ended = time.time()
+        check(long_result[0] == "OK" and long_result[1] is not None and
+              long_result[1].usage.generated_tokens == long_tokens,
+              "one long request: %d tokens in %.2f s" % (long_tokens, ended - started))
+        # A scrape after it ended, so that the final values are in too.
+        after_scrape = wait_until(lambda: prom.value(generated_expr) == before[generated_expr] + long_tokens,
+                                  min(left(), 10))
+        check(after_scrape, "flexvqa_generated_tokens_total rose by the long request's %d tokens" % long_tokens)
+        for expr in (generated_expr, decode_expr):
+            during = samples(expr, started + 0.05, ended - 0.05)
+            final = prom.value(expr)
+            between = [v for v in during if before[expr] < v < final]
+            check(len(between) >= 1, "%s took values between %s and %s while the request streamed "
+                  "(%d scrapes in %.2f s: %s)" % (expr, before[expr], final, len(during), ended - started,
+                                                  ", ".join("%.6g" % v for v in during[:8])))
+
+        results = [long_result]
         with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:  # Within the queue limit.
             results += list(pool.map(generate, [good(i) for i in range(12)]))
         check(all(code == "OK" for code, _ in results),
               "12 good requests, 4 at a time, answered OK (%s)" % sorted({c for c, _ in results}))
-        with concurrent.futures.ThreadPoolExecutor(max_workers=40) as pool:
+        # Bad requests within the queue limit (--max_queued 6): on a loaded machine a wider burst would
+        # meet RESOURCE_EXHAUSTED before validation.
+        with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
             bad_results = list(pool.map(generate, [bad(i) for i in range(25)]))
-            check(all(code == "INVALID_ARGUMENT" for code, _ in bad_results),
-                  "25 bad requests got INVALID_ARGUMENT (%s)" % sorted({c for c, _ in bad_results}))
-            results += bad_results
+        check(all(code == "INVALID_ARGUMENT" for code, _ in bad_results),
+              "25 bad requests got INVALID_ARGUMENT (%s)" % sorted({c for c, _ in bad_results}))
+        results += bad_results
+        with concurrent.futures.ThreadPoolExecutor(max_workers=40) as pool:
             flood_results = list(pool.map(generate, [flood(i) for i in range(40)]))
             check(any(code == "RESOURCE_EXHAUSTED" for code, _ in flood_results) and
                   any(code == "OK" for code, _ in flood_results),
@@ -325,19 +369,70 @@ def main():
               "one inter-token observation per token after the first")
         check(prom.value('sum(flexvqa_batch_size_sequences_sum{job="flexvqa", phase="prefill"})') == len(finals),
               "every admitted request was prefilled once (batch size sums)")
+        # Failures apart: answered calls by finish reason, as the clients saw them.
+        for reason, number in (("stop", vqa_pb2.FINISH_REASON_STOP), ("length", vqa_pb2.FINISH_REASON_LENGTH)):
+            expected = sum(1 for code, f in results if code == "OK" and f is not None and f.finish_reason == number)
+            got = prom.value('sum(flexvqa_request_duration_seconds_count{job="flexvqa", finish_reason="%s"})' % reason)
+            check(got == expected, "flexvqa_request_duration_seconds{finish_reason=%s} counts %s calls (clients: %d)" %
+                  (reason, got, expected))
+        # Calls the service rejects before the scheduler (unparseable, queue full at Submit) are not in it.
+        failed = total - codes.get("OK", 0)
+        got = prom.value('sum(flexvqa_request_duration_seconds_count{job="flexvqa", finish_reason="error"})')
+        check(got is not None and 0 < got <= failed,
+              "failed calls that reached the scheduler are in finish_reason=error (%s of %d failed)" % (got, failed))
+        answered = sum(1 for code, f in results if code == "OK" and f is not None)
+        check(prom.value('flexvqa_request_queue_seconds_count{job="flexvqa"}') == answered,
+              "the queue-time histogram counts the %d answered calls only, not the failures" % answered)
+        check(prom.value('flexvqa_request_decode_seconds_count{job="flexvqa"}') == with_tokens,
+              "one decode-time observation per answered request (%d)" % with_tokens)
+        for name, field in (("flexvqa_request_prompt_tokens", "prompt_tokens"),
+                            ("flexvqa_request_generation_tokens", "generated_tokens")):
+            values = [getattr(f.usage, field) for f in finals]
+            check(prom.value('sum(%s_count{job="flexvqa"})' % name) == len(values) and
+                  close(prom.value('sum(%s_sum{job="flexvqa"})' % name), sum(values)),
+                  "%s: %d requests, %d tokens" % (name, len(values), sum(values)))
+        check(close(prom.value('sum(flexvqa_step_tokens_sum{job="flexvqa"})'),
+                    sums["flexvqa_prompt_tokens_total"] + sums["flexvqa_generated_tokens_total"]),
+              "flexvqa_step_tokens sums to the prompt plus generated tokens")
+        check(prom.value('flexvqa_kv_cache_slots{job="flexvqa"}') == 2, "flexvqa_kv_cache_slots = --max_sequences (2)")
+        check((prom.value('flexvqa_kv_cache_capacity_bytes{job="flexvqa"}') or 0) > 0, "the KV-cache pool's bytes are exported")
+        usage = samples('flexvqa_kv_cache_usage_ratio{job="flexvqa"}', START_WALL, time.time())
+        check(usage and max(usage) > 0 and all(0 <= v <= 1 for v in usage),
+              "flexvqa_kv_cache_usage_ratio is a fraction that rose under load (max %s)" % (max(usage) if usage else None))
+        for name in ("process_resident_memory_bytes", "process_start_time_seconds"):
+            check((prom.value('%s{job="flexvqa"}' % name) or 0) > 0, "the standard %s is exported" % name)
+        result, _ = prom.query('{job="flexvqa", __name__=~"flexvqa_process_.*|flexvqa_device_memory_used_bytes"}')
+        check(result == [], "no flexvqa_process_* duplicates, no always-0 device memory gauge")
+        le = {r["metric"]["le"] for r in prom.query('flexvqa_inter_token_latency_seconds_bucket{job="flexvqa"}')[0] or []}
+        check("30" in le and "2.5" in le, "inter-token buckets reach 30 s (a step stalled behind a long prefill)")
         if info.mode == "flex":
+            # The buckets resolve the values: the estimated median lies within the bucket step (x1.5) of
+            # the real one (powers of 4 read 163,840 for values of 103k-125k).
+            selected = sorted(f.usage.selected_hr_tokens for f in finals if f.usage.image_tokens > 0)
+            estimate = prom.value('histogram_quantile(0.5, sum by (le) (flexvqa_request_selected_hr_tokens_bucket{job="flexvqa"}))')
+            real = selected[len(selected) // 2] if selected else None
+            check(real and estimate and real / 1.5 <= estimate <= real * 1.5,
+                  "selected HR tokens p50 from the buckets %s vs the clients' median %s" % (estimate, real))
             with_image = sum(1 for f in finals if f.usage.image_tokens > 0)
             check(prom.value('flexvqa_request_selected_hr_ratio_count{job="flexvqa"}') == with_image,
                   "one selected-fraction observation per flex request with an image (%d)" % with_image)
 
         # --- Every panel's expressions return data. ---
-        instances = prom.get("/api/v1/label/instance/values", **{"match[]": 'flexvqa_build_info{job="flexvqa"}'})
+        instances = prom.get("/api/v1/label/instance/values", **{"match[]": 'flexvqa_model_info{job="flexvqa"}'})
         check(instances.get("status") == "success" and len(instances["data"]) == 1,
-              "the $instance variable's query (label_values(flexvqa_build_info, instance)) finds the server")
+              "the $instance variable's query (label_values(flexvqa_model_info, instance)) finds the server")
         instance_regex = instances["data"][0].replace(".", "\\\\.") if instances.get("data") else ".*"
         panels = [p for p in dashboard["panels"] if p.get("type") != "row"]
-        check(any(v["name"] == "datasource" and v["type"] == "datasource" for v in dashboard["templating"]["list"]),
-              "the dashboard has a datasource variable")
+        variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+        check(variables.get("datasource", {}).get("type") == "datasource" and
+              {"job", "namespace", "pod", "model", "instance"} <= set(variables),
+              "the dashboard has datasource, job, namespace, pod, model and instance variables")
+        check([i["name"] for i in dashboard.get("__inputs", [])] == ["DS_PROMETHEUS"] and
+              variables["datasource"]["current"].get("value") == "${DS_PROMETHEUS}",
+              "__inputs asks for the data source at import and makes it $datasource's default")
+        for p in panels:
+            for target in p.get("targets", []):
+                check('job="flexvqa"' not in target["expr"], "panel '%s' %s has no hard-coded job" % (p["title"], target["refId"]))
         expressions = 0
         for p in panels:
             for target in p.get("targets", []):
@@ -380,6 +475,11 @@ def main():
             return now_firing
         on = wait_until(firing({"FlexvqaHighErrorRatio", "FlexvqaQueueSaturated"}), min(left(), 15), 0.2)
         check(on is not None, "FlexvqaHighErrorRatio and FlexvqaQueueSaturated fire (firing: %s)" % on)
+        healthy = {"FlexvqaInternalErrors", "FlexvqaModelNotLoaded", "FlexvqaRestarting", "FlexvqaNoReplicaUp",
+                   "FlexvqaDown", "FlexvqaDrainStuck"}
+        check(on is not None and not (on & healthy),
+              "nothing that did not happen fires (no INTERNAL, model loaded, no restart, up, not draining): %s" %
+              sorted((on or set()) & healthy))
         check(prom.value('sum(flexvqa_draining{job="flexvqa"})') == 0, "not draining while serving")
 
         channel.close()

@@ -2,10 +2,16 @@
 // the Kubernetes API schemas (kubernetes-models; KEDA and Prometheus Operator CRDs from their
 // @kubernetes-models packages), unknown fields included, then checks that the manifests agree with the
 // server: ConfigMap keys are real flags, probes and Services point at the ports the server listens on
-// (its --help defaults with the ConfigMap's overrides), the grace period covers preStop plus the drain.
+// (its --help defaults with the ConfigMap's overrides), the drain covers the queue wait plus the
+// longest answer and the grace period covers preStop plus the drain, Guaranteed QoS, a hash-suffixed
+// ConfigMap, bounded emptyDirs, a PodDisruptionBudget that suits the replica count (and an HA overlay
+// with 2+ replicas spread over nodes), KEDA on utilisation.
 //
 //   node validate_k8s.mjs --k8s DIR --server-bin BIN --health-header server/vqa_server.h
-// Renders with `kubectl kustomize` when kubectl is on PATH, else resolves resources/components itself.
+// Renders with `kubectl kustomize` when kubectl is on PATH, else with its own small kustomize (the
+// features deploy/k8s uses: resources, components, configMapGenerator, replicas, strategic-merge
+// patches, namespace, images); with kubectl it checks that both renderings agree.
+import crypto from "node:crypto";
 import { execFileSync } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
@@ -124,6 +130,25 @@ function readYamlDocs(file) {
   return YAML.parseAllDocuments(fs.readFileSync(file, "utf8")).map((d) => d.toJS()).filter(Boolean);
 }
 
+// A strategic-merge patch as deploy/k8s uses them: maps merge, null deletes, lists are replaced.
+function mergePatch(target, patch) {
+  for (const [key, value] of Object.entries(patch)) {
+    if (value === null) delete target[key];
+    else if (typeof value === "object" && !Array.isArray(value) && typeof target[key] === "object" &&
+             target[key] !== null && !Array.isArray(target[key])) mergePatch(target[key], value);
+    else target[key] = structuredClone(value);
+  }
+}
+
+function readEnvFile(file) {
+  const data = {};
+  for (const line of fs.readFileSync(file, "utf8").split("\n")) {
+    const m = line.match(/^\s*([A-Za-z_][A-Za-z0-9_]*)=(.*)$/);
+    if (m) data[m[1]] = m[2];
+  }
+  return data;
+}
+
 function renderSelf(dir) {
   const k = readYamlDocs(path.join(dir, "kustomization.yaml"))[0];
   let docs = [];
@@ -131,14 +156,59 @@ function renderSelf(dir) {
     const p = path.join(dir, entry);
     docs = docs.concat(fs.statSync(p).isDirectory() ? renderSelf(p) : readYamlDocs(p));
   }
+  for (const generator of k.configMapGenerator || []) {
+    const data = {};
+    for (const env of generator.envs || []) Object.assign(data, readEnvFile(path.join(dir, env)));
+    // A content hash as kustomize's (not its exact digest): the name changes with the data.
+    const hash = crypto.createHash("sha256").update(JSON.stringify(data)).digest("hex").slice(0, 10);
+    const name = `${generator.name}-${hash}`;
+    docs.push({ apiVersion: "v1", kind: "ConfigMap",
+                metadata: { name, labels: { ...(generator.options?.labels || {}) } }, data });
+    for (const d of docs.filter((x) => x.kind === "Deployment")) {
+      for (const c of d.spec.template.spec.containers) {
+        for (const e of c.envFrom || []) if (e.configMapRef?.name === generator.name) e.configMapRef.name = name;
+      }
+    }
+  }
+  for (const patch of k.patches || []) {
+    for (const p of readYamlDocs(path.join(dir, patch.path))) {
+      const target = docs.find((d) => d.kind === p.kind && d.metadata.name === p.metadata.name);
+      if (!target) throw new Error(`${dir}: patch ${patch.path} matches no ${p.kind}/${p.metadata.name}`);
+      mergePatch(target, p);
+    }
+  }
+  for (const r of k.replicas || []) {
+    docs.filter((d) => d.kind === "Deployment" && d.metadata.name === r.name).forEach((d) => { d.spec.replicas = r.count; });
+  }
   if (k.namespace) docs.forEach((d) => { d.metadata.namespace = k.namespace; });
+  for (const image of k.images || []) {
+    for (const d of docs.filter((x) => x.kind === "Deployment")) {
+      for (const c of d.spec.template.spec.containers) {
+        if (c.image.split(":")[0] === image.name) c.image = `${image.newName || image.name}:${image.newTag || "latest"}`;
+      }
+    }
+  }
   return docs;
+}
+
+// Both renderings with the generated names' hashes blanked, keyed by kind/name, keys sorted.
+function canonical(docs) {
+  const sortKeys = (v) => (Array.isArray(v) ? v.map(sortKeys) : v && typeof v === "object"
+    ? Object.fromEntries(Object.keys(v).sort().map((key) => [key, sortKeys(v[key])])) : v);
+  const blank = (t) => t.replace(/(flexvqa-config)-[a-z0-9]{10}/g, "$1-HASH");
+  const text = (d) => blank(JSON.stringify(sortKeys(d)));
+  return Object.fromEntries(docs.map((d) => [blank(`${d.kind}/${d.metadata.name}`), text(d)]));
 }
 
 function render(dir) {
   try {
     const out = execFileSync("kubectl", ["kustomize", dir], { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
-    return { docs: YAML.parseAllDocuments(out).map((d) => d.toJS()).filter(Boolean), how: "kubectl kustomize" };
+    const docs = YAML.parseAllDocuments(out).map((d) => d.toJS()).filter(Boolean);
+    const [theirs, ours] = [canonical(docs), canonical(renderSelf(dir))];
+    const differ = [...new Set([...Object.keys(theirs), ...Object.keys(ours)])].filter((key) => theirs[key] !== ours[key]);
+    check(differ.length === 0, `${path.relative(args.k8s, dir)}: the built-in rendering equals kubectl kustomize's` +
+          (differ.length ? ` (differ: ${differ.join(", ")})` : ""));
+    return { docs, how: "kubectl kustomize" };
   } catch (e) {
     if (e.code !== "ENOENT") throw new Error(`kubectl kustomize ${dir}: ${e.stderr || e.message}`);
     return { docs: renderSelf(dir), how: "resources and components" };
@@ -210,6 +280,26 @@ function checkConsistency(docs, root, flags, healthName) {
   check(startup.periodSeconds * startup.failureThreshold >= 300,
         `${tag}: startupProbe allows ${startup.periodSeconds * startup.failureThreshold} s (>= 300 s) to load the model`);
   const drainS = Number(setting("FLEXVQA_DRAIN_MS")) / 1000;
+  // The drain must let a request accepted just before SIGTERM wait its whole queue wait and then give
+  // the longest answer: max_new_tokens decode steps of up to DECODE_STEP_S on a loaded GPU after a
+  // first token of up to FIRST_TOKEN_S (gpu.md: TTFT 30-600 ms, 5-90 ms a step; margins on top).
+  const DECODE_STEP_S = 0.09;
+  const FIRST_TOKEN_S = 8;
+  const queueWaitS = Number(setting("FLEXVQA_MAX_QUEUE_WAIT_MS")) / 1000;
+  const longestAnswerS = Number(setting("FLEXVQA_MAX_NEW_TOKENS")) * DECODE_STEP_S + FIRST_TOKEN_S;
+  check(drainS >= queueWaitS + longestAnswerS,
+        `${tag}: the drain (${drainS} s) covers the queue wait (${queueWaitS} s) plus the longest answer ` +
+        `(${longestAnswerS.toFixed(1)} s)`);
+  check(/^flexvqa-config-[a-z0-9]{10}$/.test(configMap.metadata.name),
+        `${tag}: the ConfigMap (${configMap.metadata.name}) has a content-hash suffix, so edits roll the pods`);
+  for (const c of [...(pod.spec.initContainers || []), ...pod.spec.containers]) {
+    const { requests = {}, limits = {} } = c.resources || {};
+    const same = ["cpu", "memory"].every((r) => requests[r] !== undefined && String(requests[r]) === String(limits[r]));
+    check(same, `${tag}: container ${c.name} has requests == limits for cpu and memory (Guaranteed QoS)`);
+  }
+  for (const v of (pod.spec.volumes || []).filter((x) => "emptyDir" in x)) {
+    check(v.emptyDir?.sizeLimit !== undefined, `${tag}: emptyDir ${v.name} has a sizeLimit`);
+  }
   const preStop = container.lifecycle?.preStop;
   const preStopS = preStop?.sleep?.seconds ?? Number(preStop?.exec?.command?.at(-1) ?? 0);
   const grace = pod.spec.terminationGracePeriodSeconds ?? 30;
@@ -238,7 +328,27 @@ function checkConsistency(docs, root, flags, healthName) {
             `${tag}: Service ${service.metadata.name} port ${p.name} targets a port the server listens on (${target})`);
     }
   }
-  for (const pdb of byKind("PodDisruptionBudget")) check(selects(pdb.spec.selector.matchLabels), `${tag}: the PodDisruptionBudget selects the server pods`);
+  // Replicas: the Deployment's, or KEDA's floor when it drives them.
+  const scaled = byKind("ScaledObject")[0];
+  const replicas = Math.max(deployment.spec.replicas ?? 1, scaled?.spec.minReplicaCount ?? 0);
+  const pdbs = byKind("PodDisruptionBudget");
+  check(pdbs.length === 1, `${tag}: one PodDisruptionBudget`);
+  for (const pdb of pdbs) {
+    check(selects(pdb.spec.selector.matchLabels), `${tag}: the PodDisruptionBudget selects the server pods`);
+    const { minAvailable, maxUnavailable } = pdb.spec;
+    if (replicas < 2) {
+      // Evicting the only replica is an outage: evictions must wait for a second one.
+      check(maxUnavailable === 0 || minAvailable >= 1,
+            `${tag}: one replica: the PodDisruptionBudget refuses to evict it (maxUnavailable ${maxUnavailable}, minAvailable ${minAvailable})`);
+    } else {
+      check(minAvailable === 1 && maxUnavailable === undefined,
+            `${tag}: ${replicas} replicas: the PodDisruptionBudget keeps one serving (minAvailable 1)`);
+      const spread = pod.spec.topologySpreadConstraints || [];
+      check(spread.some((t) => t.topologyKey === "kubernetes.io/hostname" && t.whenUnsatisfiable === "DoNotSchedule" &&
+                        selects(t.labelSelector?.matchLabels)),
+            `${tag}: ${replicas} replicas are spread over nodes (topologySpreadConstraints on kubernetes.io/hostname)`);
+    }
+  }
   for (const monitor of byKind("ServiceMonitor")) {
     const service = byKind("Service").find((s) => Object.entries(monitor.spec.selector.matchLabels)
       .every(([k, v]) => s.metadata.labels?.[k] === v));
@@ -251,8 +361,12 @@ function checkConsistency(docs, root, flags, healthName) {
   for (const scaled of byKind("ScaledObject")) {
     check(scaled.spec.scaleTargetRef.name === deployment.metadata.name, `${tag}: ScaledObject scales the Deployment`);
     for (const trigger of scaled.spec.triggers) {
-      check(trigger.type === "prometheus" && /flexvqa_requests_waiting/.test(trigger.metadata.query),
-            `${tag}: ScaledObject scales on the queue metric`);
+      const query = trigger.metadata.query;
+      check(trigger.type === "prometheus" && ["flexvqa_requests_running", "flexvqa_requests_waiting",
+        "flexvqa_max_running_requests"].every((m) => query.includes(m)),
+            `${tag}: ScaledObject scales on utilisation ((running + waiting) / capacity)`);
+      check(trigger.metadata.ignoreNullValues === "false",
+            `${tag}: ScaledObject: an empty query result is an error (ignoreNullValues "false"), not a 0`);
     }
   }
 }
@@ -261,13 +375,21 @@ const flags = serverFlags(args["server-bin"]);
 check(Object.keys(flags).length > 10, `read ${Object.keys(flags).length} flags from ${args["server-bin"]} --help`);
 const healthName = fs.readFileSync(args["health-header"], "utf8").match(/kHealthServiceName\[\] = "([^"]+)"/)[1];
 const roots = kustomizationRoots(args.k8s);
-check(roots.length >= 2, `found kustomizations: ${roots.map((r) => path.relative(args.k8s, r)).join(", ")}`);
+check(roots.length >= 3, `found kustomizations: ${roots.map((r) => path.relative(args.k8s, r)).join(", ")}`);
+let highAvailability = false;
 for (const root of roots) {
   const { docs, how } = render(root);
   console.log(`-- ${path.relative(args.k8s, root)}: ${docs.length} objects (${how})`);
   for (const doc of docs) await validateObject(doc, path.relative(args.k8s, root));
   checkConsistency(docs, root, flags, healthName);
+  highAvailability ||= (docs.find((d) => d.kind === "Deployment")?.spec.replicas ?? 1) >= 2;
 }
+check(highAvailability, "an overlay runs 2+ replicas (overlays/ha)");
+// The PrometheusRule carries exactly the rules file's groups.
+const ruleFile = path.join(args.k8s, "..", "prometheus", "flexvqa-alerts.yml");
+const manifest = readYamlDocs(path.join(args.k8s, "components", "prometheusrule", "prometheusrule.yaml"))[0];
+check(JSON.stringify(manifest.spec.groups) === JSON.stringify(readYamlDocs(ruleFile)[0].groups),
+      "the PrometheusRule's groups are deploy/prometheus/flexvqa-alerts.yml's");
 // A broken manifest must fail: the validator is not a no-op.
 const broken = structuredClone(renderSelf(roots[0]).find((d) => d.kind === "Deployment"));
 broken.spec.template.spec.containers[0].readinessProbe.grpc.prot = 50051;

@@ -1,7 +1,8 @@
 // ServerMetrics: known observations appear in the text exposition with the right names, labels and
-// values; the /metrics endpoint answers over HTTP and a failed bind is an error, not a crash; and
-// the scheduler over the fake engine (flex mode) feeds token, FLOP and batch metrics that add up to
-// the requests' own final items.
+// values; failures stay out of the phase latencies; the /metrics endpoint answers over HTTP and a
+// failed bind is an error, not a crash; and the scheduler over the fake engine (flex mode) feeds
+// token, FLOP and batch metrics step by step (they move during a long request) that add up to the
+// requests' own final items.
 #include "server/metrics.h"
 
 #include <arpa/inet.h>
@@ -14,6 +15,7 @@
 #include <condition_variable>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -72,11 +74,29 @@ TEST(MetricsTest, KnownObservationsAppearInTheExposition) {
   item.timings.total_ms = 130;
   item.flops.flops[FlopCount::kPrefill][FlopCount::kAttention] = 1.5e9;
   item.flops.flops[FlopCount::kDecode][FlopCount::kMlp] = 2.5e8;
+  item.timings.decode_ms = 60;
+  item.reason = FinishReason::kLength;
   metrics.ObserveRequest("Generate", StatusCode::kOk, &item);
   metrics.ObserveRequest("Generate", StatusCode::kOk, &item);
   metrics.ObserveRequest("Answer", StatusCode::kInvalidArgument, nullptr);
-  metrics.ObserveStep(3, 0);
-  metrics.ObserveStep(0, 4);
+  StepUsage step;  // Two prefills of the request above, then a decode step.
+  step.prefill_sequences = 3;
+  step.prompt_tokens = 240;
+  step.image_tokens = 200;
+  step.selected_hr_tokens = 1280;
+  step.generated_tokens = 2;
+  step.flops.flops[FlopCount::kPrefill][FlopCount::kAttention] = 3e9;
+  metrics.ObserveStep(step);
+  step = StepUsage();
+  step.decode_sequences = 4;
+  step.generated_tokens = 12;
+  step.flops.flops[FlopCount::kDecode][FlopCount::kMlp] = 5e8;
+  metrics.ObserveStep(step);
+  EngineMemory memory;
+  memory.kv_cache_pool_bytes = 1 << 20;
+  memory.kv_cache_used_bytes = 1 << 18;
+  memory.hr_cache_bytes = 4096;
+  metrics.SetMemory(memory);
   metrics.ObserveInterToken(0.012);
   SelectionTrace trace;
   trace.num_fa_layers = 2;
@@ -118,8 +138,19 @@ TEST(MetricsTest, KnownObservationsAppearInTheExposition) {
   EXPECT_NEAR(Value(s, "flexvqa_request_vision_seconds_sum"), 0.08, 1e-12);
   EXPECT_NEAR(Value(s, "flexvqa_request_queue_seconds_sum"), 0.006, 1e-12);
   EXPECT_NEAR(Value(s, "flexvqa_request_preprocess_seconds_sum"), 0.004, 1e-12);
-  EXPECT_NEAR(Value(s, "flexvqa_request_duration_seconds_sum"), 0.26, 1e-12);
-  EXPECT_EQ(Value(s, "flexvqa_request_duration_seconds_count"), 2);  // Not the rejected call.
+  EXPECT_NEAR(Value(s, "flexvqa_request_decode_seconds_sum"), 0.12, 1e-12);
+  EXPECT_NEAR(Value(s, "flexvqa_request_duration_seconds_sum{finish_reason=\"length\"}"), 0.26,
+              1e-12);
+  // Not the rejected call, which never reached the scheduler.
+  EXPECT_EQ(Value(s, "flexvqa_request_duration_seconds_count{finish_reason=\"length\"}"), 2);
+  EXPECT_EQ(Value(s, "flexvqa_request_duration_seconds_count{finish_reason=\"error\"}"), 0);
+  EXPECT_EQ(Value(s, "flexvqa_request_prompt_tokens_bucket{mode=\"flex\",le=\"64\"}"), 0);
+  EXPECT_EQ(Value(s, "flexvqa_request_prompt_tokens_bucket{mode=\"flex\",le=\"128\"}"), 2);
+  EXPECT_EQ(Value(s, "flexvqa_request_generation_tokens_bucket{mode=\"flex\",le=\"8\"}"), 2);
+  EXPECT_EQ(Value(s, "flexvqa_request_generation_tokens_bucket{mode=\"flex\",le=\"4\"}"), 0);
+  EXPECT_EQ(Value(s, "flexvqa_step_tokens_count"), 2);
+  EXPECT_EQ(Value(s, "flexvqa_step_tokens_sum"), 254);
+  EXPECT_EQ(Value(s, "flexvqa_step_tokens_bucket{le=\"16\"}"), 1);
   EXPECT_EQ(Value(s, "flexvqa_inter_token_latency_seconds_bucket{le=\"0.015\"}"), 1);
   EXPECT_EQ(Value(s, "flexvqa_inter_token_latency_seconds_bucket{le=\"0.01\"}"), 0);
   EXPECT_EQ(Value(s, "flexvqa_batch_size_sequences_sum{phase=\"prefill\"}"), 3);
@@ -135,8 +166,13 @@ TEST(MetricsTest, KnownObservationsAppearInTheExposition) {
   EXPECT_EQ(Value(s, "flexvqa_draining"), 1);
   EXPECT_EQ(Value(s, "flexvqa_max_queued_requests"), 16);
   EXPECT_EQ(Value(s, "flexvqa_max_running_requests"), 4);
-  EXPECT_GT(Value(s, "flexvqa_process_resident_memory_bytes"), 0);
-  EXPECT_EQ(Value(s, "flexvqa_kv_cache_memory_bytes"), 0);
+  EXPECT_EQ(Value(s, "flexvqa_kv_cache_slots"), 4);
+  EXPECT_GT(Value(s, "process_resident_memory_bytes"), 0);
+  EXPECT_GT(Value(s, "process_start_time_seconds"), 1.7e9);
+  EXPECT_EQ(Value(s, "flexvqa_kv_cache_memory_bytes"), 1 << 18);
+  EXPECT_EQ(Value(s, "flexvqa_kv_cache_capacity_bytes"), 1 << 20);
+  EXPECT_EQ(Value(s, "flexvqa_kv_cache_usage_ratio"), 0.25);
+  EXPECT_EQ(Value(s, "flexvqa_hr_cache_memory_bytes"), 4096);
   EXPECT_EQ(
       Value(
           s,
@@ -149,7 +185,48 @@ TEST(MetricsTest, KnownObservationsAppearInTheExposition) {
   EXPECT_EQ(Value(Parse(metrics.Serialize()), "flexvqa_requests_running"), 3);  // Last value kept.
 }
 
-// Every counter ends in _total and every name has the prefix (Prometheus naming conventions).
+// A failed call counts in flexvqa_request_duration_seconds{finish_reason="error"} (or
+// "cancelled") and in no phase latency: a fast failure must not pull the latencies down.
+TEST(MetricsTest, FailuresStayOutOfThePhaseLatencies) {
+  ServerMetrics metrics;
+  metrics.SetModel(FlexInfo(), 16, 4);
+  StreamItem failed;
+  failed.final = true;
+  failed.reached_model = true;
+  failed.reason = FinishReason::kError;
+  failed.usage.prompt_tokens = 30;
+  failed.usage.generated_tokens = 2;
+  failed.timings.queue_ms = 1;
+  failed.timings.first_token_ms = 5;
+  failed.timings.decode_ms = 2;
+  failed.timings.total_ms = 8;
+  metrics.ObserveRequest("Generate", StatusCode::kResourceExhausted, &failed);
+  StreamItem cancelled = failed;
+  cancelled.reason = FinishReason::kCancelled;
+  metrics.ObserveRequest("Generate", StatusCode::kCancelled, &cancelled);
+  StreamItem rejected;  // Expired in the queue: never reached the model.
+  rejected.final = true;
+  rejected.reason = FinishReason::kError;
+  rejected.timings.queue_ms = 30000;
+  rejected.timings.total_ms = 30000;
+  metrics.ObserveRequest("Answer", StatusCode::kResourceExhausted, &rejected);
+
+  const auto s = Parse(metrics.Serialize());
+  EXPECT_EQ(Value(s, "flexvqa_request_duration_seconds_count{finish_reason=\"error\"}"), 2);
+  EXPECT_EQ(Value(s, "flexvqa_request_duration_seconds_count{finish_reason=\"cancelled\"}"), 1);
+  EXPECT_EQ(Value(s, "flexvqa_request_duration_seconds_count{finish_reason=\"stop\"}"), 0);
+  for (const char* name :
+       {"flexvqa_request_queue_seconds_count", "flexvqa_request_preprocess_seconds_count",
+        "flexvqa_request_prefill_seconds_count", "flexvqa_request_vision_seconds_count",
+        "flexvqa_time_to_first_token_seconds_count", "flexvqa_request_decode_seconds_count"}) {
+    EXPECT_EQ(Value(s, name), 0) << name;
+  }
+  // Lengths are not latencies: both calls that reached the model count, the rejected one not.
+  EXPECT_EQ(Value(s, "flexvqa_request_prompt_tokens_count{mode=\"flex\"}"), 2);
+}
+
+// Every counter ends in _total and every name has the prefix, but for the standard process_*
+// names (Prometheus naming conventions).
 TEST(MetricsTest, NamesFollowTheConventions) {
   ServerMetrics metrics;
   metrics.SetModel(FlexInfo(), 16, 4);
@@ -162,11 +239,14 @@ TEST(MetricsTest, NamesFollowTheConventions) {
     std::string name, type;
     words >> name >> type;
     ++families;
-    EXPECT_EQ(name.rfind("flexvqa_", 0), 0u) << name;
+    const bool standard =
+        name == "process_resident_memory_bytes" || name == "process_start_time_seconds";
+    EXPECT_TRUE(standard || name.rfind("flexvqa_", 0) == 0) << name;
+    EXPECT_EQ(name.find("flexvqa_process_"), std::string::npos) << name;
     const bool total = name.size() > 6 && name.compare(name.size() - 6, 6, "_total") == 0;
     EXPECT_EQ(type == "counter", total) << name << " " << type;
   }
-  EXPECT_GE(families, 25);
+  EXPECT_GE(families, 34);
 }
 
 std::string HttpGet(int port, const std::string& path) {
@@ -281,6 +361,62 @@ TEST(MetricsTest, SchedulerMetricsMatchTheFinalItems) {
   EXPECT_EQ(Value(s, "flexvqa_batch_size_sequences_sum{phase=\"prefill\"}"), 6);
   EXPECT_EQ(Value(s, "flexvqa_batch_size_sequences_sum{phase=\"decode\"}"), generated - 6);
   EXPECT_EQ(Value(s, "flexvqa_time_to_first_token_seconds_count"), 6);
+}
+
+// Tokens and FLOPs are counted per worker step: in the middle of one long request the counters
+// already hold every earlier step's tokens and FLOPs (before, they stayed flat until it finished).
+TEST(MetricsTest, CountersAdvanceDuringALongRequest) {
+  testing::FakeEngineOptions options;
+  options.mode = "flex";
+  testing::FakeEngine engine(options);
+  ServerMetrics metrics;
+  SchedulerConfig config;
+  metrics.SetModel(engine.Info(), config.max_queued, config.max_running);
+  constexpr int kTokens = 40;
+  constexpr int kSnapshotAt = 20;  // Taken when the 20th token arrives (in its step, unpublished).
+  std::mutex mu;
+  std::condition_variable cv;
+  std::map<std::string, double> during;
+  std::optional<StreamItem> final_item;
+  int deltas = 0;
+  {
+    Scheduler scheduler(&engine, config, &metrics);
+    auto submit = std::make_unique<SubmitRequest>();
+    submit->request.turns.push_back({ChatTurn::Role::kUser, "a long answer, please"});
+    submit->request.sampling.max_new_tokens = kTokens;
+    submit->request.sampling.ignore_eos = true;
+    submit->on_item = [&](StreamItem item) {  // The worker thread, inside the token's step.
+      std::lock_guard<std::mutex> lock(mu);
+      if (!item.final) {
+        if (++deltas == kSnapshotAt) during = Parse(metrics.Serialize());
+        return;
+      }
+      final_item = std::move(item);
+      cv.notify_all();
+    };
+    ASSERT_TRUE(scheduler.Submit(submit).ok());
+    std::unique_lock<std::mutex> lock(mu);
+    ASSERT_TRUE(
+        cv.wait_for(lock, std::chrono::seconds(30), [&] { return final_item.has_value(); }));
+  }
+  ASSERT_TRUE(final_item->status.ok()) << final_item->status.ToString();
+  ASSERT_EQ(final_item->usage.generated_tokens, kTokens);
+  const double prompt = final_item->usage.prompt_tokens;
+  // Step 1 prefilled and made token 1; steps 2..19 decoded one token each.
+  EXPECT_EQ(Value(during, "flexvqa_generated_tokens_total{mode=\"flex\"}"), kSnapshotAt - 1);
+  EXPECT_EQ(Value(during, "flexvqa_prompt_tokens_total{mode=\"flex\"}"), prompt);
+  EXPECT_EQ(
+      Value(during, "flexvqa_flops_total{component=\"other\",mode=\"flex\",phase=\"prefill\"}"),
+      testing::kFakePrefillFlopsPerToken * prompt);
+  EXPECT_EQ(
+      Value(during, "flexvqa_flops_total{component=\"other\",mode=\"flex\",phase=\"decode\"}"),
+      testing::kFakeDecodeFlopsPerStep * (kSnapshotAt - 2));
+  EXPECT_EQ(Value(during, "flexvqa_step_tokens_sum"), prompt + kSnapshotAt - 1);
+  EXPECT_EQ(Value(during, "flexvqa_request_duration_seconds_count{finish_reason=\"length\"}"), 0);
+  const auto after = Parse(metrics.Serialize());
+  EXPECT_EQ(Value(after, "flexvqa_generated_tokens_total{mode=\"flex\"}"), kTokens);
+  EXPECT_EQ(Value(after, "flexvqa_flops_total{component=\"other\",mode=\"flex\",phase=\"decode\"}"),
+            final_item->flops.flops[FlopCount::kDecode][FlopCount::kOther]);
 }
 
 }  // namespace
