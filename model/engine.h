@@ -87,6 +87,8 @@ struct ModelInfo {
   int context_length = 0;
   int vocab_size = 0;
   int num_image_tokens = 0;  // Image tokens one image adds to the prompt.
+  // Whether requests may set GenerationRequest::selection_threshold (the mode's; flex).
+  bool supports_selection_threshold = false;
   int max_sequences = 0;
   EngineLimits limits;
 };

@@ -1,13 +1,12 @@
 // LLaVA-1.5 behind the Engine interface of model/engine.h, in the attention mode its checkpoint
-// asks for: "full" (LLaVA-1.5 at 336 px), "flex" (FlexAttention at 1008 px,
-// model/modes/flex_attention.h), "hd" (HR tile tokens in the sequence), "composite" (image tokens
-// skip attention) or "xattn" (cross-attention to HR features, model/modes/cross_attention.h);
-// docs/modes.md. CLIP tower + mlp2x_gelu projector + LLaMA decoder, a slot-per-sequence KV cache,
-// per-sequence samplers, streaming detokenisation and stop strings. Prefill packs every new
-// sequence's prompt into one forward pass; decode packs one row per running sequence
-// (model/nn/llama.h). flex and xattn keep each request's high-resolution state (flex: features, HR
-// keys/values, selection trace; xattn: cross-attention keys/values) beside its slot, freed at
-// Release.
+// asks for (model/modes/mode.h; docs/modes.md). CLIP tower + mlp2x_gelu projector + LLaMA decoder,
+// a slot-per-sequence KV cache, per-sequence samplers, streaming detokenisation and stop strings.
+// Prefill packs every new sequence's prompt into one forward pass; decode packs one row per running
+// sequence (model/nn/llama.h). What the mode changes (image views and encoding, each sequence's
+// state beside its slot, the decoder's hooks, the FLOPs) it does behind the Mode interface: no
+// per-mode branch here. A sequence's mode state is freed at Release.
+#include "model/llava_engine.h"
+
 #include <ATen/ATen.h>
 
 #include <algorithm>
@@ -20,8 +19,7 @@
 #include "model/image/image_decode.h"
 #include "model/image/image_preprocess.h"
 #include "model/llava_model.h"
-#include "model/modes/cross_attention.h"
-#include "model/modes/flex_attention.h"
+#include "model/modes/mode.h"
 #include "model/nn/flop_counter.h"
 #include "model/nn/kv_cache.h"
 #include "model/nn/llama.h"
@@ -40,14 +38,8 @@ namespace {
 class LlavaPrepared : public PreparedRequest {
  public:
   std::vector<int32_t> tokens;
-  std::vector<float> pixels;  // [3, S, S] normalised; empty without an image.
-  // flex, hd, xattn: the normalised high-resolution image [3, Z S, Z S] (`pixels` is its
-  // downsample); flex: the original image size (for the selection's padding bands) and the
-  // selection threshold.
-  std::vector<float> highres_pixels;
-  int image_width = 0;
-  int image_height = 0;
-  int threshold = 0;
+  ModeInput mode;  // The image's views and the mode's options (Mode::PrepareImage).
+  bool has_image() const { return !mode.pixels.empty(); }
 };
 
 struct Sequence {
@@ -60,12 +52,7 @@ struct Sequence {
   std::unique_ptr<SequenceSampler> sampler;
   std::unique_ptr<StreamingDetokenizer> detokenizer;
   std::unique_ptr<StopStringMatcher> stop;
-  std::unique_ptr<HighResSequence> highres;  // flex with an image: created at prefill.
-  std::unique_ptr<CrossKeyValues> cross;     // xattn with an image: HR K/V, computed at prefill.
-  struct {
-    int64_t rescored_keys = 0;
-    int64_t hr_rows = 0;
-  } counted;  // flex: the counters' values already turned into FLOPs.
+  std::unique_ptr<SequenceState> state;  // The mode's (Mode::BeginSequence), from prefill on.
   SequenceReport report;
 };
 
@@ -75,7 +62,11 @@ double MsBetween(std::chrono::steady_clock::time_point a, std::chrono::steady_cl
 
 class LlavaEngine : public Engine {
  public:
-  static StatusOr<std::unique_ptr<Engine>> Create(const EngineOptions& options);
+  static StatusOr<std::unique_ptr<Engine>> Create(const EngineOptions& options, LogitsSink* sink);
+  // Prepare after tokenisation (PrepareTokens, model/llava_engine.h).
+  StatusOr<std::shared_ptr<const PreparedRequest>> PrepareFromTokens(
+      std::vector<int32_t> tokens, const std::optional<ImageInput>& image,
+      const std::vector<float>& pixels, const GenerationRequest& request) const;
 
   const ModelInfo& Info() const override { return info_; }
   StatusOr<std::shared_ptr<const PreparedRequest>> Prepare(
@@ -97,21 +88,16 @@ class LlavaEngine : public Engine {
   TokenEvent Emit(SequenceId id, Sequence& seq, int32_t token);
   void Fail(const std::vector<SequenceId>& batch, const Status& status,
             std::vector<TokenEvent>* events);
-  // flex: the hook for one forward pass over `batch` (null in other modes).
-  std::unique_ptr<FlexAttention> FlexHook(const std::vector<SequenceId>& batch);
-  // xattn: the cross-attention hook for one forward pass over `batch` (null in other modes).
-  std::unique_ptr<CrossAttention> CrossHook(const std::vector<SequenceId>& batch);
-  // After a forward pass over `batch`: selected HR tokens and the FLOPs the pass ran (chunk starts
-  // and lengths as run; flex's extra last-row work from the sequences' counters).
+  // The mode's decoder hooks for one forward pass over `batch` (null: the plain decoder).
+  std::unique_ptr<LayerHooks> Hooks(const std::vector<SequenceId>& batch);
+  // After a forward pass over `batch`: the FLOPs it ran (chunk starts and lengths as run) and the
+  // HR tokens selected so far.
   void UpdateReports(const std::vector<SequenceId>& batch, const std::vector<int64_t>& starts,
                      const std::vector<int64_t>& lengths, FlopCount::Phase phase);
+  // Hands the logits [B, V] the batch samples from to the sink (when there is one).
+  void Sink(const at::Tensor& logits, const std::vector<SequenceId>& batch);
 
-  // xattn: HR tokens per image ((Z s)^2).
-  int64_t HighResTokens() const {
-    const int64_t side = static_cast<int64_t>(config_.mode.zoom()) *
-                         (config_.vision.image_size / config_.vision.patch_size);
-    return side * side;
-  }
+  const Mode& mode() const { return model_->mode(); }
 
   LlavaConfig config_;
   ModelInfo info_;
@@ -121,13 +107,15 @@ class LlavaEngine : public Engine {
   std::unique_ptr<Tokenizer> tokenizer_;
   std::unique_ptr<LlavaModel> model_;
   std::unique_ptr<KvCache> cache_;
-  PreprocessOptions preprocess_;
+  LogitsSink* sink_ = nullptr;
   std::unordered_map<SequenceId, Sequence> sequences_;
   SequenceId next_id_ = 1;
 };
 
-StatusOr<std::unique_ptr<Engine>> LlavaEngine::Create(const EngineOptions& options) {
+StatusOr<std::unique_ptr<Engine>> LlavaEngine::Create(const EngineOptions& options,
+                                                      LogitsSink* sink) {
   auto engine = std::unique_ptr<LlavaEngine>(new LlavaEngine());
+  engine->sink_ = sink;
   FLEXVQA_ASSIGN_OR_RETURN(engine->config_, LoadLlavaConfig(options.model_dir, options.vision_dir));
   const LlavaConfig& config = engine->config_;
   FLEXVQA_ASSIGN_OR_RETURN(engine->device_, ParseDevice(options.device));
@@ -154,35 +142,13 @@ StatusOr<std::unique_ptr<Engine>> LlavaEngine::Create(const EngineOptions& optio
     return StatusFromTorchError(e, "loading " + options.model_dir);
   }
 
-  PreprocessOptions& pre = engine->preprocess_;
-  pre.crop_size = config.crop_size > 0 ? config.crop_size : config.vision.image_size;
-  pre.resize_shortest_edge =
-      config.resize_shortest_edge > 0 ? config.resize_shortest_edge : pre.crop_size;
-  pre.mean = config.image_mean;
-  pre.std = config.image_std;
-  pre.pad_to_square = config.image_aspect_ratio == "pad";
-  if (config.flex.enabled) {
-    // The CLIP processor's pipeline at the high-resolution side (mm_utils.py:166-182); the LR view
-    // is derived from it (PreprocessFlexAttention).
-    pre.crop_size = config.flex.highres_size;
-    pre.resize_shortest_edge = config.flex.highres_size;
-  } else if (config.mode.zoom() > 0) {
-    // hd and xattn reuse flex's two views at Z x the tower's size (docs/modes.md).
-    pre.crop_size = config.mode.zoom() * config.vision.image_size;
-    pre.resize_shortest_edge = pre.crop_size;
-  } else if (pre.crop_size != config.vision.image_size) {
-    return InvalidArgumentError("crop size " + std::to_string(pre.crop_size) +
-                                " differs from the vision tower's image size " +
-                                std::to_string(config.vision.image_size));
-  }
-
   ModelInfo& info = engine->info_;
   info.name = std::filesystem::path(options.model_dir).lexically_normal().filename().string();
   if (info.name.empty()) {
     info.name =
         std::filesystem::path(options.model_dir).lexically_normal().parent_path().filename();
   }
-  info.mode = config.flex.enabled ? "flex" : config.mode.name;
+  info.mode = engine->mode().name();
   info.dtype = DtypeName(engine->dtype_);
   info.device = engine->device_.str();
   if (options.chat_template.empty()) {
@@ -194,7 +160,8 @@ StatusOr<std::unique_ptr<Engine>> LlavaEngine::Create(const EngineOptions& optio
   info.chat_template = ChatTemplateName(engine->chat_template_);
   info.context_length = context;
   info.vocab_size = config.text.vocab_size;
-  info.num_image_tokens = config.num_image_tokens();
+  info.num_image_tokens = engine->mode().image_tokens();
+  info.supports_selection_threshold = engine->mode().supports_selection_threshold();
   info.max_sequences = options.max_sequences;
   info.limits = options.limits;
   if (info.limits.max_prompt_tokens <= 0 || info.limits.max_prompt_tokens >= context) {
@@ -205,18 +172,27 @@ StatusOr<std::unique_ptr<Engine>> LlavaEngine::Create(const EngineOptions& optio
 
 StatusOr<std::shared_ptr<const PreparedRequest>> LlavaEngine::Prepare(
     const GenerationRequest& request) const {
-  const EngineLimits& limits = info_.limits;
-  FLEXVQA_RETURN_IF_ERROR(ValidateRequest(request, info_, config_.flex.enabled));
-  auto prepared = std::make_shared<LlavaPrepared>();
-  prepared->sampling = request.sampling;
+  FLEXVQA_RETURN_IF_ERROR(ValidateRequest(request, info_, info_.supports_selection_threshold));
   PromptOptions prompt;
   prompt.chat_template = chat_template_;
   prompt.has_image = request.image.has_value();
   prompt.image_token_id = config_.image_token_id;
   prompt.num_image_tokens = info_.num_image_tokens;
-  FLEXVQA_ASSIGN_OR_RETURN(prepared->tokens, BuildLlavaPrompt(*tokenizer_, request.turns, prompt));
+  FLEXVQA_ASSIGN_OR_RETURN(std::vector<int32_t> tokens,
+                           BuildLlavaPrompt(*tokenizer_, request.turns, prompt));
+  return PrepareFromTokens(std::move(tokens), request.image, {}, request);
+}
+
+StatusOr<std::shared_ptr<const PreparedRequest>> LlavaEngine::PrepareFromTokens(
+    std::vector<int32_t> tokens, const std::optional<ImageInput>& image,
+    const std::vector<float>& pixels, const GenerationRequest& request) const {
+  const EngineLimits& limits = info_.limits;
+  auto prepared = std::make_shared<LlavaPrepared>();
+  prepared->sampling = request.sampling;
+  prepared->tokens = std::move(tokens);
   prepared->prompt_tokens = static_cast<int>(prepared->tokens.size());
-  prepared->image_tokens = prompt.has_image ? prompt.num_image_tokens : 0;
+  const bool has_image = image.has_value() || !pixels.empty();
+  prepared->image_tokens = has_image ? info_.num_image_tokens : 0;
   if (prepared->prompt_tokens > limits.max_prompt_tokens) {
     return InvalidArgumentError("the prompt is " + std::to_string(prepared->prompt_tokens) +
                                 " tokens (" + std::to_string(prepared->image_tokens) +
@@ -233,30 +209,28 @@ StatusOr<std::shared_ptr<const PreparedRequest>> LlavaEngine::Prepare(
                                 " new): lower max_new_tokens to at most " +
                                 std::to_string(info_.context_length - prepared->prompt_tokens));
   }
-  const bool flex = config_.flex.enabled;
-  const bool two_views = flex || config_.mode.zoom() > 0;
-  prepared->threshold = request.selection_threshold.value_or(config_.flex.threshold);
-  if (flex && (prepared->threshold < 0 || prepared->threshold > 255)) {
-    return InvalidArgumentError("selection_threshold must be between 0 and 255, got " +
-                                std::to_string(prepared->threshold));
-  }
-  if (request.image) {
+  FLEXVQA_RETURN_IF_ERROR(mode().ValidateRequest(request, &prepared->mode));
+  if (image) {
     ImageLimits image_limits;
     image_limits.max_encoded_bytes = limits.max_image_bytes;
     image_limits.max_pixels = limits.max_image_pixels;
-    FLEXVQA_ASSIGN_OR_RETURN(
-        RgbImage image, DecodeImage(request.image->bytes, request.image->mime_type, image_limits));
-    if (two_views) {
-      FLEXVQA_ASSIGN_OR_RETURN(
-          TwoResolutionPixels views,
-          PreprocessFlexAttention(image, preprocess_, config_.vision.image_size));
-      prepared->pixels = std::move(views.low);
-      prepared->highres_pixels = std::move(views.high);
-      prepared->image_width = image.width;
-      prepared->image_height = image.height;
-    } else {
-      FLEXVQA_ASSIGN_OR_RETURN(prepared->pixels, PreprocessLlava(image, preprocess_));
+    FLEXVQA_ASSIGN_OR_RETURN(RgbImage decoded,
+                             DecodeImage(image->bytes, image->mime_type, image_limits));
+    FLEXVQA_RETURN_IF_ERROR(mode().PrepareImage(decoded, &prepared->mode));
+  } else if (!pixels.empty()) {
+    const int64_t side = config_.vision.image_size;
+    if (mode().zoom() != 0 || static_cast<int64_t>(pixels.size()) != 3 * side * side) {
+      return InvalidArgumentError("pixels must be one [3, " + std::to_string(side) + ", " +
+                                  std::to_string(side) + "] view of a single-view mode");
     }
+    prepared->mode.pixels = pixels;
+  }
+  const int64_t placeholders =
+      std::count(prepared->tokens.begin(), prepared->tokens.end(), config_.image_token_id);
+  if (placeholders != prepared->image_tokens) {
+    return InvalidArgumentError("the prompt holds " + std::to_string(placeholders) +
+                                " image placeholders; its image needs " +
+                                std::to_string(prepared->image_tokens));
   }
   return std::shared_ptr<const PreparedRequest>(std::move(prepared));
 }
@@ -290,7 +264,6 @@ void LlavaEngine::Release(SequenceId sequence) {
 }
 
 EngineMemory LlavaEngine::Memory() const {
-  auto size = [](const at::Tensor& t) { return t.defined() ? t.numel() * t.element_size() : 0; };
   EngineMemory memory;
   memory.kv_cache_pool_bytes = cache_->bytes();
   const KvCacheShape& shape = cache_->shape();
@@ -298,11 +271,7 @@ EngineMemory LlavaEngine::Memory() const {
       memory.kv_cache_pool_bytes / (shape.num_slots * shape.max_context);
   for (const auto& [id, seq] : sequences_) {
     memory.kv_cache_used_bytes += bytes_per_position * cache_->length(seq.slot);
-    if (seq.highres) memory.hr_cache_bytes += seq.highres->bytes();
-    if (seq.cross) {
-      for (const at::Tensor& t : seq.cross->keys) memory.hr_cache_bytes += size(t);
-      for (const at::Tensor& t : seq.cross->values) memory.hr_cache_bytes += size(t);
-    }
+    if (seq.state) memory.hr_cache_bytes += seq.state->bytes();
   }
   return memory;
 }
@@ -314,22 +283,14 @@ SequenceReport LlavaEngine::Report(SequenceId sequence) const {
 
 SelectionTrace LlavaEngine::Selections(SequenceId sequence) const {
   auto it = sequences_.find(sequence);
-  if (it == sequences_.end() || !it->second.highres) return {};
-  return it->second.highres->trace();
+  if (it == sequences_.end() || !it->second.state) return {};
+  return it->second.state->selections();
 }
 
-std::unique_ptr<FlexAttention> LlavaEngine::FlexHook(const std::vector<SequenceId>& batch) {
-  if (model_->highres() == nullptr) return nullptr;
-  std::vector<HighResSequence*> chunks;
-  for (SequenceId id : batch) chunks.push_back(sequences_.at(id).highres.get());
-  return std::make_unique<FlexAttention>(*model_->highres(), std::move(chunks));
-}
-
-std::unique_ptr<CrossAttention> LlavaEngine::CrossHook(const std::vector<SequenceId>& batch) {
-  if (model_->cross() == nullptr) return nullptr;
-  std::vector<const CrossKeyValues*> memory;
-  for (SequenceId id : batch) memory.push_back(sequences_.at(id).cross.get());
-  return std::make_unique<CrossAttention>(*model_->cross(), std::move(memory));
+std::unique_ptr<LayerHooks> LlavaEngine::Hooks(const std::vector<SequenceId>& batch) {
+  std::vector<SequenceState*> states;
+  for (SequenceId id : batch) states.push_back(sequences_.at(id).state.get());
+  return mode().Hooks(states);
 }
 
 void LlavaEngine::UpdateReports(const std::vector<SequenceId>& batch,
@@ -337,26 +298,18 @@ void LlavaEngine::UpdateReports(const std::vector<SequenceId>& batch,
                                 const std::vector<int64_t>& lengths, FlopCount::Phase phase) {
   for (size_t i = 0; i < batch.size(); ++i) {
     Sequence& seq = sequences_.at(batch[i]);
-    SequenceReport& report = seq.report;
-    // composite: the prompt's image rows ran no attention (LlavaModel::PromptSpan).
-    const ChunkSpan span = phase == FlopCount::kPrefill
-                               ? model_->PromptSpan(seq.request->tokens, 0, 0)
-                               : ChunkSpan{0, starts[i], 0, lengths[i]};
-    AddDecoderChunkFlops(config_.text, starts[i], lengths[i], span.no_attention_begin - starts[i],
-                         span.no_attention_length, phase, &report.flops);
-    if (model_->cross() != nullptr) {
-      const int64_t hr = seq.cross ? HighResTokens() : 0;
-      AddCrossAttentionFlops(config_, lengths[i], hr, phase == FlopCount::kPrefill ? hr : 0, phase,
-                             &report.flops);
-    }
-    if (!seq.highres) continue;
-    const HighResSequence& hr = *seq.highres;
-    AddFlexFlops(config_.text, hr.rescored_keys() - seq.counted.rescored_keys,
-                 hr.selected_tokens_total() - report.selected_hr_tokens,
-                 hr.computed_rows() - seq.counted.hr_rows, phase, &report.flops);
-    seq.counted.rescored_keys = hr.rescored_keys();
-    seq.counted.hr_rows = hr.computed_rows();
-    report.selected_hr_tokens = hr.selected_tokens_total();
+    mode().AddForwardFlops(*seq.state, starts[i], lengths[i], phase, &seq.report.flops);
+    seq.report.selected_hr_tokens = seq.state->selected_tokens();
+  }
+}
+
+void LlavaEngine::Sink(const at::Tensor& logits, const std::vector<SequenceId>& batch) {
+  if (sink_ == nullptr) return;
+  const at::Tensor host = logits.to(at::kCPU).contiguous();  // [B, V] fp32
+  const int vocab = static_cast<int>(host.size(1));
+  for (size_t i = 0; i < batch.size(); ++i) {
+    const int position = cache_->length(sequences_.at(batch[i]).slot) - 1;
+    sink_->OnLogits(batch[i], position, host.data_ptr<float>() + i * vocab, vocab);
   }
 }
 
@@ -384,31 +337,27 @@ void LlavaEngine::Prefill(const std::vector<SequenceId>& sequences,
   }
   if (batch.empty()) return;
   try {
-    // Vision tower and projector over every image of the batch at once (flex: the HR tiles too).
+    // Vision tower and projector over every image of the batch at once (two-view modes: the HR
+    // tiles too).
     const int side = config_.vision.image_size;
-    const int high_side = preprocess_.crop_size;
+    const int high_side = mode().preprocess().crop_size;
     const auto f32 = at::TensorOptions().dtype(at::kFloat);
     std::vector<at::Tensor> images, highres_images;
     for (SequenceId id : batch) {
-      const LlavaPrepared& r = *sequences_.at(id).request;
-      if (r.pixels.empty()) continue;
-      images.push_back(at::from_blob(const_cast<float*>(r.pixels.data()), {3, side, side}, f32));
-      if (!r.highres_pixels.empty()) {
-        highres_images.push_back(at::from_blob(const_cast<float*>(r.highres_pixels.data()),
+      const ModeInput& in = sequences_.at(id).request->mode;
+      if (in.pixels.empty()) continue;
+      images.push_back(at::from_blob(const_cast<float*>(in.pixels.data()), {3, side, side}, f32));
+      if (!in.highres_pixels.empty()) {
+        highres_images.push_back(at::from_blob(const_cast<float*>(in.highres_pixels.data()),
                                                {3, high_side, high_side}, f32));
       }
     }
     const auto start = std::chrono::steady_clock::now();
-    at::Tensor features;  // [images, tokens, D]
-    at::Tensor highres;   // flex: [images, hr^2, D]
-    if (!highres_images.empty() && config_.mode.name == "hd") {
-      features =
-          model_->EncodeHd(at::stack(highres_images).to(device_), at::stack(images).to(device_));
-    } else if (!highres_images.empty()) {
-      std::tie(features, highres) = model_->EncodeTwoResolutions(
-          at::stack(highres_images).to(device_), at::stack(images).to(device_));
-    } else if (!images.empty()) {
-      features = model_->EncodeImages(at::stack(images));
+    EncodedImages encoded;
+    if (!images.empty()) {
+      encoded = mode().Encode(
+          model_->encoder(), at::stack(images).to(device_),
+          highres_images.empty() ? at::Tensor() : at::stack(highres_images).to(device_));
     }
     const auto vision_done = std::chrono::steady_clock::now();
     std::vector<PromptChunk> prompts;
@@ -419,44 +368,48 @@ void LlavaEngine::Prefill(const std::vector<SequenceId>& sequences,
       PromptChunk chunk;
       chunk.tokens = &r.tokens;
       chunk.slot = seq.slot;
-      if (!r.pixels.empty()) {
-        chunk.image_features = features[image_index];
-        if (model_->cross() != nullptr) {
-          seq.cross = std::make_unique<CrossKeyValues>(
-              model_->cross()->KeysAndValues(highres[image_index]));
-        } else if (highres.defined()) {
-          const int64_t begin =
-              std::find(r.tokens.begin(), r.tokens.end(), config_.image_token_id) -
-              r.tokens.begin();
-          seq.highres =
-              std::make_unique<HighResSequence>(*model_->highres(), highres[image_index].clone(),
-                                                begin, r.image_width, r.image_height, r.threshold);
-        }
+      SequenceStart begin;
+      begin.tokens = &r.tokens;
+      begin.input = &r.mode;
+      if (r.has_image()) {
+        chunk.image_features = encoded.sequence[image_index];
+        if (encoded.highres.defined()) begin.highres = encoded.highres[image_index];
+        begin.image_begin =
+            std::find(r.tokens.begin(), r.tokens.end(), config_.image_token_id) - r.tokens.begin();
         ++image_index;
       }
+      seq.state = mode().BeginSequence(begin);
       prompts.push_back(chunk);
     }
-    const std::unique_ptr<FlexAttention> hook = FlexHook(batch);
-    const std::unique_ptr<CrossAttention> cross = CrossHook(batch);
-    const at::Tensor logits = model_->PrefillLogits(prompts, *cache_, hook.get(), cross.get());
+    const std::unique_ptr<LayerHooks> hooks = Hooks(batch);
+    at::Tensor all_logits;
+    const bool prompt_rows = sink_ != nullptr && sink_->prompt_rows();
+    const at::Tensor logits =
+        model_->PrefillLogits(prompts, *cache_, hooks.get(), prompt_rows ? &all_logits : nullptr);
     std::vector<int64_t> starts(batch.size(), 0), lengths;
+    int64_t row = 0;
     for (SequenceId id : batch) {
       Sequence& seq = sequences_.at(id);
-      lengths.push_back(static_cast<int64_t>(seq.request->tokens.size()));
-      if (seq.request->pixels.empty()) continue;
-      // This sequence's own images: 1 (LR), plus the Z^2 HR tiles in flex and hd.
-      const int64_t zoom = seq.highres ? config_.flex.zoom_ratio : config_.mode.zoom();
-      const int64_t images = 1 + zoom * zoom;
-      AddVisionFlops(config_, images, &seq.report.flops);
+      const int length = static_cast<int>(seq.request->tokens.size());
+      lengths.push_back(length);
+      if (prompt_rows) {  // Every prompt row but the last; the last comes with the sampled rows.
+        const at::Tensor rows = all_logits.narrow(0, row, length).to(at::kCPU).contiguous();
+        for (int p = 0; p + 1 < length; ++p) {
+          sink_->OnLogits(id, p, rows.data_ptr<float>() + p * rows.size(1),
+                          static_cast<int>(rows.size(1)));
+        }
+      }
+      row += length;
+      if (seq.request->has_image()) mode().AddVisionFlops(&seq.report.flops);
     }
     UpdateReports(batch, starts, lengths, FlopCount::kPrefill);
     for (SequenceId id : batch) sequences_.at(id).prefilled = true;
+    Sink(logits, batch);
     SampleAndEmit(logits, batch, events);  // Ends with token ids on the host: the device is done.
     const auto done = std::chrono::steady_clock::now();
     for (SequenceId id : batch) {
       SequenceReport& report = sequences_.at(id).report;
-      if (!sequences_.at(id).request->pixels.empty())
-        report.vision_ms = MsBetween(start, vision_done);
+      if (sequences_.at(id).request->has_image()) report.vision_ms = MsBetween(start, vision_done);
       report.prefill_ms = MsBetween(vision_done, done);
     }
   } catch (const std::exception& e) {
@@ -483,11 +436,10 @@ void LlavaEngine::Decode(const std::vector<SequenceId>& sequences,
       starts.push_back(cache_->length(seq.slot));
     }
     const auto start = std::chrono::steady_clock::now();
-    const std::unique_ptr<FlexAttention> hook = FlexHook(batch);
-    const std::unique_ptr<CrossAttention> cross = CrossHook(batch);
-    const at::Tensor logits =
-        model_->DecodeLogits(tokens, slots, *cache_, hook.get(), cross.get());  // [B, V]
+    const std::unique_ptr<LayerHooks> hooks = Hooks(batch);
+    const at::Tensor logits = model_->DecodeLogits(tokens, slots, *cache_, hooks.get());  // [B, V]
     UpdateReports(batch, starts, lengths, FlopCount::kDecode);
+    Sink(logits, batch);
     SampleAndEmit(logits, batch, events);
     const double ms = MsBetween(start, std::chrono::steady_clock::now());
     for (SequenceId id : batch) sequences_.at(id).report.decode_ms += ms;
@@ -553,7 +505,22 @@ TokenEvent LlavaEngine::Emit(SequenceId id, Sequence& seq, int32_t token) {
 }  // namespace
 
 StatusOr<std::unique_ptr<Engine>> CreateLlavaEngine(const EngineOptions& options) {
-  return LlavaEngine::Create(options);
+  return LlavaEngine::Create(options, nullptr);
+}
+
+StatusOr<std::unique_ptr<Engine>> CreateLlavaEngine(const EngineOptions& options,
+                                                    LogitsSink* sink) {
+  return LlavaEngine::Create(options, sink);
+}
+
+StatusOr<std::shared_ptr<const PreparedRequest>> PrepareTokens(
+    const Engine& engine, const std::vector<int32_t>& tokens,
+    const std::optional<ImageInput>& image, const std::vector<float>& pixels,
+    const GenerationRequest& options) {
+  const auto* llava = dynamic_cast<const LlavaEngine*>(&engine);
+  if (llava == nullptr) return InvalidArgumentError("PrepareTokens needs a LLaVA engine");
+  FLEXVQA_RETURN_IF_ERROR(ValidateSampling(options.sampling, engine.Info().limits));
+  return llava->PrepareFromTokens(tokens, image, pixels, options);
 }
 
 }  // namespace flexvqa

@@ -99,7 +99,7 @@ int main(int argc, char** argv) {
   // xattn: LLaVA's prompt, 10 images through the tower, cross-attention to 5184 HR tokens in every
   // layer.
   flexvqa::LlavaConfig x = c;
-  x.mode.name = "xattn";
+  x.mode.attention = flexvqa::AttentionMode::kXattn;
   FlopCount xf = base(1 + 9);
   flexvqa::AddCrossAttentionFlops(x, prompt, 72 * 72, 72 * 72, FlopCount::kPrefill, &xf);
   for (int64_t s = 1; s < steps; ++s)

@@ -130,4 +130,43 @@ at::Tensor MultiModalProjector::Forward(const at::Tensor& features) const {
   return Linear(at::gelu(Linear(features, w1_, b1_)), w2_, b2_);
 }
 
+StatusOr<std::unique_ptr<ImageEncoder>> ImageEncoder::Load(const WeightLoader& weights,
+                                                           const LlavaConfig& config,
+                                                           at::ScalarType dtype,
+                                                           at::Device device) {
+  auto encoder = std::unique_ptr<ImageEncoder>(new ImageEncoder());
+  encoder->device_ = device;
+  FLEXVQA_ASSIGN_OR_RETURN(encoder->tower_, ClipVisionTower::Load(weights, config, dtype, device));
+  FLEXVQA_ASSIGN_OR_RETURN(encoder->projector_,
+                           MultiModalProjector::Load(weights, config, dtype, device));
+  return encoder;
+}
+
+at::Tensor ImageEncoder::Encode(const at::Tensor& pixels) const {
+  return projector_->Forward(tower_->Forward(pixels.to(device_)));
+}
+
+std::pair<at::Tensor, at::Tensor> ImageEncoder::EncodeTwoResolutions(const at::Tensor& high,
+                                                                     const at::Tensor& low) const {
+  const int64_t n = high.size(0);
+  const int64_t s = low.size(-1);
+  const int64_t z = high.size(-1) / s;
+  // [N, 3, Z S, Z S] -> [N, 3, Z, S, Z, S] -> [N, Z(row), Z(col), 3, S, S] -> [N Z^2, 3, S, S]:
+  // tiles in row-major order (mm_utils.py:250-334 crop_images_to_subimages).
+  const at::Tensor tiles =
+      high.view({n, 3, z, s, z, s}).permute({0, 2, 4, 1, 3, 5}).reshape({n * z * z, 3, s, s});
+  // One vision batch for the tiles and the LR images alike.
+  const at::Tensor features = Encode(at::cat({tiles, low.to(tiles.scalar_type())}, 0));
+  const int64_t tokens = features.size(1);
+  const int64_t side = static_cast<int64_t>(std::llround(std::sqrt(static_cast<double>(tokens))));
+  const int64_t d = features.size(2);
+  // [N Z^2, s^2, D] -> [N, Z(row), Z(col), s(row), s(col), D] -> [N, Z, s, Z, s, D]: the tiles'
+  // grids stitched into one (Z s) x (Z s) grid, flattened row-major (combine_subimages_to_images).
+  const at::Tensor hr = features.narrow(0, 0, n * z * z)
+                            .view({n, z, z, side, side, d})
+                            .permute({0, 1, 3, 2, 4, 5})
+                            .reshape({n, z * side * z * side, d});
+  return {features.narrow(0, n * z * z, n), hr};
+}
+
 }  // namespace flexvqa

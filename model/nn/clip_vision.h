@@ -2,12 +2,14 @@
 // class token + learned positions, pre-LayerNorm, pre-LN encoder blocks with quick_gelu MLPs. LLaVA
 // takes the hidden state `vision_feature_layer` (-2: the output of the second-to-last block) and,
 // for the "default"/"patch" strategy, drops the CLS token; blocks past that layer are never loaded
-// or run, and post_layernorm is unused. Worker thread only.
+// or run, and post_layernorm is unused. ImageEncoder runs the tower and the mlp2x_gelu projector
+// together. Worker thread only.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "model/status.h"
@@ -58,6 +60,30 @@ class MultiModalProjector {
 
  private:
   at::Tensor w1_, b1_, w2_, b2_;
+};
+
+// The tower and the projector together: images to the LLM-wide features the attention modes place
+// (model/modes/mode.h).
+class ImageEncoder {
+ public:
+  static StatusOr<std::unique_ptr<ImageEncoder>> Load(const WeightLoader& weights,
+                                                      const LlavaConfig& config,
+                                                      at::ScalarType dtype, at::Device device);
+
+  // pixels [N, 3, S, S] -> projected image features [N, image_tokens, D].
+  at::Tensor Encode(const at::Tensor& pixels) const;
+
+  // One vision pass over both views (FlexAttention's llava_arch.py:205-225, reused by hd and
+  // xattn). high [N, 3, Z S, Z S] is cut into Z x Z tiles of S, row-major; low [N, 3, S, S].
+  // Returns {LR features [N, s^2, D], raw HR features [N, (Z s)^2, D] stitched row-major over the
+  // (Z s) x (Z s) grid}.
+  std::pair<at::Tensor, at::Tensor> EncodeTwoResolutions(const at::Tensor& high,
+                                                         const at::Tensor& low) const;
+
+ private:
+  std::unique_ptr<ClipVisionTower> tower_;
+  std::unique_ptr<MultiModalProjector> projector_;
+  at::Device device_ = at::Device(at::kCPU);
 };
 
 }  // namespace flexvqa

@@ -37,14 +37,14 @@ void AddDecoderChunkFlops(const TextConfig& config, int64_t start, int64_t lengt
                           int64_t skip_begin, int64_t skip, FlopCount::Phase phase,
                           FlopCount* count);
 
-// xattn (model/modes/cross_attention.h), one chunk in every cross-attending layer: q and o
+// xattn (model/modes/xattn.cc), one chunk in every cross-attending layer: q and o
 // projections of its `rows` (computed for every row of a batch), attention of those rows to
 // `hr_keys` HR tokens (0 for a chunk without an image), and `hr_rows_computed` HR tokens through
 // the k/v projections (once, at prefill).
 void AddCrossAttentionFlops(const LlavaConfig& config, int64_t rows, int64_t hr_keys,
                             int64_t hr_rows_computed, FlopCount::Phase phase, FlopCount* count);
 
-// flex: the extra work of last rows (model/modes/flex_attention.cc). `rescored_keys`: ordinary keys
+// flex: the extra work of last rows (model/modes/flex.cc). `rescored_keys`: ordinary keys
 // whose scores the hook recomputed for the last row (summed over layers; selection and hierarchical
 // softmax); `hr_keys_attended`: HR keys that joined the last row's attention (summed over FA
 // layers); `hr_rows_computed`: HR tokens that went through k_proj_hd / v_proj_hd.

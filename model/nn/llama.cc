@@ -68,10 +68,39 @@ at::Tensor LlamaDecoder::Embed(const at::Tensor& token_ids) const {
   return at::embedding(embed_tokens_, ids);  // [N, D]
 }
 
+std::pair<at::Tensor, at::Tensor> ChunkKeysValues(int layer, const DecoderBatch& batch,
+                                                  size_t chunk) {
+  const ChunkSpan& c = batch.chunks[chunk];
+  const int64_t total = c.start + c.length;
+  at::Tensor keys = batch.cache.Keys(layer, c.slot, total);      // [KV, total, Dh]
+  at::Tensor values = batch.cache.Values(layer, c.slot, total);  // [KV, total, Dh]
+  if (keys.size(0) != batch.heads) {  // Grouped-query attention: each KV head serves H / KV heads.
+    keys = keys.repeat_interleave(batch.heads / keys.size(0), 0);
+    values = values.repeat_interleave(batch.heads / values.size(0), 0);
+  }
+  return {keys, values};
+}
+
+at::Tensor CausalChunkAttention(int layer, const at::Tensor& q, const DecoderBatch& batch,
+                                size_t chunk) {
+  const ChunkSpan& c = batch.chunks[chunk];
+  const auto [keys, values] = ChunkKeysValues(layer, batch, chunk);
+  return Attention(q.narrow(1, c.row_begin, c.length), keys, values, batch.scale,
+                   /*causal_offset=*/c.start);  // [H, T, Dh]
+}
+
+at::Tensor LayerHooks::SelfAttention(int layer, const at::Tensor& q, const DecoderBatch& batch) {
+  std::vector<at::Tensor> outputs;
+  outputs.reserve(batch.chunks.size());
+  for (size_t c = 0; c < batch.chunks.size(); ++c) {
+    outputs.push_back(CausalChunkAttention(layer, q, batch, c));
+  }
+  return at::cat(outputs, 1);  // [H, N, Dh]
+}
+
 at::Tensor LlamaDecoder::AttentionBlock(const Layer& layer, int layer_index, const at::Tensor& x,
-                                        const at::Tensor& positions,
-                                        const std::vector<ChunkSpan>& chunks, KvCache& cache,
-                                        LastRowAttention* last_row) const {
+                                        const at::Tensor& positions, const DecoderBatch& batch,
+                                        KvCache& cache, LayerHooks& hooks) const {
   const int64_t h = config_.num_attention_heads;
   const int64_t kv = config_.num_key_value_heads;
   const int64_t dh = config_.head_dim();
@@ -85,59 +114,20 @@ at::Tensor LlamaDecoder::AttentionBlock(const Layer& layer, int layer_index, con
   const at::Tensor sin = rotary_.sin.index_select(0, positions);
   q = ApplyRotary(q, cos, sin);
   k = ApplyRotary(k, cos, sin);
-
-  const double scale = 1.0 / std::sqrt(static_cast<double>(dh));
-  std::vector<at::Tensor> outputs;
-  outputs.reserve(chunks.size());
-  for (size_t ci = 0; ci < chunks.size(); ++ci) {
-    const ChunkSpan& c = chunks[ci];
+  for (const ChunkSpan& c : batch.chunks) {
     cache.Write(layer_index, c.slot, c.start, k.narrow(1, c.row_begin, c.length),
                 v.narrow(1, c.row_begin, c.length));
-    const int64_t total = c.start + c.length;
-    at::Tensor keys = cache.Keys(layer_index, c.slot, total);      // [KV, total, Dh]
-    at::Tensor values = cache.Values(layer_index, c.slot, total);  // [KV, total, Dh]
-    if (kv != h) {  // Grouped-query attention: each KV head serves H / KV query heads.
-      keys = keys.repeat_interleave(h / kv, 0);
-      values = values.repeat_interleave(h / kv, 0);
-    }
-    const at::Tensor qc = q.narrow(1, c.row_begin, c.length);  // [H, T, Dh]
-    // composite: rows [skip_begin, skip_end) of the chunk (its image tokens) attend to nothing.
-    const int64_t skip_begin = std::clamp(c.no_attention_begin - c.start, int64_t{0}, c.length);
-    const int64_t skip_end =
-        std::clamp(c.no_attention_begin + c.no_attention_length - c.start, skip_begin, c.length);
-    at::Tensor out;
-    if (skip_end == skip_begin) {
-      out = Attention(qc, keys, values, scale, /*causal_offset=*/c.start);  // [H, T, Dh]
-    } else {
-      out = at::zeros_like(qc);  // [H, T, Dh]
-      if (skip_begin > 0) {      // Rows before the image: causal over the keys up to theirs.
-        const int64_t seen = c.start + skip_begin;
-        out.narrow(1, 0, skip_begin)
-            .copy_(Attention(qc.narrow(1, 0, skip_begin), keys.narrow(1, 0, seen),
-                             values.narrow(1, 0, seen), scale, c.start));
-      }
-      if (skip_end < c.length) {  // Rows after it: causal over everything, image keys included.
-        out.narrow(1, skip_end, c.length - skip_end)
-            .copy_(Attention(qc.narrow(1, skip_end, c.length - skip_end), keys, values, scale,
-                             c.start + skip_end));
-      }
-    }
-    if (last_row != nullptr) {
-      // The last row sees every key written so far, so `keys` is exactly its causal set.
-      const at::Tensor row = last_row->LastRow(layer_index, ci, qc.select(1, c.length - 1), keys,
-                                               values, scale);  // [H, Dh]
-      if (row.defined()) out.select(1, c.length - 1).copy_(row);
-    }
-    outputs.push_back(out);
   }
   // [H, N, Dh] -> [N, H Dh]
-  const at::Tensor attn = at::cat(outputs, 1).transpose(0, 1).reshape({n, h * dh});
+  const at::Tensor attn =
+      hooks.SelfAttention(layer_index, q, batch).transpose(0, 1).reshape({n, h * dh});
   return Linear(attn, layer.o_proj);
 }
 
 at::Tensor LlamaDecoder::Forward(const at::Tensor& x_in, const std::vector<ChunkSpan>& chunks,
-                                 KvCache& cache, LastRowAttention* last_row,
-                                 CrossAttentionHook* cross) const {
+                                 KvCache& cache, LayerHooks* hooks_in) const {
+  LayerHooks plain;
+  LayerHooks& hooks = hooks_in != nullptr ? *hooks_in : plain;
   // Positions of every packed row, for RoPE.
   std::vector<int64_t> pos;
   pos.reserve(x_in.size(0));
@@ -147,16 +137,17 @@ at::Tensor LlamaDecoder::Forward(const at::Tensor& x_in, const std::vector<Chunk
   const at::Tensor positions =
       at::tensor(pos, at::TensorOptions().dtype(at::kLong)).to(x_in.device());
   const int64_t inter = config_.intermediate_size;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(config_.head_dim()));
+  const DecoderBatch batch{chunks, cache, config_.num_attention_heads, scale};
   at::Tensor x = x_in;  // [N, D]
   for (size_t l = 0; l < layers_.size(); ++l) {
     const Layer& layer = layers_[l];
+    const int li = static_cast<int>(l);
     const at::Tensor h = RmsNorm(x, layer.input_norm, config_.rms_norm_eps);
-    if (last_row != nullptr) last_row->BeginLayer(static_cast<int>(l));
-    x = x + AttentionBlock(layer, static_cast<int>(l), h, positions, chunks, cache, last_row);
-    if (cross != nullptr) {
-      const at::Tensor residual = cross->Residual(static_cast<int>(l), x, chunks);
-      if (residual.defined()) x = x + residual;
-    }
+    hooks.BeginLayer(li);
+    x = x + AttentionBlock(layer, li, h, positions, batch, cache, hooks);
+    const at::Tensor residual = hooks.AfterSelfAttention(li, x, batch);
+    if (residual.defined()) x = x + residual;
     const at::Tensor h2 = RmsNorm(x, layer.post_attn_norm, config_.rms_norm_eps);
     const at::Tensor gate_up = Linear(h2, layer.gate_up_proj);  // [N, 2I]
     const at::Tensor act = Activation(gate_up.narrow(1, 0, inter), config_.hidden_act) *

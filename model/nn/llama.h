@@ -3,12 +3,14 @@
 // point serves prefill and decode alike: a packed batch of sequence chunks ([N, D] rows, each chunk
 // placed at its own start position in its own KV-cache slot), as vLLM's varlen batches. The
 // projections run as one GEMM over all rows; attention runs per chunk against that slot's cache.
+// What an attention mode changes comes in through LayerHooks, per layer for the whole batch.
 // Worker thread only.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "model/nn/kv_cache.h"
@@ -20,45 +22,49 @@
 namespace flexvqa {
 
 // One sequence's chunk in a packed batch: rows [row_begin, row_begin + length) of the input go to
-// positions [start, start + length) of `slot`. composite mode (docs/modes.md): the rows at
-// positions [no_attention_begin, no_attention_begin + no_attention_length) run no self-attention
-// (their attention output is zero, so the block adds only the MLP), while their keys/values are
-// written to the cache as usual.
+// positions [start, start + length) of `slot`.
 struct ChunkSpan {
   int slot = 0;
   int64_t start = 0;
   int64_t row_begin = 0;
   int64_t length = 0;
-  int64_t no_attention_begin = 0;
-  int64_t no_attention_length = 0;
 };
 
-// Lets a caller change what the LAST row of each chunk attends to: FlexAttention's hierarchical
-// attention, where only the newest token also sees the selected high-resolution keys
-// (model/modes/flex_attention.h). Forward calls it on the worker thread; every other row stays
-// causal self-attention.
-class LastRowAttention {
- public:
-  virtual ~LastRowAttention() = default;
-  // Called once per layer, before its attention, with the chunks of this Forward.
-  virtual void BeginLayer(int layer) = 0;
-  // q [H, Dh]: chunk `chunk`'s last row after RoPE; keys/values [H, total, Dh]: the causal keys
-  // that row sees (grouped KV heads already repeated). Returns the row's attention output [H, Dh]
-  // to use instead of the ordinary one, or an undefined tensor to keep it.
-  virtual at::Tensor LastRow(int layer, size_t chunk, const at::Tensor& q, const at::Tensor& keys,
-                             const at::Tensor& values, double scale) = 0;
+// The packed batch of one Forward as the per-layer hooks see it: every chunk, the cache holding
+// each chunk's keys/values (this layer's already written), and the attention's geometry.
+struct DecoderBatch {
+  const std::vector<ChunkSpan>& chunks;
+  const KvCache& cache;
+  int64_t heads = 0;   // Query heads H.
+  double scale = 1.0;  // 1 / sqrt(Dh).
 };
 
-// xattn (model/modes/cross_attention.h): an extra residual sub-block between self-attention and the
-// MLP.
-class CrossAttentionHook {
+// What an attention mode changes in the decoder (model/modes/mode.h creates one per Forward).
+// Every hook sees the whole batch of one layer at once, so a mode can run one attention call per
+// layer for the whole batch. The defaults are LLaVA-1.5's plain decoder. Worker thread only.
+class LayerHooks {
  public:
-  virtual ~CrossAttentionHook() = default;
-  // x [N, D]: the packed rows after self-attention's residual. Returns the residual to add [N, D],
-  // or an undefined tensor when `layer` has none.
-  virtual at::Tensor Residual(int layer, const at::Tensor& x,
-                              const std::vector<ChunkSpan>& chunks) = 0;
+  virtual ~LayerHooks() = default;
+  // Before layer `layer`'s attention.
+  virtual void BeginLayer(int /*layer*/) {}
+  // Self-attention of every packed row: q [H, N, Dh] after RoPE -> output [H, N, Dh]. Each chunk's
+  // keys/values for this layer are in batch.cache up to start + length. Default: causal.
+  virtual at::Tensor SelfAttention(int layer, const at::Tensor& q, const DecoderBatch& batch);
+  // After self-attention's residual: x [N, D] -> a second residual to add [N, D], or an undefined
+  // tensor for none (the default).
+  virtual at::Tensor AfterSelfAttention(int /*layer*/, const at::Tensor& /*x*/,
+                                        const DecoderBatch& /*batch*/) {
+    return {};
+  }
 };
+
+// Chunk `chunk`'s cached keys and values of `layer` up to its last row, with grouped KV heads
+// repeated to the query heads: {[H, start + length, Dh], [H, start + length, Dh]}.
+std::pair<at::Tensor, at::Tensor> ChunkKeysValues(int layer, const DecoderBatch& batch,
+                                                  size_t chunk);
+// Plain causal attention of one chunk's rows of q [H, N, Dh] -> [H, length, Dh].
+at::Tensor CausalChunkAttention(int layer, const at::Tensor& q, const DecoderBatch& batch,
+                                size_t chunk);
 
 class LlamaDecoder {
  public:
@@ -74,12 +80,10 @@ class LlamaDecoder {
   at::Tensor Embed(const at::Tensor& token_ids) const;
 
   // Runs the blocks over packed rows x [N, D], writing each chunk's keys/values into its slot and
-  // extending the slot's length. Returns the final-normed hidden states [N, D]. `last_row`
-  // (optional) replaces the attention of each chunk's last row (see LastRowAttention); `cross`
-  // (optional) adds xattn's cross-attention after self-attention.
+  // extending the slot's length. Returns the final-normed hidden states [N, D]. `hooks` (optional:
+  // null is the plain decoder) is the attention mode's (LayerHooks).
   at::Tensor Forward(const at::Tensor& x, const std::vector<ChunkSpan>& chunks, KvCache& cache,
-                     LastRowAttention* last_row = nullptr,
-                     CrossAttentionHook* cross = nullptr) const;
+                     LayerHooks* hooks = nullptr) const;
 
   // Rows of the RoPE tables (model dtype), for keys placed by position outside the sequence.
   const RotaryTables& rotary() const { return rotary_; }
@@ -98,8 +102,8 @@ class LlamaDecoder {
   };
 
   at::Tensor AttentionBlock(const Layer& layer, int layer_index, const at::Tensor& x,
-                            const at::Tensor& positions, const std::vector<ChunkSpan>& chunks,
-                            KvCache& cache, LastRowAttention* last_row) const;
+                            const at::Tensor& positions, const DecoderBatch& batch, KvCache& cache,
+                            LayerHooks& hooks) const;
 
   TextConfig config_;
   at::Tensor embed_tokens_;  // [V, D]

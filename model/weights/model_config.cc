@@ -234,37 +234,30 @@ Status CheckPositive(int value, const char* name) {
 // = zoom_ratio tiles of it per side, and an LR grid whose 9x9 pooling (modeling_llama.py:566) is
 // whole.
 Status ValidateMode(const LlavaConfig& c) {
-  const std::string& m = c.mode.name;
-  if (m != "full" && m != "hd" && m != "composite" && m != "xattn") {
-    return InvalidArgumentError(
-        "attention_mode must be full, hd, composite or xattn (flex is set by 'extra'), got '" + m +
-        "'");
-  }
   const ModeConfig& x = c.mode;
-  if (m == "xattn" &&
+  const AttentionMode m = x.attention;
+  if (m == AttentionMode::kXattn &&
       (x.xattn_zoom < 1 || x.xattn_zoom > 8 || x.xattn_every < 1 || x.xattn_hidden < 1 ||
        x.xattn_heads < 1 || x.xattn_hidden % x.xattn_heads != 0)) {
     return InvalidArgumentError(
         "xattn needs xattn_zoom in [1, 8], xattn_every >= 1 and xattn_hidden a "
         "positive multiple of xattn_heads");
   }
-  if (m != "full" && c.flex.enabled) {
-    return InvalidArgumentError("attention_mode '" + m +
-                                "' cannot be combined with FlexAttention's 'extra'");
-  }
-  if (m == "hd" && (c.mode.hd_zoom < 2 || c.mode.hd_zoom > 8)) {
+  if (m == AttentionMode::kHd && (x.hd_zoom < 2 || x.hd_zoom > 8)) {
     return InvalidArgumentError("hd_zoom must be between 2 and 8, got " +
-                                std::to_string(c.mode.hd_zoom));
+                                std::to_string(x.hd_zoom));
   }
-  if (x.zoom() > 0 && c.vision_feature_select != "default" && c.vision_feature_select != "patch") {
-    return InvalidArgumentError("attention_mode " + m + " needs patch features (no CLS token)");
+  const bool two_views = m == AttentionMode::kHd || m == AttentionMode::kXattn;
+  if (two_views && c.vision_feature_select != "default" && c.vision_feature_select != "patch") {
+    return InvalidArgumentError(std::string("attention_mode ") + AttentionModeName(m) +
+                                " needs patch features (no CLS token)");
   }
   return Status::Ok();
 }
 
 Status ValidateFlex(const LlavaConfig& c) {
   const FlexAttentionConfig& f = c.flex;
-  if (!f.enabled) return Status::Ok();
+  if (c.mode.attention != AttentionMode::kFlex) return Status::Ok();
   if (f.zoom_ratio < 1 || f.lowres_size != c.vision.image_size ||
       f.highres_size != f.zoom_ratio * f.lowres_size) {
     return InvalidArgumentError(
@@ -432,11 +425,12 @@ Status ReadExtraInt(const json& extra, const char* key, int* out) {
 }
 
 // The FlexAttention checkpoint's "extra" dict (senfu/llava-v1.5-7b-flexattn config.json).
-Status ParseFlexExtra(const json& j, FlexAttentionConfig* flex) {
+// *enabled: whether it makes the checkpoint a FlexAttention one.
+Status ParseFlexExtra(const json& j, FlexAttentionConfig* flex, bool* enabled) {
   auto it = j.find("extra");
   if (it == j.end() || it->is_null()) return Status::Ok();
   if (!it->is_object()) return InvalidArgumentError("'extra' must be an object");
-  flex->enabled = it->contains("zoom_ratio");
+  *enabled = it->contains("zoom_ratio");
   FLEXVQA_RETURN_IF_ERROR(ReadExtraInt(*it, "zoom_ratio", &flex->zoom_ratio));
   FLEXVQA_RETURN_IF_ERROR(ReadExtraInt(*it, "threshold", &flex->threshold));
   FLEXVQA_RETURN_IF_ERROR(ReadExtraInt(*it, "highres_size", &flex->highres_size));
@@ -475,7 +469,10 @@ Status ParseOriginalLayout(const json& j, LlavaConfig* c, int* mm_hidden_size) {
   if (merge != "flat") {
     return UnimplementedError("mm_patch_merge_type '" + merge + "' is not supported (only flat)");
   }
-  return ParseFlexExtra(j, &c->flex);
+  bool flex = false;
+  FLEXVQA_RETURN_IF_ERROR(ParseFlexExtra(j, &c->flex, &flex));
+  if (flex) c->mode.attention = AttentionMode::kFlex;
+  return Status::Ok();
 }
 
 Status ParseConfig(const json& j, LlavaConfig* c, int* mm_hidden_size) {
@@ -506,7 +503,18 @@ Status ParseConfig(const json& j, LlavaConfig* c, int* mm_hidden_size) {
   Status s = hf ? ParseHfLayout(j, c) : ParseOriginalLayout(j, c, mm_hidden_size);
   FLEXVQA_RETURN_IF_ERROR(s);
   // Our keys (docs/modes.md): the attention mode and hd's zoom.
-  FLEXVQA_RETURN_IF_ERROR(ReadString(j, "attention_mode", &c->mode.name));
+  // The mode, parsed once here (docs/modes.md): flex comes from the original layout's "extra".
+  std::string mode = "full";
+  FLEXVQA_RETURN_IF_ERROR(ReadString(j, "attention_mode", &mode));
+  FLEXVQA_ASSIGN_OR_RETURN(const AttentionMode named, ParseAttentionMode(mode));
+  if (named == AttentionMode::kFlex) {
+    return InvalidArgumentError("attention_mode cannot be 'flex': flex is set by 'extra'");
+  }
+  if (named != AttentionMode::kFull && c->mode.attention == AttentionMode::kFlex) {
+    return InvalidArgumentError("attention_mode '" + mode +
+                                "' cannot be combined with FlexAttention's 'extra'");
+  }
+  if (named != AttentionMode::kFull) c->mode.attention = named;
   FLEXVQA_RETURN_IF_ERROR(ReadInt(j, "hd_zoom", &c->mode.hd_zoom));
   FLEXVQA_RETURN_IF_ERROR(ReadInt(j, "xattn_zoom", &c->mode.xattn_zoom));
   FLEXVQA_RETURN_IF_ERROR(ReadInt(j, "xattn_every", &c->mode.xattn_every));
@@ -602,6 +610,32 @@ StatusOr<std::string> ResolveVisionDir(const std::string& model_dir, const std::
 }
 
 }  // namespace
+
+namespace {
+// One row per AttentionMode; the names config.json and ModelInfo use.
+constexpr std::pair<AttentionMode, const char*> kModeNames[] = {
+    {AttentionMode::kFull, "full"},           {AttentionMode::kHd, "hd"},
+    {AttentionMode::kXattn, "xattn"},         {AttentionMode::kFlex, "flex"},
+    {AttentionMode::kComposite, "composite"},
+};
+}  // namespace
+
+const char* AttentionModeName(AttentionMode mode) {
+  for (const auto& [m, name] : kModeNames) {
+    if (m == mode) return name;
+  }
+  return "unknown";
+}
+
+StatusOr<AttentionMode> ParseAttentionMode(const std::string& name) {
+  std::string names;
+  for (const auto& [m, n] : kModeNames) {
+    if (name == n) return m;
+    if (m != AttentionMode::kFlex) names += std::string(names.empty() ? "" : ", ") + n;
+  }
+  return InvalidArgumentError("attention_mode must be one of " + names +
+                              " (flex is set by 'extra'), got '" + name + "'");
+}
 
 const char* CheckpointLayoutName(CheckpointLayout layout) {
   switch (layout) {

@@ -45,19 +45,37 @@ struct TextConfig {
 };
 
 enum class CheckpointLayout {
-  kHfLlava,  // llava-hf/*: LlavaForConditionalGeneration, tensors language_model.*, vision_tower.*,
-             // ...
-  kOriginalLlava,  // liuhaotian/*: LlavaLlamaForCausalLM, model.layers.*, model.mm_projector.*,
-                   // lm_head.*; the CLIP tower lives in its own directory (mm_vision_tower).
+  // llava-hf/*: LlavaForConditionalGeneration; tensors language_model.*, vision_tower.*,
+  // multi_modal_projector.*.
+  kHfLlava,
+  // liuhaotian/*: LlavaLlamaForCausalLM; tensors model.layers.*, model.mm_projector.*, lm_head.*;
+  // the CLIP tower lives in its own directory (mm_vision_tower).
+  kOriginalLlava,
 };
 
 const char* CheckpointLayoutName(CheckpointLayout layout);
 
+// The attention mode (docs/modes.md), parsed once from config.json: the top-level "attention_mode"
+// key (ours) names full, hd, composite or xattn; FlexAttention checkpoints are recognised by their
+// "extra" dict instead, as the authors' code decides (modeling_llama.py:326-329). Below the parser
+// the mode is only ever this enum; AttentionModeName gives the string for display
+// (ModelInfo::mode). Each value has one implementation in model/modes/<name>.cc.
+enum class AttentionMode {
+  kFull,       // LLaVA-1.5: the image's s^2 tokens in the sequence, plain causal attention.
+  kHd,         // LLaVA-1.5-HD as the FlexAttention paper re-implemented it.
+  kXattn,      // CogAgent-style cross-attention to high-resolution features.
+  kFlex,       // FlexAttention (arXiv 2407.20228).
+  kComposite,  // EE-MLLM-F as we read it: image tokens skip self-attention.
+};
+
+// "full", "hd", "xattn", "flex", "composite".
+const char* AttentionModeName(AttentionMode mode);
+// The inverse of AttentionModeName; INVALID_ARGUMENT for other names.
+StatusOr<AttentionMode> ParseAttentionMode(const std::string& name);
+
 // FlexAttention (arXiv 2407.20228; ../shared/flexattention.md), read from the checkpoint's "extra"
-// dict, whose values are strings ("threshold": "48"). Enabled when "extra" has "zoom_ratio", as the
-// authors' code decides (modeling_llama.py:326-329).
+// dict, whose values are strings ("threshold": "48"). Used when mode is kFlex.
 struct FlexAttentionConfig {
-  bool enabled = false;
   int threshold = 64;       // extra.threshold; the code's default is 64 (modeling_llama.py:523).
   int highres_size = 1008;  // extra.highres_size: side of the high-resolution image.
   int lowres_size = 336;    // extra.lowres_size: side of the image whose tokens enter the sequence.
@@ -67,36 +85,30 @@ struct FlexAttentionConfig {
   int num_sa_layers = 9;
 };
 
-// Attention modes besides flex (docs/modes.md), from config.json's top-level "attention_mode" (our
-// key).
-//   full:      LLaVA-1.5 (Default).
-//   hd:        LLaVA-1.5-HD as the FlexAttention paper re-implemented it: the image at hd_zoom x
-//   the tower's
-//              size, cut into hd_zoom^2 tiles through CLIP + projector, their (hd_zoom s)^2 tokens
-//              placed in the sequence right after the s^2 low-resolution tokens.
-//   composite: EE-MLLM-F as we read it: image tokens skip self-attention in every layer (MLP only);
-//   text
-//              attends causally to them and to earlier text.
-//   xattn:     CogAgent-style: the sequence is LLaVA-1.5's (LR tokens); every xattn_every-th layer
-//   adds a
-//              cross-attention sub-block (after self-attention, residual) from the hidden states to
-//              the xattn_zoom^2 tiles' HR features, with its own weights
+// The mode and the parameters of the modes besides flex, from config.json's top-level keys (ours;
+// docs/modes.md has each mode's equations):
+//   hd:        the image at hd_zoom x the tower's size, cut into hd_zoom^2 tiles through CLIP and
+//              the projector; their (hd_zoom s)^2 tokens follow the s^2 low-resolution tokens in
+//              the sequence.
+//   composite: image tokens skip self-attention in every layer (MLP only); text attends causally
+//              to them and to earlier text.
+//   xattn:     the sequence is LLaVA-1.5's (LR tokens); every xattn_every-th layer adds a
+//              cross-attention sub-block (after self-attention, residual) from the hidden states
+//              to the xattn_zoom^2 tiles' HR features, with its own weights
 //              (model.layers.{i}.cross_attn.*).
-// flex is selected by the "extra" dict instead (FlexAttentionConfig) and excludes the others.
 struct ModeConfig {
-  std::string name =
-      "full";  // full | hd | composite | xattn ("flex" when FlexAttentionConfig::enabled).
-  int hd_zoom =
-      2;  // config.json "hd_zoom": tiles per side in hd. Default: 2 (672 px for CLIP-336).
-  int xattn_zoom =
-      3;  // "xattn_zoom": HR tiles per side in xattn. Default: 3 (1008 px, the paper's).
-  int xattn_every =
-      1;  // "xattn_every": layers i with i % every == 0 cross-attend. Default: 1 (all).
+  // config.json "attention_mode" (full | hd | composite | xattn), or kFlex when "extra"
+  // has "zoom_ratio" (the two exclude each other). Default: kFull.
+  AttentionMode attention = AttentionMode::kFull;
+  int hd_zoom = 2;          // "hd_zoom": tiles per side in hd. Default: 2 (672 px for CLIP-336).
+  int xattn_zoom = 3;       // "xattn_zoom": HR tiles per side in xattn. Default: 3 (1008 px).
+  int xattn_every = 1;      // "xattn_every": layers i with i % every == 0 cross-attend. Default: 1.
   int xattn_hidden = 1024;  // "xattn_hidden": cross-attention width C. Default: 1024 (CogAgent's).
   int xattn_heads = 32;     // "xattn_heads": cross-attention heads (C / heads wide). Default: 32.
-  // HR tiles per side of the two-view modes (hd, xattn); 0 for the others.
-  int zoom() const { return name == "hd" ? hd_zoom : name == "xattn" ? xattn_zoom : 0; }
-  bool cross_attends(int layer) const { return name == "xattn" && layer % xattn_every == 0; }
+  // xattn: whether decoder layer `layer` has a cross-attention sub-block.
+  bool cross_attends(int layer) const {
+    return attention == AttentionMode::kXattn && layer % xattn_every == 0;
+  }
 };
 
 struct LlavaConfig {
@@ -112,8 +124,8 @@ struct LlavaConfig {
   // table; we keep it as the in-prompt marker.
   int image_token_id = 32000;
   int vision_feature_layer = -2;  // Hidden state taken from the CLIP tower.
-  std::string vision_feature_select =
-      "default";                              // default/patch: drop CLS; full/cls_patch: keep it.
+  // default/patch: drop CLS; full/cls_patch: keep it.
+  std::string vision_feature_select = "default";
   std::string projector_type = "mlp2x_gelu";  // Linear -> GELU -> Linear.
   // pad: expand to square with the mean colour, then resize (LLaVA's expand2square). square: CLIP's
   // own resize of the shortest side then centre crop (what llava-hf's CLIPImageProcessor does).
@@ -124,13 +136,13 @@ struct LlavaConfig {
   int crop_size = 0;             // Default: vision.image_size (filled in by LoadLlavaConfig).
   int resize_shortest_edge = 0;  // preprocessor "size"; Default: crop_size (filled in likewise).
   std::string torch_dtype = "float32";  // As stored in the checkpoint; informational.
-  FlexAttentionConfig flex;             // Original layout only.
+  FlexAttentionConfig flex;             // mode kFlex (original layout only).
   ModeConfig mode;                      // Either layout.
 
+  // Tokens of one image's low-resolution view (the tower's patch grid, plus CLS when kept). What an
+  // image adds to the sequence depends on the mode: Mode::image_tokens() (model/modes/mode.h).
   int num_image_tokens() const {
     const int side = vision.image_size / vision.patch_size;
-    // hd: the s^2 LR tokens, then the (Z s)^2 HR tokens (patch features only; Validate checks).
-    if (mode.name == "hd") return side * side + (mode.hd_zoom * side) * (mode.hd_zoom * side);
     return side * side +
            (vision_feature_select == "default" || vision_feature_select == "patch" ? 0 : 1);
   }

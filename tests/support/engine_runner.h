@@ -1,7 +1,8 @@
 // Test support: runs requests through an Engine the way the scheduler does, without threads: all
 // are prepared and admitted, prefilled in one call, then decoded in lockstep until each finishes.
 // Records each request's tokens, text, finish reason and status, and its report and selections at
-// the moment it finished; checks that Release forgets the sequence.
+// the moment it finished; checks that Release forgets the sequence. RecordingSink keeps the logits
+// the engine sampled from.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -13,6 +14,7 @@
 #include <vector>
 
 #include "model/engine.h"
+#include "model/llava_engine.h"
 
 namespace flexvqa::testing {
 
@@ -36,16 +38,14 @@ inline std::unique_ptr<Engine> MakeEngine(const std::string& model_dir, int max_
   return engine.ok() ? std::move(*engine) : nullptr;
 }
 
-inline std::vector<EngineRun> RunInLockstep(Engine& engine,
-                                            const std::vector<GenerationRequest>& requests) {
-  std::vector<EngineRun> out(requests.size());
+// Admits every prepared request, prefills them in one call, then decodes in lockstep.
+inline std::vector<EngineRun> RunPreparedInLockstep(
+    Engine& engine, const std::vector<std::shared_ptr<const PreparedRequest>>& prepared) {
+  std::vector<EngineRun> out(prepared.size());
   std::map<SequenceId, size_t> index;
   std::vector<SequenceId> running;
-  for (size_t i = 0; i < requests.size(); ++i) {
-    auto prepared = engine.Prepare(requests[i]);
-    EXPECT_TRUE(prepared.ok()) << prepared.status().ToString();
-    if (!prepared.ok()) return out;
-    auto id = engine.Admit(*prepared);
+  for (size_t i = 0; i < prepared.size(); ++i) {
+    auto id = engine.Admit(prepared[i]);
     EXPECT_TRUE(id.ok()) << id.status().ToString();
     if (!id.ok()) return out;
     index[*id] = i;
@@ -73,5 +73,35 @@ inline std::vector<EngineRun> RunInLockstep(Engine& engine,
   }
   return out;
 }
+
+inline std::vector<EngineRun> RunInLockstep(Engine& engine,
+                                            const std::vector<GenerationRequest>& requests) {
+  std::vector<std::shared_ptr<const PreparedRequest>> prepared;
+  for (const GenerationRequest& r : requests) {
+    auto p = engine.Prepare(r);
+    EXPECT_TRUE(p.ok()) << p.status().ToString();
+    if (!p.ok()) return std::vector<EngineRun>(requests.size());
+    prepared.push_back(*p);
+  }
+  return RunPreparedInLockstep(engine, prepared);
+}
+
+// Records the logits each sequence sampled from (model/llava_engine.h), by sequence and position.
+class RecordingSink : public LogitsSink {
+ public:
+  explicit RecordingSink(bool prompt_rows = false) : prompt_rows_(prompt_rows) {}
+  void OnLogits(SequenceId sequence, int position, const float* logits, int vocab) override {
+    rows_[sequence][position].assign(logits, logits + vocab);
+  }
+  bool prompt_rows() const override { return prompt_rows_; }
+  void set_prompt_rows(bool on) { prompt_rows_ = on; }
+  // Sequence ids in admission order, each with its rows by position.
+  const std::map<SequenceId, std::map<int, std::vector<float>>>& rows() const { return rows_; }
+  void Clear() { rows_.clear(); }
+
+ private:
+  bool prompt_rows_;
+  std::map<SequenceId, std::map<int, std::vector<float>>> rows_;
+};
 
 }  // namespace flexvqa::testing

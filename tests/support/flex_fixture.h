@@ -1,8 +1,9 @@
 // Test support for FlexAttention: the reference fixture tests/fixtures/flex_tiny (written by
-// tests/parity/make_flex_fixture.py) and a harness that runs its cases through the same LlavaModel
-// functions the engine uses (two-resolution vision pass, packed prefill, lockstep greedy decode,
-// one HighResSequence per request, FlexAttention hook), at any batch size. Header-only; fp32 on
-// CPU.
+// tests/parity/make_flex_fixture.py) and a harness that runs its cases through the engine as the
+// scheduler drives it (PrepareTokens with the case's prompt ids and image, Admit, one packed
+// Prefill, lockstep greedy Decode; model/llava_engine.h), at any batch size, recording the logits
+// each token was sampled from. The LR-only comparison (plain attention over the 1008 pipeline's LR
+// tokens) has no engine mode and runs on LlavaModel with no hooks. Header-only; fp32 on CPU.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -15,9 +16,10 @@
 
 #include "model/image/image_decode.h"
 #include "model/image/image_preprocess.h"
+#include "model/llava_engine.h"
 #include "model/llava_model.h"
-#include "model/modes/flex_attention.h"
 #include "model/nn/kv_cache.h"
+#include "tests/support/engine_runner.h"
 #include "tests/support/parity_fixture.h"
 #include "tests/support/tiny_model.h"
 
@@ -84,7 +86,6 @@ struct FlexInput {
   std::vector<int32_t> input_ids;
   std::string image_bytes;  // Empty: no image.
   int threshold = 48;
-  bool hierarchical = true;  // false: LR-only (the 1008 pipeline's LR tokens, plain attention).
 };
 
 struct FlexRun {
@@ -94,106 +95,114 @@ struct FlexRun {
   int64_t computed_blocks = 0;
 };
 
-// The fixture's model loaded as the engine loads it, with a KV cache of 8 slots.
+// (FA layer, block) pairs a trace ever selected: the HR key/value blocks a lazy engine computed.
+inline int64_t BlocksEverSelected(const SelectionTrace& t) {
+  const size_t grid = static_cast<size_t>(t.grid) * t.grid;
+  std::vector<uint8_t> seen(static_cast<size_t>(t.num_fa_layers) * grid, 0);
+  for (int step = 0; step < t.num_steps; ++step) {
+    for (size_t i = 0; i < seen.size(); ++i) seen[i] |= t.masks[step * seen.size() + i];
+  }
+  return std::count(seen.begin(), seen.end(), 1);
+}
+
+// The fixture's model behind the engine (8 slots, fp32), with a logits sink.
 class FlexHarness {
  public:
   static StatusOr<std::unique_ptr<FlexHarness>> Open(const LlavaConfig& config) {
     auto h = std::unique_ptr<FlexHarness>(new FlexHarness());
     h->config_ = config;
-    FLEXVQA_ASSIGN_OR_RETURN(h->model_,
-                             LlavaModel::Load(config, at::kFloat, at::Device(at::kCPU), 1024));
-    const TextConfig& t = config.text;
-    KvCacheShape shape{t.num_hidden_layers, 8, 1024, t.num_key_value_heads, t.head_dim()};
-    FLEXVQA_ASSIGN_OR_RETURN(KvCache cache,
-                             KvCache::Create(shape, at::kFloat, at::Device(at::kCPU)));
-    h->cache_ = std::make_unique<KvCache>(std::move(cache));
+    EngineOptions options;
+    options.model_dir = config.model_dir;
+    options.max_sequences = 8;
+    options.max_context = 1024;
+    options.dtype = "float32";
+    FLEXVQA_ASSIGN_OR_RETURN(h->engine_, CreateLlavaEngine(options, &h->sink_));
     return h;
   }
 
-  const LlavaModel& model() const { return *model_; }
+  Engine& engine() { return *engine_; }
 
-  // Runs the inputs together: one vision pass, one packed prefill, `steps - 1` lockstep greedy
-  // decode steps. Each input's logits and trace are its own.
+  // Runs the inputs together through the engine: one prefill, `steps - 1` lockstep greedy decode
+  // steps. Each input's logits, tokens and trace are its own.
   std::vector<FlexRun> Run(const std::vector<FlexInput>& inputs, int steps) {
-    const FlexAttentionConfig& fc = config_.flex;
-    PreprocessOptions pre;
-    pre.crop_size = pre.resize_shortest_edge = fc.highres_size;
-    pre.mean = config_.image_mean;
-    pre.std = config_.image_std;
-    pre.pad_to_square = config_.image_aspect_ratio == "pad";
-    std::vector<at::Tensor> highs, lows;
-    std::vector<std::array<int, 2>> sizes;
+    std::vector<std::shared_ptr<const PreparedRequest>> prepared;
     for (const FlexInput& in : inputs) {
-      if (in.image_bytes.empty()) continue;
-      auto image = DecodeImage(in.image_bytes, "", ImageLimits());
-      EXPECT_TRUE(image.ok()) << image.status().ToString();
-      auto views = PreprocessFlexAttention(*image, pre, fc.lowres_size);
-      EXPECT_TRUE(views.ok()) << views.status().ToString();
-      const int64_t hs = fc.highres_size, ls = fc.lowres_size;
-      highs.push_back(at::tensor(views->high).view({3, hs, hs}));
-      lows.push_back(at::tensor(views->low).view({3, ls, ls}));
-      sizes.push_back({image->width, image->height});
+      GenerationRequest r;
+      r.sampling.max_new_tokens = steps;
+      r.sampling.temperature = 0.0f;
+      r.sampling.ignore_eos = true;
+      r.selection_threshold = in.threshold;
+      std::optional<ImageInput> image;
+      if (!in.image_bytes.empty()) image = ImageInput{in.image_bytes, ""};
+      auto p = PrepareTokens(*engine_, in.input_ids, image, {}, r);
+      EXPECT_TRUE(p.ok()) << p.status().ToString();
+      if (!p.ok()) return std::vector<FlexRun>(inputs.size());
+      prepared.push_back(*p);
     }
-    at::Tensor lr, hr;
-    if (!highs.empty())
-      std::tie(lr, hr) = model_->EncodeTwoResolutions(at::stack(highs), at::stack(lows));
-    std::vector<std::unique_ptr<HighResSequence>> states(inputs.size());
-    std::vector<PromptChunk> prompts;
-    std::vector<int> slots;
-    int image = 0;
-    for (size_t i = 0; i < inputs.size(); ++i) {
-      PromptChunk p;
-      p.tokens = &inputs[i].input_ids;
-      p.slot = cache_->Allocate();
-      slots.push_back(p.slot);
-      if (!inputs[i].image_bytes.empty()) {
-        p.image_features = lr[image];
-        if (inputs[i].hierarchical) {
-          const auto& ids = inputs[i].input_ids;
-          const int64_t begin =
-              std::find(ids.begin(), ids.end(), config_.image_token_id) - ids.begin();
-          states[i] = std::make_unique<HighResSequence>(*model_->highres(), hr[image].clone(),
-                                                        begin, sizes[image][0], sizes[image][1],
-                                                        inputs[i].threshold);
-        }
-        ++image;
-      }
-      prompts.push_back(p);
-    }
-    std::vector<HighResSequence*> raw;
-    for (auto& s : states) raw.push_back(s.get());
-    std::vector<std::vector<at::Tensor>> logits(inputs.size());
+    sink_.Clear();
+    const std::vector<EngineRun> engine_runs = RunPreparedInLockstep(*engine_, prepared);
     std::vector<FlexRun> runs(inputs.size());
-    at::Tensor step_logits;
-    {
-      FlexAttention hook(*model_->highres(), raw);
-      step_logits = model_->PrefillLogits(prompts, *cache_, &hook);
-    }
-    for (int step = 0;; ++step) {
-      std::vector<int32_t> next;
-      for (size_t i = 0; i < inputs.size(); ++i) {
-        logits[i].push_back(step_logits[static_cast<int64_t>(i)]);
-        runs[i].tokens.push_back(step_logits[static_cast<int64_t>(i)].argmax().item<int64_t>());
-        next.push_back(static_cast<int32_t>(runs[i].tokens.back()));
-      }
-      if (step + 1 == steps) break;
-      FlexAttention hook(*model_->highres(), raw);
-      step_logits = model_->DecodeLogits(next, slots, *cache_, &hook);
-    }
-    for (size_t i = 0; i < inputs.size(); ++i) {
-      runs[i].logits = at::stack(logits[i]);
-      if (states[i]) {
-        runs[i].trace = states[i]->trace();
-        runs[i].computed_blocks = states[i]->computed_blocks();
-      }
-      cache_->Free(slots[i]);
+    auto rows = sink_.rows().begin();  // Sequence ids follow admission order.
+    EXPECT_EQ(sink_.rows().size(), inputs.size());
+    for (size_t i = 0; i < inputs.size() && rows != sink_.rows().end(); ++i, ++rows) {
+      EXPECT_TRUE(engine_runs[i].status.ok()) << engine_runs[i].status.ToString();
+      runs[i].tokens.assign(engine_runs[i].tokens.begin(), engine_runs[i].tokens.end());
+      runs[i].trace = engine_runs[i].trace;
+      runs[i].computed_blocks = BlocksEverSelected(runs[i].trace);
+      std::vector<at::Tensor> logits;
+      for (const auto& [position, row] : rows->second) logits.push_back(at::tensor(row));
+      EXPECT_EQ(static_cast<int>(logits.size()), steps);
+      if (!logits.empty()) runs[i].logits = at::stack(logits);
     }
     return runs;
+  }
+
+  // Plain causal attention over the 1008 pipeline's LR tokens (no HR keys, no selection): the
+  // model with no hooks, batch 1, greedy.
+  FlexRun RunLowResOnly(const FlexInput& in, int steps) {
+    if (!model_) {
+      auto model = LlavaModel::Load(config_, at::kFloat, at::Device(at::kCPU), 1024);
+      EXPECT_TRUE(model.ok()) << model.status().ToString();
+      const TextConfig& t = config_.text;
+      auto cache =
+          KvCache::Create({t.num_hidden_layers, 1, 1024, t.num_key_value_heads, t.head_dim()},
+                          at::kFloat, at::Device(at::kCPU));
+      EXPECT_TRUE(cache.ok());
+      if (!model.ok() || !cache.ok()) return {};
+      model_ = std::move(*model);
+      cache_ = std::make_unique<KvCache>(std::move(*cache));
+    }
+    const Mode& mode = model_->mode();
+    auto image = DecodeImage(in.image_bytes, "", ImageLimits());
+    EXPECT_TRUE(image.ok()) << image.status().ToString();
+    ModeInput views;
+    EXPECT_TRUE(mode.PrepareImage(*image, &views).ok());
+    const int64_t hs = mode.preprocess().crop_size, ls = config_.vision.image_size;
+    const EncodedImages encoded =
+        mode.Encode(model_->encoder(), at::tensor(views.pixels).view({1, 3, ls, ls}),
+                    at::tensor(views.highres_pixels).view({1, 3, hs, hs}));
+    PromptChunk p;
+    p.tokens = &in.input_ids;
+    p.slot = cache_->Allocate();
+    p.image_features = encoded.sequence[0];
+    FlexRun run;
+    std::vector<at::Tensor> logits = {model_->PrefillLogits({p}, *cache_)[0]};
+    for (int step = 1;; ++step) {
+      run.tokens.push_back(logits.back().argmax().item<int64_t>());
+      if (step == steps) break;
+      logits.push_back(
+          model_->DecodeLogits({static_cast<int32_t>(run.tokens.back())}, {p.slot}, *cache_)[0]);
+    }
+    cache_->Free(p.slot);
+    run.logits = at::stack(logits);
+    return run;
   }
 
  private:
   FlexHarness() = default;
   LlavaConfig config_;
+  RecordingSink sink_;
+  std::unique_ptr<Engine> engine_;
   std::unique_ptr<LlavaModel> model_;
   std::unique_ptr<KvCache> cache_;
 };

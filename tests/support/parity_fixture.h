@@ -1,7 +1,8 @@
 // Test support: reference-parity fixtures (a model directory, pixel_values, the prompt's logits and
 // the greedy tokens, as tests/parity/make_*_fixture.py write them) and the two checks every parity
-// test runs against our engine: prompt logits within a tolerance, and greedy decoding through the
-// KV cache token for token. Header-only; fp32 on CPU.
+// test runs against our engine as the scheduler drives it (PrepareTokens, Admit, Prefill, Decode,
+// the engine's sampler; model/llava_engine.h): prompt logits within a tolerance, and greedy
+// decoding token for token with the logits it chose from. Header-only; fp32 on CPU.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -14,13 +15,15 @@
 #include <iterator>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
-#include "model/llava_model.h"
-#include "model/nn/kv_cache.h"
+#include "model/engine.h"
+#include "model/llava_engine.h"
 #include "model/status.h"
 #include "model/weights/model_config.h"
+#include "tests/support/engine_runner.h"
 
 namespace flexvqa::testing {
 
@@ -33,6 +36,7 @@ struct ParityFixture {
   at::Tensor logits;               // [T, V] fp32
   std::vector<int64_t> greedy_tokens;
   std::vector<double> greedy_margins;  // Top-1 minus top-2 logit per greedy step (optional).
+  std::string model_dir;
   LlavaConfig config;
 };
 
@@ -70,7 +74,8 @@ inline StatusOr<ParityFixture> LoadParityFixture(const std::string& dir) {
     FLEXVQA_ASSIGN_OR_RETURN(
         f.logits,
         ReadFloat32File(dir + "/logits.f32", j.at("logits_shape").get<std::vector<int64_t>>()));
-    FLEXVQA_ASSIGN_OR_RETURN(f.config, LoadLlavaConfig(dir + "/" + j.value("model_dir", "model")));
+    f.model_dir = dir + "/" + j.value("model_dir", "model");
+    FLEXVQA_ASSIGN_OR_RETURN(f.config, LoadLlavaConfig(f.model_dir));
   } catch (const nlohmann::json::exception& e) {
     return InvalidArgumentError(dir + "/fixture.json: " + e.what());
   }
@@ -81,67 +86,85 @@ inline StatusOr<ParityFixture> LoadParityFixture(const std::string& dir) {
   return f;
 }
 
-// Our engine loaded on the fixture's model: fp32, CPU, one KV-cache slot per call.
+// The engine loaded on the fixture's model (fp32, CPU), with a sink that records the logits it
+// samples from.
 class ParityHarness {
  public:
-  static constexpr int64_t kMaxPositions = 256;
+  static constexpr int kMaxPositions = 256;
 
   static StatusOr<std::unique_ptr<ParityHarness>> Open(const std::string& dir) {
     auto h = std::unique_ptr<ParityHarness>(new ParityHarness());
     FLEXVQA_ASSIGN_OR_RETURN(h->fixture_, LoadParityFixture(dir));
-    FLEXVQA_ASSIGN_OR_RETURN(h->model_, LlavaModel::Load(h->fixture_.config, at::kFloat,
-                                                         at::Device(at::kCPU), kMaxPositions));
-    const TextConfig& t = h->fixture_.config.text;
-    KvCacheShape shape{t.num_hidden_layers, /*num_slots=*/2, static_cast<int>(kMaxPositions),
-                       t.num_key_value_heads, t.head_dim()};
-    FLEXVQA_ASSIGN_OR_RETURN(KvCache cache,
-                             KvCache::Create(shape, at::kFloat, at::Device(at::kCPU)));
-    h->cache_ = std::make_unique<KvCache>(std::move(cache));
+    EngineOptions options;
+    options.model_dir = h->fixture_.model_dir;
+    options.max_sequences = 2;
+    options.max_context = kMaxPositions;
+    options.dtype = "float32";
+    FLEXVQA_ASSIGN_OR_RETURN(h->engine_, CreateLlavaEngine(options, &h->sink_));
     return h;
   }
 
   const ParityFixture& fixture() const { return fixture_; }
-  const LlavaModel& model() const { return *model_; }
 
-  at::Tensor InputIds() const {
-    return at::tensor(fixture_.input_ids, at::TensorOptions().dtype(at::kLong));
+  // The fixture's prompt and pixels as the engine's request: greedy, `new_tokens` long.
+  StatusOr<std::shared_ptr<const PreparedRequest>> Prepare(int new_tokens) {
+    GenerationRequest r;
+    r.sampling.max_new_tokens = new_tokens;
+    r.sampling.temperature = 0.0f;
+    r.sampling.ignore_eos = true;
+    const at::Tensor pixels = fixture_.pixel_values.contiguous();
+    return PrepareTokens(
+        *engine_, std::vector<int32_t>(fixture_.input_ids.begin(), fixture_.input_ids.end()),
+        std::nullopt,
+        std::vector<float>(pixels.data_ptr<float>(), pixels.data_ptr<float>() + pixels.numel()), r);
   }
 
-  // Our logits [T, V] of the fixture's prompt, in a fresh slot.
+  // The engine's logits [T, V] at every prompt position (its prefill, through the sink).
   at::Tensor PromptLogits() {
-    const int slot = cache_->Allocate();
-    at::Tensor logits = model_->PromptLogits(InputIds(), fixture_.pixel_values, *cache_, slot);
-    cache_->Free(slot);
-    return logits;
+    sink_.Clear();
+    sink_.set_prompt_rows(true);
+    auto prepared = Prepare(1);
+    EXPECT_TRUE(prepared.ok()) << prepared.status().ToString();
+    if (!prepared.ok()) return {};
+    const EngineRun run = RunPreparedInLockstep(*engine_, {*prepared})[0];
+    EXPECT_TRUE(run.status.ok()) << run.status.ToString();
+    sink_.set_prompt_rows(false);
+    return Rows(0, static_cast<int>(fixture_.input_ids.size()));
   }
 
-  // Greedy decoding as the engine does it: prefill the prompt, then one token per step through the
-  // KV cache (the generated tokens are plain embeddings, never image features), argmax each time.
-  std::vector<int64_t> Greedy(int n) {
-    const int slot = cache_->Allocate();
-    const LlamaDecoder& decoder = model_->decoder();
-    std::vector<int64_t> tokens;
-    at::Tensor logits =
-        model_->PromptLogits(InputIds(), fixture_.pixel_values, *cache_, slot);  // [T, V]
-    int64_t position = static_cast<int64_t>(fixture_.input_ids.size());
-    while (true) {
-      tokens.push_back(logits[logits.size(0) - 1].argmax().item<int64_t>());
-      if (static_cast<int>(tokens.size()) == n) break;
-      const at::Tensor id = at::tensor({tokens.back()}, at::TensorOptions().dtype(at::kLong));
-      const at::Tensor hidden =
-          decoder.Forward(decoder.Embed(id), {{slot, position, 0, 1}}, *cache_);
-      logits = decoder.Logits(hidden);  // [1, V]
-      ++position;
-    }
-    cache_->Free(slot);
-    return tokens;
+  // Greedy decoding of `n` tokens by the engine; `logits` gets the rows it chose them from [n, V].
+  std::vector<int64_t> Greedy(int n, at::Tensor* logits) {
+    sink_.Clear();
+    auto prepared = Prepare(n);
+    EXPECT_TRUE(prepared.ok()) << prepared.status().ToString();
+    if (!prepared.ok()) return {};
+    const EngineRun run = RunPreparedInLockstep(*engine_, {*prepared})[0];
+    EXPECT_TRUE(run.status.ok()) << run.status.ToString();
+    EXPECT_EQ(run.reason, FinishReason::kLength);
+    *logits = Rows(static_cast<int>(fixture_.input_ids.size()) - 1, n);
+    return std::vector<int64_t>(run.tokens.begin(), run.tokens.end());
   }
 
  private:
   ParityHarness() = default;
+
+  // The one recorded sequence's rows at positions first .. first + count - 1, as [count, V].
+  at::Tensor Rows(int first, int count) {
+    EXPECT_EQ(sink_.rows().size(), 1u);
+    if (sink_.rows().size() != 1) return {};
+    const auto& rows = sink_.rows().begin()->second;
+    std::vector<at::Tensor> out;
+    for (const auto& [position, row] : rows) {
+      EXPECT_EQ(position, first + static_cast<int>(out.size())) << "rows must be contiguous";
+      out.push_back(at::tensor(row));
+    }
+    EXPECT_EQ(static_cast<int>(out.size()), count);
+    return out.empty() ? at::Tensor() : at::stack(out);
+  }
+
   ParityFixture fixture_;
-  std::unique_ptr<LlavaModel> model_;
-  std::unique_ptr<KvCache> cache_;
+  RecordingSink sink_;
+  std::unique_ptr<Engine> engine_;
 };
 
 // Check (a): every prompt position's logits within `tolerance` (max abs diff) of the fixture's.
@@ -153,6 +176,7 @@ inline void ExpectPromptLogitsMatch(ParityHarness& harness, double tolerance) {
   ASSERT_EQ(image_tokens, f.config.num_image_tokens())
       << "the fixture's prompt must hold one image's placeholders";
   const at::Tensor ours = harness.PromptLogits();
+  ASSERT_TRUE(ours.defined());
   ASSERT_EQ(ours.sizes(), f.logits.sizes());
   const at::Tensor diff = (ours - f.logits).abs();
   const double max_diff = diff.max().item<double>();
@@ -173,10 +197,16 @@ inline void ExpectPromptLogitsMatch(ParityHarness& harness, double tolerance) {
   EXPECT_GT((f.logits[0] - f.logits[f.logits.size(0) - 1]).abs().max().item<double>(), 1e-2);
 }
 
-// Check (b): greedy decoding with the KV cache gives exactly the fixture's tokens.
-inline void ExpectGreedyTokensMatch(ParityHarness& harness) {
+// Check (b): greedy decoding by the engine gives exactly the fixture's tokens, every one of them,
+// and each step's top-1 minus top-2 logit margin within 2 x the logits' tolerance of the
+// reference's (when the fixture records margins): the decode steps' logits agree, not only their
+// argmax.
+inline void ExpectGreedyTokensMatch(ParityHarness& harness, double tolerance = 1e-4) {
   const ParityFixture& f = harness.fixture();
-  const std::vector<int64_t> ours = harness.Greedy(static_cast<int>(f.greedy_tokens.size()));
+  at::Tensor logits;
+  const std::vector<int64_t> ours =
+      harness.Greedy(static_cast<int>(f.greedy_tokens.size()), &logits);
+  ASSERT_EQ(ours.size(), f.greedy_tokens.size());
   size_t first_difference = 0;
   while (first_difference < ours.size() &&
          ours[first_difference] == f.greedy_tokens[first_difference]) {
@@ -193,6 +223,20 @@ inline void ExpectGreedyTokensMatch(ParityHarness& harness) {
                   << ours[first_difference] << ", reference " << f.greedy_tokens[first_difference]
                   << margin;
   }
+  ASSERT_TRUE(logits.defined());
+  ASSERT_EQ(logits.size(0), static_cast<int64_t>(ours.size()));
+  for (size_t i = 0; i < ours.size(); ++i) {
+    EXPECT_EQ(logits[i].argmax().item<int64_t>(), ours[i]) << "step " << i << " sampled greedily";
+  }
+  if (f.greedy_margins.empty()) return;
+  ASSERT_EQ(f.greedy_margins.size(), ours.size());
+  const at::Tensor top2 = std::get<0>(logits.topk(2, 1));  // [n, 2]
+  const at::Tensor margins = top2.select(1, 0) - top2.select(1, 1);
+  const at::Tensor expected = at::tensor(f.greedy_margins, at::TensorOptions().dtype(at::kDouble));
+  const double worst = (margins.to(at::kDouble) - expected).abs().max().item<double>();
+  std::printf("[parity] %s: max |margin diff| over %zu greedy steps: %.3g\n", f.dir.c_str(),
+              ours.size(), worst);
+  EXPECT_LE(worst, 2 * tolerance);
 }
 
 }  // namespace flexvqa::testing

@@ -56,7 +56,72 @@ struct Sections {
   NamedTensors text, lm_head, vision, projector;
 };
 
-Sections MakeWeights(const TinyLlavaOptions& o, int vocab, at::ScalarType dtype) {
+// Each attention mode's part of a tiny checkpoint (docs/modes.md "Adding a mode"): weights drawn
+// after every shared one, so that those equal the full-mode checkpoint of the same seed, and the
+// config.json keys that select it. The switches have no default: a new AttentionMode must say here
+// what its checkpoint adds (-Wswitch).
+void AddModeWeights(AttentionMode mode, const TinyLlavaOptions& o, WeightMaker& w, Sections* s) {
+  const int64_t d = o.hidden_size, dh = d / o.num_heads;
+  switch (mode) {
+    case AttentionMode::kFull:
+    case AttentionMode::kHd:
+    case AttentionMode::kComposite:
+      return;  // The plain weights.
+    case AttentionMode::kXattn:
+      for (int i = 0; i < o.num_layers; i += o.xattn_every) {
+        const std::string p = "layers." + std::to_string(i) + ".";
+        const int64_t c = o.xattn_hidden;
+        s->text.emplace_back(p + "cross_attn.q_proj.weight", w.Matrix(c, d));
+        s->text.emplace_back(p + "cross_attn.k_proj.weight", w.Matrix(c, d));
+        s->text.emplace_back(p + "cross_attn.v_proj.weight", w.Matrix(c, d));
+        s->text.emplace_back(p + "cross_attn.o_proj.weight", w.Matrix(d, c));
+        s->text.emplace_back(p + "cross_attn_norm.weight", w.Vector(d, 1.0, 0.1));
+      }
+      return;
+    case AttentionMode::kFlex:
+      for (int i = 0; i < o.num_layers; ++i) {
+        const std::string p = "layers." + std::to_string(i) + ".self_attn.";
+        s->text.emplace_back(p + "k_proj_hd.weight", w.Matrix(o.num_kv_heads * dh, d));
+        s->text.emplace_back(p + "v_proj_hd.weight", w.Matrix(o.num_kv_heads * dh, d));
+      }
+      return;
+  }
+}
+
+void AddModeConfig(AttentionMode mode, const TinyLlavaOptions& o, json* config) {
+  switch (mode) {
+    case AttentionMode::kFull:
+      return;
+    case AttentionMode::kHd:
+      (*config)["attention_mode"] = o.mode;
+      (*config)["hd_zoom"] = o.hd_zoom;
+      return;
+    case AttentionMode::kComposite:
+      (*config)["attention_mode"] = o.mode;
+      return;
+    case AttentionMode::kXattn:
+      (*config)["attention_mode"] = o.mode;
+      (*config)["xattn_zoom"] = o.xattn_zoom;
+      (*config)["xattn_every"] = o.xattn_every;
+      (*config)["xattn_hidden"] = o.xattn_hidden;
+      (*config)["xattn_heads"] = o.xattn_heads;
+      return;
+    case AttentionMode::kFlex: {
+      // senfu/llava-v1.5-7b-flexattn's "extra" dict, values as strings.
+      const int lowres = o.image_size;
+      (*config)["extra"] = {{"zoom_ratio", "3"},
+                            {"highres_size", std::to_string(3 * lowres)},
+                            {"lowres_size", std::to_string(lowres)},
+                            {"threshold", std::to_string(o.flex_threshold)},
+                            {"warmup", "10"},
+                            {"num_sa_layers", std::to_string(o.flex_num_sa_layers)}};
+      return;
+    }
+  }
+}
+
+Sections MakeWeights(const TinyLlavaOptions& o, AttentionMode mode, int vocab,
+                     at::ScalarType dtype) {
   WeightMaker w(o.seed, dtype);
   Sections s;
   const int64_t d = o.hidden_size, dh = d / o.num_heads;
@@ -103,26 +168,7 @@ Sections MakeWeights(const TinyLlavaOptions& o, int vocab, at::ScalarType dtype)
   s.projector.emplace_back("linear_1.bias", w.Vector(d, 0.0, 0.1));
   s.projector.emplace_back("linear_2.weight", w.Matrix(d, d));
   s.projector.emplace_back("linear_2.bias", w.Vector(d, 0.0, 0.1));
-  if (o.mode == "xattn") {
-    // Drawn last, so every other weight equals the full-mode checkpoint of the same seed.
-    for (int i = 0; i < o.num_layers; i += o.xattn_every) {
-      const std::string p = "layers." + std::to_string(i) + ".";
-      const int64_t c = o.xattn_hidden;
-      s.text.emplace_back(p + "cross_attn.q_proj.weight", w.Matrix(c, d));
-      s.text.emplace_back(p + "cross_attn.k_proj.weight", w.Matrix(c, d));
-      s.text.emplace_back(p + "cross_attn.v_proj.weight", w.Matrix(c, d));
-      s.text.emplace_back(p + "cross_attn.o_proj.weight", w.Matrix(d, c));
-      s.text.emplace_back(p + "cross_attn_norm.weight", w.Vector(d, 1.0, 0.1));
-    }
-  }
-  if (o.mode == "flex") {
-    // Drawn last, so every other weight equals the full-mode checkpoint of the same seed.
-    for (int i = 0; i < o.num_layers; ++i) {
-      const std::string p = "layers." + std::to_string(i) + ".self_attn.";
-      s.text.emplace_back(p + "k_proj_hd.weight", w.Matrix(o.num_kv_heads * dh, d));
-      s.text.emplace_back(p + "v_proj_hd.weight", w.Matrix(o.num_kv_heads * dh, d));
-    }
-  }
+  AddModeWeights(mode, o, w, &s);
   return s;
 }
 
@@ -203,11 +249,10 @@ TinyLlavaOptions TinyFlexLlavaOptions(uint64_t seed) {
 }
 
 Status WriteTinyLlava(const std::string& dir_text, const TinyLlavaOptions& o) {
-  if (o.mode != "full" && o.mode != "flex" && o.mode != "hd" && o.mode != "composite" &&
-      o.mode != "xattn") {
-    return InvalidArgumentError("mode must be full, flex, hd, composite or xattn");
-  }
-  if (o.mode == "flex" && o.layout != CheckpointLayout::kOriginalLlava) {
+  const StatusOr<AttentionMode> parsed = ParseAttentionMode(o.mode);
+  if (!parsed.ok()) return InvalidArgumentError("unknown mode '" + o.mode + "'");
+  const AttentionMode mode = *parsed;
+  if (mode == AttentionMode::kFlex && o.layout != CheckpointLayout::kOriginalLlava) {
     return InvalidArgumentError("flex checkpoints use the original LLaVA layout");
   }
   const fs::path dir(dir_text);
@@ -232,7 +277,7 @@ Status WriteTinyLlava(const std::string& dir_text, const TinyLlavaOptions& o) {
   const int vocab = hf ? padded_vocab : o.tokenizer_vocab;
   Sections s;
   try {
-    s = MakeWeights(o, padded_vocab, dtype);
+    s = MakeWeights(o, mode, padded_vocab, dtype);
     if (!hf) {
       s.text.front().second =
           s.text.front().second.narrow(0, 0, vocab).contiguous();  // embed_tokens
@@ -285,15 +330,6 @@ Status WriteTinyLlava(const std::string& dir_text, const TinyLlavaOptions& o) {
     config["mm_use_im_patch_token"] = false;
     config["image_aspect_ratio"] = "pad";
     config["pad_token_id"] = 0;
-    if (o.mode == "flex") {
-      const int lowres = o.image_size;
-      config["extra"] = {{"zoom_ratio", "3"},
-                         {"highres_size", std::to_string(3 * lowres)},
-                         {"lowres_size", std::to_string(lowres)},
-                         {"threshold", std::to_string(o.flex_threshold)},
-                         {"warmup", "10"},
-                         {"num_sa_layers", std::to_string(o.flex_num_sa_layers)}};
-    }
     const fs::path clip = dir / "clip";
     fs::create_directories(clip, ec);
     NamedTensors vision;
@@ -308,16 +344,7 @@ Status WriteTinyLlava(const std::string& dir_text, const TinyLlavaOptions& o) {
     FLEXVQA_RETURN_IF_ERROR(
         WriteText(clip / "preprocessor_config.json", PreprocessorJson(o).dump(2)));
   }
-  if (o.mode == "hd" || o.mode == "composite" || o.mode == "xattn") {
-    config["attention_mode"] = o.mode;
-    if (o.mode == "hd") config["hd_zoom"] = o.hd_zoom;
-    if (o.mode == "xattn") {
-      config["xattn_zoom"] = o.xattn_zoom;
-      config["xattn_every"] = o.xattn_every;
-      config["xattn_hidden"] = o.xattn_hidden;
-      config["xattn_heads"] = o.xattn_heads;
-    }
-  }
+  AddModeConfig(mode, o, &config);
   FLEXVQA_RETURN_IF_ERROR(WriteText(dir / "config.json", config.dump(2)));
   FLEXVQA_RETURN_IF_ERROR(WriteText(dir / "preprocessor_config.json", PreprocessorJson(o).dump(2)));
   return Status::Ok();

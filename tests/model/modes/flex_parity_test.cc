@@ -1,8 +1,8 @@
-// The flex path against the plain-PyTorch FlexAttention reference (tests/parity/flex_reference.py,
-// full attention matrices, HR keys recomputed every step, batch 1): identical selection masks at
-// every FA layer and step, logits within 1e-4, identical greedy tokens for 32 steps, alone and in
-// batches of 3 and 8 requests with mixed aspect ratios (ragged selections). Also the properties of
-// the selection.
+// The engine in flex mode, as the scheduler drives it, against the plain-PyTorch FlexAttention
+// reference (tests/parity/flex_reference.py, full attention matrices, HR keys recomputed every
+// step, batch 1): identical selection masks at every FA layer and step, logits within 1e-4,
+// identical greedy tokens for 32 steps, alone and in batches of 3 and 8 requests with mixed aspect
+// ratios (ragged selections). Also the properties of the selection.
 #include <gtest/gtest.h>
 
 #include <set>
@@ -96,11 +96,9 @@ TEST_F(FlexParityTest, ThresholdOf255SelectsNothingAndEqualsLowResOnly) {
   const testing::FlexCase& c = fixture_->cases[0];
   FlexInput none = testing::InputOf(*fixture_, c);
   none.threshold = 255;
-  FlexInput lr_only = none;
-  lr_only.hierarchical = false;
   // Run apart, so that both see the same GEMM shapes: then the numbers are bit-identical.
   const FlexRun with_hook = harness_->Run({none}, 8)[0];
-  const FlexRun plain = harness_->Run({lr_only}, 8)[0];
+  const FlexRun plain = harness_->RunLowResOnly(none, 8);
   EXPECT_EQ(std::count(with_hook.trace.masks.begin(), with_hook.trace.masks.end(), 1), 0);
   EXPECT_EQ(with_hook.trace.num_steps, 8);
   EXPECT_EQ(with_hook.computed_blocks, 0);

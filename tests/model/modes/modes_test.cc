@@ -16,7 +16,7 @@
 #include "model/image/image_decode.h"
 #include "model/image/image_preprocess.h"
 #include "model/llava_model.h"
-#include "model/modes/cross_attention.h"
+#include "model/modes/mode.h"
 #include "model/nn/flop_counter.h"
 #include "model/nn/kv_cache.h"
 #include "model/text/prompt.h"
@@ -210,7 +210,17 @@ class ModesTest : public ::testing::TestWithParam<std::string> {
     auto config = LoadLlavaConfig(dir_);
     ASSERT_TRUE(config.ok()) << config.status().ToString();
     config_ = *config;
-    ASSERT_EQ(config_.mode.name, GetParam());
+    ASSERT_STREQ(AttentionModeName(config_.mode.attention), GetParam().c_str());
+  }
+
+  // HR tiles per side and the image's tokens in the sequence, as docs/modes.md defines them.
+  int Zoom() const {
+    if (GetParam() == "hd") return config_.mode.hd_zoom;
+    return GetParam() == "xattn" ? config_.mode.xattn_zoom : 0;
+  }
+  int ImageTokens() const {
+    const int g = config_.vision.image_size / config_.vision.patch_size;
+    return g * g + (GetParam() == "hd" ? Zoom() * g * Zoom() * g : 0);
   }
 
   GenerationRequest Request(const Case& c) const {
@@ -228,7 +238,7 @@ class ModesTest : public ::testing::TestWithParam<std::string> {
     PromptOptions options;
     options.has_image = !c.image.empty();
     options.image_token_id = config_.image_token_id;
-    options.num_image_tokens = config_.num_image_tokens();
+    options.num_image_tokens = ImageTokens();
     auto ids = BuildLlavaPrompt(**tokenizer, Request(c).turns, options);
     EXPECT_TRUE(ids.ok());
     return *ids;
@@ -249,7 +259,7 @@ class ModesTest : public ::testing::TestWithParam<std::string> {
     pre.mean = config_.image_mean;
     pre.std = config_.image_std;
     pre.pad_to_square = config_.image_aspect_ratio == "pad";
-    if (config_.mode.zoom() == 0) {
+    if (Zoom() == 0) {
       pre.crop_size = pre.resize_shortest_edge = s;
       auto pixels = PreprocessLlava(*image, pre);
       EXPECT_TRUE(pixels.ok());
@@ -257,7 +267,7 @@ class ModesTest : public ::testing::TestWithParam<std::string> {
     }
     // hd and xattn: LR tokens of the downsampled view; the Z x Z tiles' tokens on one (Z g) x (Z g)
     // grid, row-major (hd: after the LR tokens in the sequence; xattn: the cross-attention memory).
-    const int z = config_.mode.zoom(), g = s / config_.vision.patch_size;
+    const int z = Zoom(), g = s / config_.vision.patch_size;
     pre.crop_size = pre.resize_shortest_edge = z * s;
     auto views = PreprocessFlexAttention(*image, pre, s);
     EXPECT_TRUE(views.ok());
@@ -275,7 +285,7 @@ class ModesTest : public ::testing::TestWithParam<std::string> {
         }
       }
     }
-    if (config_.mode.name == "xattn") return {low, hr};
+    if (GetParam() == "xattn") return {low, hr};
     return {at::cat({low, hr}, 0), {}};
   }
 
@@ -316,27 +326,33 @@ TEST_P(ModesTest, MatchesPlainReference) {
     const std::vector<int32_t> ids = PromptIds(c);
     const auto [features, highres] = ReferenceFeatures(**model, c);
     if (features.defined()) {
-      ASSERT_EQ(features.size(0), config_.num_image_tokens());
+      ASSERT_EQ(features.size(0), ImageTokens());
     }
     const auto [tokens, expected] = reference.Greedy(ids, features, composite, highres, kSteps);
-    // The engine's model path: packed prefill, then KV-cache decode fed the reference's tokens.
+    // The engine's model path with the reference's image rows: the mode's sequence state and
+    // hooks (model/modes/mode.h), packed prefill, then KV-cache decode fed the reference's tokens.
+    const Mode& mode = (*model)->mode();
     PromptChunk chunk;
     chunk.tokens = &ids;
     chunk.slot = cache->Allocate();
     if (features.defined()) chunk.image_features = features;
-    CrossKeyValues memory;
-    std::unique_ptr<CrossAttention> cross;
-    if ((*model)->cross() != nullptr) {
-      if (highres.defined()) memory = (*model)->cross()->KeysAndValues(highres);
-      cross = std::make_unique<CrossAttention>(
-          *(*model)->cross(),
-          std::vector<const CrossKeyValues*>{highres.defined() ? &memory : nullptr});
+    ModeInput input;
+    SequenceStart start;
+    start.tokens = &ids;
+    start.input = &input;
+    start.highres = highres;
+    if (features.defined()) {
+      start.image_begin = std::find(ids.begin(), ids.end(), config_.image_token_id) - ids.begin();
     }
-    std::vector<at::Tensor> rows = {
-        (*model)->PrefillLogits({chunk}, *cache, nullptr, cross.get())[0]};
+    const std::unique_ptr<SequenceState> state = mode.BeginSequence(start);
+    std::vector<at::Tensor> rows;
+    {
+      const std::unique_ptr<LayerHooks> hooks = mode.Hooks({state.get()});
+      rows.push_back((*model)->PrefillLogits({chunk}, *cache, hooks.get())[0]);
+    }
     for (int s = 1; s < kSteps; ++s) {
-      rows.push_back(
-          (*model)->DecodeLogits({tokens[s - 1]}, {chunk.slot}, *cache, nullptr, cross.get())[0]);
+      const std::unique_ptr<LayerHooks> hooks = mode.Hooks({state.get()});
+      rows.push_back((*model)->DecodeLogits({tokens[s - 1]}, {chunk.slot}, *cache, hooks.get())[0]);
     }
     cache->Free(chunk.slot);
     const double diff = (at::stack(rows) - expected).abs().max().item<double>();
@@ -380,7 +396,8 @@ TEST_P(ModesTest, ReportsFlopsOfTheShapesRun) {
   auto prepared = (*engine)->Prepare(r);
   ASSERT_TRUE(prepared.ok());
   const int prompt = (*prepared)->prompt_tokens;
-  EXPECT_EQ((*prepared)->image_tokens, config_.num_image_tokens());
+  EXPECT_EQ((*prepared)->image_tokens, ImageTokens());
+  EXPECT_EQ((*engine)->Info().num_image_tokens, ImageTokens());
   auto id = (*engine)->Admit(*prepared);
   ASSERT_TRUE(id.ok());
   std::vector<TokenEvent> events;
@@ -390,9 +407,9 @@ TEST_P(ModesTest, ReportsFlopsOfTheShapesRun) {
   const std::vector<int32_t> ids = PromptIds(Cases()[0]);
   const int64_t begin = std::find(ids.begin(), ids.end(), config_.image_token_id) - ids.begin();
   AddDecoderChunkFlops(config_.text, 0, prompt, begin,
-                       GetParam() == "composite" ? config_.num_image_tokens() : 0,
-                       FlopCount::kPrefill, &expected);
-  const int z = config_.mode.zoom();
+                       GetParam() == "composite" ? ImageTokens() : 0, FlopCount::kPrefill,
+                       &expected);
+  const int z = Zoom();
   AddVisionFlops(config_, 1 + z * z, &expected);
   if (GetParam() == "xattn") {
     const int64_t side = z * (config_.vision.image_size / config_.vision.patch_size);

@@ -47,7 +47,7 @@ TEST(FlopCounterTest, CrossAttention) {
   LlavaConfig c;
   c.text = SmallText();
   c.text.num_hidden_layers = 3;
-  c.mode.name = "xattn";
+  c.mode.attention = AttentionMode::kXattn;
   c.mode.xattn_every = 2;  // Layers 0 and 2.
   c.mode.xattn_hidden = 4;
   c.mode.xattn_heads = 2;  // 2 wide.
@@ -59,7 +59,7 @@ TEST(FlopCounterTest, CrossAttention) {
   EXPECT_EQ(p[FlopCount::kAttention], 2 * (2 * 2 * 2 * 3 * 5 * 2));            // QK^T and PV.
   EXPECT_EQ(p[FlopCount::kHighResProjections], 2 * (2 * 5 * 8 * 8));           // k and v (2 C = 8).
   FlopCount none;
-  c.mode.name = "full";
+  c.mode.attention = AttentionMode::kFull;
   AddCrossAttentionFlops(c, 3, 5, 5, FlopCount::kPrefill, &none);
   EXPECT_EQ(none.Total(), 0);
 }

@@ -124,7 +124,8 @@ TEST(KvCacheSlotsTest, AllocateFreeAndDoubleFree) {
   EXPECT_EQ(cache->free_slots(), 1);
   EXPECT_EQ(cache->Allocate(), a);
   EXPECT_EQ(cache->Allocate(), -1);
-  EXPECT_FALSE(KvCache::Create({1, 0, 4, 1, 2}, at::kFloat, at::Device(at::kCPU)).ok());
+  EXPECT_EQ(KvCache::Create({1, 0, 4, 1, 2}, at::kFloat, at::Device(at::kCPU)).status().code(),
+            StatusCode::kInvalidArgument);
 }
 
 }  // namespace

@@ -70,9 +70,9 @@ TEST(LayersTest, DtypeAndDeviceParsing) {
   const at::Device cpu(at::kCPU);
   EXPECT_EQ(*ParseDtype("auto", cpu), at::kFloat);
   EXPECT_EQ(*ParseDtype("bf16", cpu), at::kBFloat16);
-  EXPECT_FALSE(ParseDtype("int8", cpu).ok());
+  EXPECT_EQ(ParseDtype("int8", cpu).status().code(), StatusCode::kInvalidArgument);
   EXPECT_TRUE(ParseDevice("cpu").ok());
-  EXPECT_FALSE(ParseDevice("tpu").ok());
+  EXPECT_EQ(ParseDevice("tpu").status().code(), StatusCode::kInvalidArgument);
   if (!CudaAvailable())
     EXPECT_EQ(ParseDevice("cuda").status().code(), StatusCode::kFailedPrecondition);
 }

@@ -372,13 +372,13 @@ TEST(ModelConfigFlexTest, ReadsExtraStrings) {
   auto c = ParseLlavaConfigJson(base + R"({"zoom_ratio": "3", "highres_size": "1008",
       "lowres_size": "336", "threshold": "48", "warmup": "10"}})");
   ASSERT_TRUE(c.ok()) << c.status().ToString();
-  EXPECT_TRUE(c->flex.enabled);
+  EXPECT_EQ(c->mode.attention, AttentionMode::kFlex);
   EXPECT_EQ(c->flex.threshold, 48);
   EXPECT_EQ(c->flex.num_sa_layers, 9);
   EXPECT_EQ(c->flex.highres_size, 1008);
   auto plain = ParseLlavaConfigJson(base + R"({}})");
   ASSERT_TRUE(plain.ok());
-  EXPECT_FALSE(plain->flex.enabled);
+  EXPECT_EQ(plain->mode.attention, AttentionMode::kFull);
   EXPECT_EQ(ParseLlavaConfigJson(base + R"({"zoom_ratio": "three"}})").status().code(),
             StatusCode::kInvalidArgument);
   EXPECT_EQ(ParseLlavaConfigJson(base + R"({"zoom_ratio": "3", "highres_size": "1000"}})")
@@ -398,19 +398,24 @@ std::string WithKeys(const std::string& key, const std::string& value) {
 }
 
 TEST(ModelConfigModeTest, ReadsAttentionModeKeys) {
-  EXPECT_EQ(ParseLlavaConfigJson(kOriginalConfig)->mode.name, "full");
+  EXPECT_EQ(ParseLlavaConfigJson(kOriginalConfig)->mode.attention, AttentionMode::kFull);
   auto hd = ParseLlavaConfigJson(WithKeys("attention_mode", "\"hd\""));
   ASSERT_TRUE(hd.ok()) << hd.status().ToString();
+  EXPECT_EQ(hd->mode.attention, AttentionMode::kHd);
   EXPECT_EQ(hd->mode.hd_zoom, 2);
-  EXPECT_EQ(hd->num_image_tokens(), 576 + 48 * 48);  // LR tokens, then the 2x2 tiles' 48x48 grid.
+  EXPECT_EQ(hd->num_image_tokens(), 576);  // The LR view; hd's own count is its Mode's.
   auto xattn = ParseLlavaConfigJson(WithKeys("attention_mode", "\"xattn\""));
   ASSERT_TRUE(xattn.ok());
-  EXPECT_EQ(xattn->mode.zoom(), 3);
-  EXPECT_EQ(xattn->num_image_tokens(), 576);
+  EXPECT_EQ(xattn->mode.attention, AttentionMode::kXattn);
+  EXPECT_EQ(xattn->mode.xattn_zoom, 3);
   EXPECT_TRUE(xattn->mode.cross_attends(31));
+  EXPECT_FALSE(hd->mode.cross_attends(0));
   auto composite = ParseLlavaConfigJson(WithKeys("attention_mode", "\"composite\""));
   ASSERT_TRUE(composite.ok());
-  EXPECT_EQ(composite->mode.zoom(), 0);
+  EXPECT_EQ(composite->mode.attention, AttentionMode::kComposite);
+  // flex is the "extra" dict's, never a name in attention_mode.
+  EXPECT_EQ(ParseLlavaConfigJson(WithKeys("attention_mode", "\"flex\"")).status().code(),
+            StatusCode::kInvalidArgument);
   EXPECT_EQ(ParseLlavaConfigJson(WithKeys("attention_mode", "\"sparse\"")).status().code(),
             StatusCode::kInvalidArgument);
   EXPECT_EQ(
@@ -419,6 +424,17 @@ TEST(ModelConfigModeTest, ReadsAttentionModeKeys) {
   std::string both = WithKeys("attention_mode", "\"hd\"");
   both.insert(both.rfind('}'), R"(, "extra": {"zoom_ratio": "3"})");
   EXPECT_EQ(ParseLlavaConfigJson(both).status().code(), StatusCode::kInvalidArgument);
+}
+
+TEST(ModelConfigModeTest, ModeNamesRoundTrip) {
+  for (AttentionMode m : {AttentionMode::kFull, AttentionMode::kHd, AttentionMode::kXattn,
+                          AttentionMode::kFlex, AttentionMode::kComposite}) {
+    auto parsed = ParseAttentionMode(AttentionModeName(m));
+    ASSERT_TRUE(parsed.ok()) << AttentionModeName(m);
+    EXPECT_EQ(*parsed, m);
+  }
+  EXPECT_EQ(ParseAttentionMode("Full").status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(ParseAttentionMode("").status().code(), StatusCode::kInvalidArgument);
 }
 
 }  // namespace

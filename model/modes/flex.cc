@@ -1,7 +1,8 @@
-#include "model/modes/flex_attention.h"
+#include "model/modes/flex.h"
 
 #include <ATen/ATen.h>
 
+#include "model/nn/flop_counter.h"
 #include "model/nn/layers.h"
 #include "model/nn/torch_compat.h"
 
@@ -11,7 +12,7 @@ StatusOr<std::unique_ptr<HighResProjections>> HighResProjections::Load(const Wei
                                                                        const LlavaConfig& config,
                                                                        at::ScalarType dtype,
                                                                        at::Device device) {
-  if (!config.flex.enabled)
+  if (config.mode.attention != AttentionMode::kFlex)
     return FailedPreconditionError("the checkpoint is not a FlexAttention one");
   const TextConfig& t = config.text;
   auto p = std::unique_ptr<HighResProjections>(new HighResProjections());
@@ -160,6 +161,20 @@ void FlexAttention::BeginLayer(int layer) {
   }
 }
 
+at::Tensor FlexAttention::SelfAttention(int layer, const at::Tensor& q, const DecoderBatch& batch) {
+  at::Tensor out = LayerHooks::SelfAttention(layer, q, batch);  // [H, N, Dh]
+  for (size_t ci = 0; ci < batch.chunks.size(); ++ci) {
+    if (sequences_[ci] == nullptr) continue;
+    const ChunkSpan& c = batch.chunks[ci];
+    const int64_t last = c.row_begin + c.length - 1;
+    // The last row sees every key written so far, so the chunk's keys are exactly its causal set.
+    const auto [keys, values] = ChunkKeysValues(layer, batch, ci);
+    const at::Tensor row = LastRow(layer, ci, q.select(1, last), keys, values, batch.scale);
+    if (row.defined()) out.select(1, last).copy_(row);  // [H, Dh]
+  }
+  return out;
+}
+
 at::Tensor FlexAttention::LastRow(int layer, size_t chunk, const at::Tensor& q,
                                   const at::Tensor& keys, const at::Tensor& values, double scale) {
   HighResSequence* s = sequences_[chunk];
@@ -218,6 +233,64 @@ int64_t HighResSequence::bytes() const {
     for (const at::Tensor& t : layer) total += size(t);
   }
   return total;
+}
+
+// flex's Mode: two views at zoom_ratio x the tower's side; LR features in the sequence, the raw HR
+// features into each request's HighResSequence.
+class FlexMode final : public Mode {
+ public:
+  FlexMode(const LlavaConfig& config, std::unique_ptr<HighResProjections> projections)
+      : Mode(config, config.flex.zoom_ratio), projections_(std::move(projections)) {}
+
+  Status ValidateRequest(const GenerationRequest& request, ModeInput* input) const override {
+    input->selection_threshold = request.selection_threshold.value_or(config_.flex.threshold);
+    if (input->selection_threshold < 0 || input->selection_threshold > 255) {
+      return InvalidArgumentError("selection_threshold must be between 0 and 255, got " +
+                                  std::to_string(input->selection_threshold));
+    }
+    return Status::Ok();
+  }
+
+  bool supports_selection_threshold() const override { return true; }
+
+  std::unique_ptr<SequenceState> BeginSequence(const SequenceStart& start) const override {
+    if (!start.highres.defined()) return std::make_unique<SequenceState>();  // Text only.
+    const ModeInput& in = *start.input;
+    return std::make_unique<HighResSequence>(*projections_, start.highres.clone(),
+                                             start.image_begin, in.image_width, in.image_height,
+                                             in.selection_threshold);
+  }
+
+  std::unique_ptr<LayerHooks> Hooks(const std::vector<SequenceState*>& batch) const override {
+    std::vector<HighResSequence*> sequences;
+    for (SequenceState* s : batch) sequences.push_back(dynamic_cast<HighResSequence*>(s));
+    return std::make_unique<FlexAttention>(*projections_, std::move(sequences));
+  }
+
+  void AddForwardFlops(SequenceState& state, int64_t start, int64_t length, FlopCount::Phase phase,
+                       FlopCount* count) const override {
+    Mode::AddForwardFlops(state, start, length, phase, count);
+    auto* hr = dynamic_cast<HighResSequence*>(&state);
+    if (hr == nullptr) return;
+    // flex's extra last-row work, from the state's counters since the last call.
+    AddFlexFlops(config_.text, hr->rescored_keys_ - hr->counted_rescored_keys_,
+                 hr->selected_total_ - hr->counted_selected_,
+                 hr->computed_rows_ - hr->counted_rows_, phase, count);
+    hr->counted_rescored_keys_ = hr->rescored_keys_;
+    hr->counted_selected_ = hr->selected_total_;
+    hr->counted_rows_ = hr->computed_rows_;
+  }
+
+ private:
+  std::unique_ptr<HighResProjections> projections_;
+};
+
+StatusOr<std::unique_ptr<Mode>> CreateFlexMode(const LlavaConfig& config,
+                                               const WeightLoader& weights, at::ScalarType dtype,
+                                               at::Device device) {
+  FLEXVQA_ASSIGN_OR_RETURN(auto projections,
+                           HighResProjections::Load(weights, config, dtype, device));
+  return std::unique_ptr<Mode>(new FlexMode(config, std::move(projections)));
 }
 
 }  // namespace flexvqa

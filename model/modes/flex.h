@@ -1,9 +1,12 @@
-// FlexAttention's hierarchical attention for the LLaMA decoder (flexattention.md §2-4; the authors'
-// code at UMass-Foundation-Model/FlexAttention@f814be5). HighResProjections holds the checkpoint's
-// k_proj_hd / v_proj_hd of the FA layers; HighResSequence is one request's state (its raw HR
-// features, their RoPE rows, the HR keys/values computed so far, the selection trace), owned by the
-// engine until Release; FlexAttention is the per-Forward hook (model/nn/llama.h) that selects HR
-// blocks from the last row's attention and lets that row attend to them. Worker thread only.
+// flex: FlexAttention (flexattention.md; the authors' code at
+// UMass-Foundation-Model/FlexAttention@f814be5), the mode of model/modes/mode.h. The image in two
+// views at 1008 px (§1); the LR tokens enter the sequence. HighResProjections holds the
+// checkpoint's k_proj_hd / v_proj_hd of the FA layers; HighResSequence is one request's state (its
+// raw HR features, their RoPE rows, the HR keys/values computed so far, the selection trace), owned
+// by the engine until Release; FlexAttention is the per-Forward hook (model/nn/llama.h) that
+// selects HR blocks from the last row's attention (§3) and lets that row attend to them (§4). The
+// header is the mode's test surface (flex_parity_test reads a state's counters). Worker thread
+// only.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -14,6 +17,7 @@
 
 #include "model/engine.h"
 #include "model/modes/highres_selection.h"
+#include "model/modes/mode.h"
 #include "model/nn/llama.h"
 #include "model/status.h"
 #include "model/weights/model_config.h"
@@ -63,7 +67,7 @@ class HighResProjections {
 // selection needs it and kept until the request ends: the same numbers as the reference, which
 // recomputes the selected ones every step (modeling_llama.py:436-441), for the cost of the blocks
 // ever selected.
-class HighResSequence {
+class HighResSequence final : public SequenceState {
  public:
   // features: [hr^2, D] raw projector outputs of the HR tiles, stitched row-major. image_begin:
   // position of the first LR image token in the prompt. width/height: the original image's size
@@ -72,7 +76,8 @@ class HighResSequence {
                   int width, int height, int threshold);
 
   const SelectionTrace& trace() const { return trace_; }
-  int64_t selected_tokens_total() const { return selected_total_; }
+  SelectionTrace selections() const override { return trace_; }
+  int64_t selected_tokens() const override { return selected_total_; }
   // (FA layer, block) pairs whose HR keys/values were computed so far.
   int64_t computed_blocks() const { return computed_blocks_; }
   int64_t computed_rows() const { return computed_rows_; }  // HR tokens through k/v_proj_hd so far.
@@ -80,10 +85,11 @@ class HighResSequence {
   int64_t rescored_keys() const { return rescored_keys_; }
   // Device bytes this request holds: raw HR features, their RoPE rows, the HR key/value blocks so
   // far.
-  int64_t bytes() const;
+  int64_t bytes() const override;
 
  private:
   friend class FlexAttention;
+  friend class FlexMode;
   void BeginStep();
   // The blocks `active_` needs at FA layer `fa` that are not computed yet.
   std::vector<int> MissingBlocks(int fa) const;
@@ -102,21 +108,28 @@ class HighResSequence {
   int64_t computed_blocks_ = 0;
   int64_t computed_rows_ = 0;
   int64_t rescored_keys_ = 0;
+  // The counters' values already turned into FLOPs (FlexMode::AddForwardFlops).
+  int64_t counted_rescored_keys_ = 0, counted_selected_ = 0, counted_rows_ = 0;
 };
 
 // The hook for one Forward (a prefill or a decode step) over chunks of which some carry an image.
 // Each chunk is handled on its own (ragged selections batch freely); the HR key/value blocks the
 // chunks newly need at a layer are computed in one GEMM.
-class FlexAttention : public LastRowAttention {
+class FlexAttention final : public LayerHooks {
  public:
   // sequences[c]: chunk c's state, or null for a chunk without an image (plain attention).
   FlexAttention(const HighResProjections& projections, std::vector<HighResSequence*> sequences);
 
   void BeginLayer(int layer) override;
-  at::Tensor LastRow(int layer, size_t chunk, const at::Tensor& q, const at::Tensor& keys,
-                     const at::Tensor& values, double scale) override;
+  // Causal attention for every row; each image chunk's last row is then replaced by LastRow's.
+  at::Tensor SelfAttention(int layer, const at::Tensor& q, const DecoderBatch& batch) override;
 
  private:
+  // q [H, Dh]: chunk `chunk`'s last row after RoPE; keys/values [H, total, Dh]: the causal keys
+  // that row sees. Returns the row's attention output [H, Dh], or undefined to keep the causal one.
+  at::Tensor LastRow(int layer, size_t chunk, const at::Tensor& q, const at::Tensor& keys,
+                     const at::Tensor& values, double scale);
+
   const HighResProjections& projections_;
   std::vector<HighResSequence*> sequences_;
 };
