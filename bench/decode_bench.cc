@@ -223,6 +223,10 @@ int main(int argc, char** argv) {
     const double tokens_per_s = p50 > 0 ? batch * 1000.0 / p50 : 0;
     std::printf("%6d %10.2f %12.3f %12.3f %10.1f\n", batch, ttft, p50, p90, tokens_per_s);
     if (json_out) {
+      // --steps 0 (TTFT only): no decode figures rather than zeros.
+      const auto decode = [&](double v) {
+        return steps > 0 ? nlohmann::json(v) : nlohmann::json();
+      };
       const nlohmann::json j = {{"check", "decode_bench"},
                                 {"label", label},
                                 {"mode", info.mode},
@@ -234,9 +238,9 @@ int main(int argc, char** argv) {
                                 {"steps", steps},
                                 {"repeats", repeats},
                                 {"ttft_ms", ttft},
-                                {"decode_ms_per_step", p50},
-                                {"decode_p90_ms", p90},
-                                {"tokens_per_s", tokens_per_s}};
+                                {"decode_ms_per_step", decode(p50)},
+                                {"decode_p90_ms", decode(p90)},
+                                {"tokens_per_s", decode(tokens_per_s)}};
       std::printf("RESULT %s\n", j.dump().c_str());
     }
     std::fflush(stdout);

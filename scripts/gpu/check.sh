@@ -45,8 +45,9 @@ if [ "${1:-}" = "--stage" ]; then
       ;;
     info)
       [ "$DRY" = 1 ] || nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
-      py -c 'import torch; print("python torch", torch.__version__, "cuda", torch.cuda.is_available(),
-torch.cuda.get_device_name() if torch.cuda.is_available() else "")' || true
+      py -c 'import json, torch; c = torch.cuda.is_available(); print("RESULT " + json.dumps(dict(
+check="device", python_torch=torch.__version__, cuda=c, name=torch.cuda.get_device_name() if c else "cpu",
+memory_gib=round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1) if c else 0)))' || true
       parity --info
       ;;
     parity_tiny)

@@ -22,6 +22,11 @@ import struct
 
 import torch
 
+# transformers writes only the fields that differ from its defaults (save_pretrained's diff): these are
+# the defaults of LlamaConfig and CLIPVisionConfig, which the engine's config parser shares.
+TEXT_DEFAULTS = {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
+                 "num_attention_heads": 32, "vocab_size": 32000}
+VISION_DEFAULTS = {"hidden_size": 768, "image_size": 224, "patch_size": 32}
 DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
 NAMES = {v: k for k, v in DTYPES.items()}
 
@@ -89,8 +94,8 @@ def copy_side_files(src, dst, px=None):
 def full_px(src, dst, px):
     with open(os.path.join(src, "config.json")) as f:
         config = json.load(f)
-    vision = config["vision_config"]
-    patch = vision.get("patch_size", 14)
+    vision = config.setdefault("vision_config", {})
+    patch = vision.get("patch_size", VISION_DEFAULTS["patch_size"])
     vision["image_size"] = px
     copy_side_files(src, dst, px)
     with open(os.path.join(dst, "config.json"), "w") as f:
@@ -136,7 +141,8 @@ def original_name(name):
 def flex(src, dst, num_sa_layers, threshold):
     with open(os.path.join(src, "config.json")) as f:
         config = json.load(f)
-    text, vision = config["text_config"], config["vision_config"]
+    text = {**TEXT_DEFAULTS, **config.get("text_config", {})}
+    vision = {**VISION_DEFAULTS, **config.get("vision_config", {})}
     lowres = vision["image_size"]
     os.makedirs(os.path.join(dst, "clip"), exist_ok=True)
     copy_side_files(src, dst, 3 * lowres)

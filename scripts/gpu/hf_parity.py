@@ -105,7 +105,7 @@ def reference_backend(args):
     ref = LlavaReference(args.model_dir)
     with open(os.path.join(args.model_dir, "config.json")) as f:
         config = json.load(f)
-    text = config.get("text_config", config)
+    text = {"vocab_size": 32000, **config.get("text_config", config)}
     vision = config.get("vision_config", {})
     size = vision.get("image_size", 336)
     image_token = config.get("image_token_index", config.get("image_token_id", 32000))

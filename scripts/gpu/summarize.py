@@ -45,6 +45,11 @@ def main():
     out = sys.argv[1]
     rows = load(out)
     lines = ["# GPU check results", ""]
+    dev, lib = find(rows, check="device"), find(rows, check="info")
+    if dev or lib:
+        lines += [f"Device: {get(dev, 'name') or '-'} ({get(dev, 'memory_gib') or '-'} GiB); Python torch "
+                  f"{get(dev, 'python_torch') or '-'}; our LibTorch {get(lib, 'torch') or '-'}, CUDA "
+                  f"{'available' if get(lib, 'cuda') else 'not available'}.", ""]
     stages = os.path.join(out, "stages.tsv")
     if os.path.exists(stages):
         lines += ["| stage | status | seconds | budget s |", "|---|---|---|---|"]
