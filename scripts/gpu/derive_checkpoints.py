@@ -10,25 +10,29 @@ scripts/gpu/hf_parity.py saved), without rewriting what can be shared:
                     LLaVA layout, CLIP in DIR/clip, the "extra" dict, k_proj_hd / v_proj_hd in every
                     layer, random): the tensors are renamed, so this one is a full copy (streamed).
 
-Pure standard library plus torch (random values); safetensors are read and written by hand (the
-format is 8 bytes of header length, a JSON header, then the raw data), so it runs wherever torch does.
-Random values ~ N(0, 0.02) in the source's dtype, on the GPU when there is one.
+Standard library only; safetensors are read and written by hand (8 bytes of header length, a JSON
+header, then the raw data). Random values ~ N(0, 0.02) in the source's dtype, drawn by torch (on the
+GPU when there is one) where torch is installed, else by the standard library (the CPU dry run's tiny
+sizes: scripts/install_deps.sh installs no Python torch).
 """
 import argparse
 import json
 import os
 import shutil
+import random
 import struct
 
-import torch
+try:
+    import torch
+except ImportError:
+    torch = None
 
 # transformers writes only the fields that differ from its defaults (save_pretrained's diff): these are
 # the defaults of LlamaConfig and CLIPVisionConfig, which the engine's config parser shares.
 TEXT_DEFAULTS = {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
                  "num_attention_heads": 32, "vocab_size": 32000}
 VISION_DEFAULTS = {"hidden_size": 768, "image_size": 224, "patch_size": 32}
-DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
-NAMES = {v: k for k, v in DTYPES.items()}
+ITEM_BYTES = {"BF16": 2, "F16": 2, "F32": 4}
 
 
 def read_header(path):
@@ -70,10 +74,24 @@ class Writer:
 
 
 def random_bytes(shape, dtype, seed):
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
-    gen = torch.Generator(device=dev).manual_seed(seed)
-    t = torch.randn(shape, generator=gen, device=dev, dtype=torch.float32).mul_(0.02).to(dtype).cpu()
-    return t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
+    """N(0, 0.02) values of `shape` as raw little-endian `dtype` ("BF16", "F16", "F32") bytes."""
+    n = 1
+    for d in shape:
+        n *= d
+    if torch is not None:
+        types = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
+        dev = "cuda" if torch.cuda.is_available() else "cpu"
+        gen = torch.Generator(device=dev).manual_seed(seed)
+        t = torch.randn(n, generator=gen, device=dev, dtype=torch.float32).mul_(0.02).to(types[dtype])
+        return t.cpu().view(torch.uint8).numpy().tobytes()
+    rng = random.Random(seed)
+    values = [rng.gauss(0.0, 0.02) for _ in range(n)]
+    if dtype == "F16":
+        return struct.pack(f"<{n}e", *values)
+    f32 = struct.pack(f"<{n}f", *values)
+    if dtype == "F32":
+        return f32
+    return b"".join(f32[i + 2:i + 4] for i in range(0, len(f32), 4))  # BF16: the high half (truncated).
 
 
 def copy_side_files(src, dst, px=None):
@@ -110,7 +128,7 @@ def full_px(src, dst, px):
     header, _ = read_header(os.path.join(src, weight_map[name]))
     rows, width = (px // patch) ** 2 + 1, header[name]["shape"][1]
     dtype = header[name]["dtype"]
-    data = random_bytes((rows, width), DTYPES[dtype], 1)
+    data = random_bytes((rows, width), dtype, 1)
     w = Writer(os.path.join(dst, f"position_embedding_{px}.safetensors"), [(name, dtype, (rows, width), len(data))])
     w.write(data)
     w.close()
@@ -147,8 +165,13 @@ def flex(src, dst, num_sa_layers, threshold):
     os.makedirs(os.path.join(dst, "clip"), exist_ok=True)
     copy_side_files(src, dst, 3 * lowres)
     copy_side_files(src, os.path.join(dst, "clip"))
+    weight_map = shards(src)
+    headers = {s: read_header(os.path.join(src, s)) for s in set(weight_map.values())}
+    first = next(iter(weight_map))
+    dtype = headers[weight_map[first]][0][first]["dtype"]
     top = {k: v for k, v in text.items() if k not in ("model_type", "architectures", "dtype", "torch_dtype")}
-    top.update({"architectures": ["LlavaLlamaForCausalLM"], "model_type": "llava", "torch_dtype": "bfloat16",
+    top.update({"architectures": ["LlavaLlamaForCausalLM"], "model_type": "llava",
+                "torch_dtype": {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}[dtype],
                 "mm_hidden_size": vision["hidden_size"], "mm_projector_type": "mlp2x_gelu",
                 "mm_vision_select_layer": config.get("vision_feature_layer", -2), "mm_vision_select_feature": "patch",
                 "mm_vision_tower": "clip", "image_aspect_ratio": "pad", "mm_use_im_start_end": False,
@@ -165,8 +188,6 @@ def flex(src, dst, num_sa_layers, threshold):
                    "vision_config": {k: v for k, v in vision.items() if k not in ("dtype", "torch_dtype")}}
     with open(os.path.join(dst, "clip", "config.json"), "w") as f:
         json.dump(clip_config, f, indent=2)
-    weight_map = shards(src)
-    headers = {s: read_header(os.path.join(src, s)) for s in set(weight_map.values())}
     plan = {"llm": [], "clip": []}  # (new name, dtype, shape, nbytes, source shard, offset) or random
     for name, shard in sorted(weight_map.items()):
         header, base = headers[shard]
@@ -176,10 +197,9 @@ def flex(src, dst, num_sa_layers, threshold):
         plan[file].append((new, e["dtype"], e["shape"], b - a, (shard, base + a)))
     hidden, layers = text["hidden_size"], text["num_hidden_layers"]
     kv = text.get("num_key_value_heads", text["num_attention_heads"]) * (hidden // text["num_attention_heads"])
-    dtype = plan["llm"][0][1]
     for i in range(layers):
         for proj in ("k_proj_hd", "v_proj_hd"):
-            n = kv * hidden * torch.tensor([], dtype=DTYPES[dtype]).element_size()
+            n = kv * hidden * ITEM_BYTES[dtype]
             plan["llm"].append((f"model.layers.{i}.self_attn.{proj}.weight", dtype, [kv, hidden], n, None))
     for file, path in (("llm", os.path.join(dst, "model.safetensors")),
                        ("clip", os.path.join(dst, "clip", "model.safetensors"))):
@@ -187,7 +207,7 @@ def flex(src, dst, num_sa_layers, threshold):
         handles = {}
         for seed, (name, dt, shape, n, source) in enumerate(plan[file]):
             if source is None:
-                w.write(random_bytes(shape, DTYPES[dt], 100 + seed))
+                w.write(random_bytes(shape, dt, 100 + seed))
                 continue
             shard, offset = source
             f = handles.setdefault(shard, open(os.path.join(src, shard), "rb"))
