@@ -75,7 +75,7 @@ def main():
                         row["decode_ms_per_step"] = round(per, 3)
                         row["tokens_per_s"] = round(batch * 1000 / per, 1)
                 row["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
-            except torch.OutOfMemoryError as e:
+            except torch.cuda.OutOfMemoryError as e:
                 row["error"] = f"out of memory: {str(e).splitlines()[0]}"
                 torch.cuda.empty_cache()
             print("RESULT " + json.dumps(row), flush=True)
