@@ -8,6 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 mkdir -p .devdeps
 cd .devdeps
+rm -f ./*.deb  # One version of each package: dpkg -x of two would mix them.
 PACKAGES=(
   libgrpc++1.51 libgrpc29 libgrpc++-dev libgrpc-dev libprotobuf32 libprotobuf-dev libprotoc32
   protobuf-compiler protobuf-compiler-grpc libabsl20220623 libabsl-dev libre2-9 libre2-dev libc-ares2

@@ -7,6 +7,7 @@
 #                 when given below (or already there), ~41 MB
 #
 #   scripts/gpu/prepare.sh [--flexattn-mirror GIT_DIR | --flexattn-archive FILE.tar]
+# (needs apt's package lists: run `apt-get update` once first on a fresh machine)
 #
 # The authors' FlexAttention code (UMass-Foundation-Model/FlexAttention; never committed here):
 # either the git directory of a fetched mirror, or a tar of its `llava` and
@@ -23,7 +24,8 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-if ! ls .devdeps/*.deb >/dev/null 2>&1; then scripts/gpu/fetch_devdeps.sh; fi
+# Always fetched afresh (3 s): the package list grows, and a stale .devdeps would lack the new ones.
+scripts/gpu/fetch_devdeps.sh
 SHARED=""
 for d in shared ../shared /work/shared; do
   if [ -d "$d/peer-bench" ]; then SHARED=$d && break; fi
