@@ -138,7 +138,7 @@ int main(int argc, char** argv) {
       if (answers.is_open()) {
         answers << question.image << '\t' << question.kind << '\t' << question.text << '\t'
                 << question.answer << '\t' << got << '\t' << report.flops.Total() << '\t'
-                << report.selected_hr_tokens << '\n';
+                << report.selected_hr_tokens << '\t' << report.prompt_tokens << '\n';
       }
       (*engine)->Release(id);
     }
