@@ -184,14 +184,15 @@ class FlexNet(torch.nn.Module):
         n_img_tok = self.lr_side ** 2
         z = c["zoom"]
         s = c["image_size"]
+        dev = ids.device
         lr_feats = self.clip_features(low)  # [N, n, D]
         x = W("m.embed_tokens.weight")[ids.clamp(min=0)]  # [B, T, D]
         x = torch.cat([x[:, :begin], lr_feats[image_of], x[:, begin + n_img_tok:]], 1)
-        cos, sin = self.rope(t)
-        hr_cos, hr_sin = self.hr_rope(begin)
-        causal = torch.full((t, t), float("-inf")).triu(1)
+        cos, sin = (r.to(dev) for r in self.rope(t))
+        hr_cos, hr_sin = (r.to(dev) for r in self.hr_rope(begin))
+        causal = torch.full((t, t), float("-inf"), device=dev).triu(1)
         rows = flex_rows.shape[1]
-        bi = torch.arange(b)[:, None].expand(b, rows)
+        bi = torch.arange(b, device=dev)[:, None].expand(b, rows)
         tiles = {}  # (image, tile) -> [lr*lr, D]: HR tiles are computed once, only where selected.
         zero_tile = None
         mask, probs_out, masks_out = None, [], []
@@ -218,8 +219,9 @@ class FlexNet(torch.nn.Module):
                 masks_out.append(mask)
                 # HR features of the tiles this layer's masks touch (zeros elsewhere: masked out below).
                 tile_of = mask.reshape(b, rows, z, self.lr_side, z, self.lr_side).any(3).any(4).any(1)  # [B,z,z]
-                need = sorted({(int(image_of[j]), ti) for j in range(b) for ti in range(z * z)
-                               if tile_of[j].flatten()[ti]} - set(tiles))
+                tile_of, owner = tile_of.reshape(b, -1).tolist(), image_of.tolist()
+                need = sorted({(owner[j], ti) for j in range(b) for ti in range(z * z) if tile_of[j][ti]}
+                              - set(tiles))
                 if need:
                     crops = torch.stack([high[n, :, (ti // z) * s:(ti // z + 1) * s, (ti % z) * s:(ti % z + 1) * s]
                                          for n, ti in need])
@@ -229,7 +231,7 @@ class FlexNet(torch.nn.Module):
                 kv = {key: (F.linear(f, W(p + "self_attn.k_proj_hd.weight")),
                             F.linear(f, W(p + "self_attn.v_proj_hd.weight"))) for key, f in tiles.items()}
                 if zero_tile is None:
-                    zero_tile = torch.zeros(n_img_tok, d)
+                    zero_tile = torch.zeros(n_img_tok, d, device=dev)
 
                 def hr_grid(which):
                     return torch.stack([

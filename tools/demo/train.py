@@ -18,6 +18,7 @@ import random
 import os
 import sys
 import time
+import types
 
 import torch
 import torch.nn.functional as F
@@ -79,6 +80,14 @@ class Batches(torch.utils.data.IterableDataset):
             yield make_batch(self.prompter, self.net, seeds, training=True)
 
 
+def to_device(batch, device):
+    out = dict(batch)
+    for key in ("ids", "rows", "targets", "image_of"):
+        out[key] = batch[key].to(device)
+    out["images"] = tuple(x.to(device) for x in batch["images"])
+    return out
+
+
 def run(net, batch, begin, **kw):
     return net(batch["ids"], begin, batch["images"], batch["image_of"], batch["rows"], batch["bands"], **kw)
 
@@ -95,12 +104,12 @@ def attention_loss(probs, seqs):
 
 
 @torch.no_grad()
-def evaluate(net, prompter, seeds, **kw):
+def evaluate(net, prompter, seeds, device="cpu", **kw):
     """Greedy two-token answers (answer, end of sequence) of every question of the scenes `seeds`:
     accuracy per kind and mean selected HR tokens per FA layer and question."""
     correct, total, selected = {}, {}, 0.0
     for i in range(0, len(seeds), 8):
-        batch = make_batch(prompter, net, seeds[i:i + 8])
+        batch = to_device(make_batch(prompter, net, seeds[i:i + 8]), device)
         logits, _, masks = run(net, batch, prompter.begin, **kw)
         pred = logits.argmax(-1)
         ok = (pred == batch["targets"]).all(-1)
@@ -122,6 +131,7 @@ def main():
     ap.add_argument("--attn-weight", type=float, default=0.5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="cpu | cuda (the GPU machine, when lent)")
     ap.add_argument("--vocab", type=int, default=512)
     ap.add_argument("--save-every", type=int, default=25)
     ap.add_argument("--eval-every", type=int, default=100)
@@ -138,15 +148,21 @@ def main():
     import sentencepiece as spm
     vocab = spm.SentencePieceProcessor(model_file=tok).get_piece_size()
     net = FlexNet(cfg, vocab)
+    geometry = types.SimpleNamespace(cfg=net.cfg, lr_side=net.lr_side)  # All make_batch needs of net.
     prompter = data.Prompter(tok, net.lr_side ** 2)
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
     state_path = os.path.join(args.work, "state.pt")
     step = 0
     if os.path.exists(state_path):
-        state = torch.load(state_path)
+        state = torch.load(state_path, map_location="cpu")
         net.load_state_dict(state["net"])
         opt.load_state_dict(state["opt"])
         step = state["step"]
+    net = net.to(args.device)
+    for s in opt.state.values():
+        for key, value in s.items():
+            if torch.is_tensor(value):
+                s[key] = value.to(args.device)
     log = open(os.path.join(args.work, "train.log"), "a")
 
     def say(text):
@@ -157,13 +173,13 @@ def main():
     say(f"# start at step {step} of {args.steps}: {vars(args)} config {cfg} vocab {vocab}")
     heldout = [HELDOUT_SEED_BASE + args.seed * 10_000 + i for i in range(args.eval_images)]
     t0, c0 = time.time(), time.process_time()
-    loader = iter(torch.utils.data.DataLoader(Batches(prompter, net, args, step), batch_size=None,
+    loader = iter(torch.utils.data.DataLoader(Batches(prompter, geometry, args, step), batch_size=None,
                                               num_workers=1, prefetch_factor=2))
     while step < args.steps:
         lr = args.lr * min(1.0, (step + 1) / args.warmup) * 0.5 * (1 + math.cos(math.pi * step / args.steps))
         for g in opt.param_groups:
             g["lr"] = lr
-        batch = next(loader)
+        batch = to_device(next(loader), args.device)
         t_data = time.time()
         logits, probs, _ = run(net, batch, prompter.begin)
         ce = F.cross_entropy(logits.reshape(-1, vocab), batch["targets"].reshape(-1))
@@ -184,12 +200,12 @@ def main():
             torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "step": step}, state_path + ".tmp")
             os.replace(state_path + ".tmp", state_path)
         if step % args.eval_every == 0 or step == args.steps:
-            acc, sel = evaluate(net, prompter, heldout)
+            acc, sel = evaluate(net, prompter, heldout, args.device)
             say(f"eval step {step} " + " ".join(f"{k} {v:.3f}" for k, v in sorted(acc.items())) +
                 f" selected_hr_tokens_per_fa_layer {sel:.1f}")
             t0, c0 = time.time(), time.process_time()
     if args.export:
-        export(net, args.export, tok)
+        export(net.cpu(), args.export, tok)
         say(f"# exported to {args.export}")
 
 
