@@ -6,6 +6,7 @@ PIL-bicubic resize + crop to 1008, normalise, antialiased bilinear downsample to
 in-memory image.
 """
 import os
+import sys
 
 import numpy as np
 import torch
@@ -14,6 +15,9 @@ from PIL import Image
 
 import scene as scenes
 from flexnet import CLIP_MEAN, CLIP_STD
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests", "parity"))
+from flex_reference import expand2square  # noqa: E402
 
 SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. The assistant gives "
           "helpful, detailed, and polite answers to the human's questions.")
@@ -65,7 +69,7 @@ class Prompter:
 def preprocess(img, highres, lowres):
     """flex_reference.FlexReference.preprocess on a PIL image: (high [1,3,H,H], low [1,3,L,L], size)."""
     size = img.size
-    img = scenes_expand2square(img, tuple(int(x * 255) for x in CLIP_MEAN))
+    img = expand2square(img, tuple(int(x * 255) for x in CLIP_MEAN))
     w, h = img.size
     s = highres
     nw, nh = (s, int(s * h / w)) if w <= h else (int(s * w / h), s)
@@ -78,12 +82,3 @@ def preprocess(img, highres, lowres):
     low = F.interpolate(high, size=lowres, mode="bilinear", antialias=True)
     return high, low, size
 
-
-def scenes_expand2square(img, background):  # llava/mm_utils.py
-    w, h = img.size
-    if w == h:
-        return img
-    side = max(w, h)
-    out = Image.new(img.mode, (side, side), background)
-    out.paste(img, ((side - w) // 2, (side - h) // 2))
-    return out

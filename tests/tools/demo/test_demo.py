@@ -43,7 +43,7 @@ class SceneTest(unittest.TestCase):
     def test_glyphs_readable_at_1008_and_a_few_pixels_at_336(self):
         for seed in range(6):
             sc = scenes.make_scene(seed)
-            square = data.scenes_expand2square(sc["image"], (0, 0, 0))
+            square = data.expand2square(sc["image"], (0, 0, 0))
             s = square.size[0]
             offset = ((s - sc["size"][0]) / 2, (s - sc["size"][1]) / 2)
             views = {}
