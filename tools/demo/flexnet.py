@@ -167,98 +167,118 @@ class FlexNet(torch.nn.Module):
         return F.interpolate(sel, size=hr, mode="nearest").bool().reshape(r, -1)
 
     # The forward ----------------------------------------------------------------------------------
-    def forward(self, ids, begin, images, image_of, flex_rows, bands, threshold=None, random_blocks=None,
-                want_probs=False):
-        """ids [B, T] (image positions hold any id; padded rows after each sequence's flex rows are
-        ignored), begin: first image position (the same in every sequence), images: (high [N, 3, HS, HS],
-        low [N, 3, S, S]), image_of [B] image index per sequence, flex_rows [B, R] row indices,
-        bands [B] (m, landscape) per sequence. Returns logits [B, R, V] of the flex rows, the selecting
-        layers' LR probabilities [B, R, lr*lr] per layer (for the attention loss) and the masks
-        [B, R, hr*hr] per FA layer."""
+    def block(self, i, x, attn):
+        """Residual around attention output `attn` [.., T, D], then the MLP (LlamaDecoderLayer)."""
+        W, p = self.W, f"m.layers.{i}."
+        x = x + F.linear(attn, W(p + "self_attn.o_proj.weight"))
+        h = self.rms(x, W(p + "post_attention_layernorm.weight"))
+        return x + F.linear(F.silu(F.linear(h, W(p + "mlp.gate_proj.weight"))) *
+                            F.linear(h, W(p + "mlp.up_proj.weight")), W(p + "mlp.down_proj.weight"))
+
+    def qkv(self, i, x, cos, sin):
+        """[.., T, D] -> rotated q, k and v [.., H, T, dh]."""
+        W, p = self.W, f"m.layers.{i}."
+        heads = self.cfg["heads"]
+        h = self.rms(x, W(p + "input_layernorm.weight"))
+        split = lambda y: y.view(*y.shape[:-1], heads, -1).transpose(-3, -2)
+        q, k, v = (split(F.linear(h, W(p + f"self_attn.{n}.weight"))) for n in ("q_proj", "k_proj", "v_proj"))
+        return q * cos + self.rotate_half(q) * sin, k * cos + self.rotate_half(k) * sin, v
+
+    def hr_features(self, tiles, need, high):
+        """Runs the tower on the HR tiles `need` [(image, tile)] not yet in `tiles` (9 tiles of the
+        image size, row-major: flexattention.md §1)."""
+        z, s = self.cfg["zoom"], self.cfg["image_size"]
+        need = sorted(set(need) - set(tiles))
+        if need:
+            crops = torch.stack([high[n, :, (ti // z) * s:(ti // z + 1) * s, (ti % z) * s:(ti % z + 1) * s]
+                                 for n, ti in need])
+            for key, f in zip(need, self.clip_features(crops)):
+                tiles[key] = f
+
+    def hr_grid(self, tiles, weight, n_img):
+        """Projects the computed tiles with `weight` and stitches them: [N, hr*hr, D] row-major over the
+        HR grid, zeros where no tile was computed (those keys are masked out)."""
+        z, lr, d = self.cfg["zoom"], self.lr_side, self.cfg["hidden"]
+        zero = torch.zeros(lr * lr, d, device=weight.device)
+        return torch.stack([
+            torch.stack([F.linear(tiles[(n, ti)], weight) if (n, ti) in tiles else zero for ti in range(z * z)])
+            .reshape(z, z, lr, lr, d).permute(0, 2, 1, 3, 4).reshape(-1, d) for n in range(n_img)])
+
+    def forward(self, ids, begin, images, image_of, flex_rows, bands, threshold=None, random_blocks=None):
+        """ids [B, T]: full sequences (image positions hold any id; pads after each sequence's last flex row
+        are ignored), all with the same text before the image at 0..begin-1; images: (high [N, 3, HS, HS],
+        low [N, 3, S, S]); image_of [B]: image index per sequence; flex_rows [B, R] row indices (after the
+        image); bands [B] (m, landscape) per sequence; random_blocks: {selecting layer: [B*R, 9, 9]}.
+        Returns logits [B, R, V] of the flex rows, the selecting layers' head-summed LR probabilities
+        [B, R, lr*lr] (for the attention loss) and the masks [B, R, hr*hr] per FA layer.
+
+        The rows before the question (text + image, P of them) are the same for every question of an
+        image and never attend to HR keys, so they run once per image ([N, P, D]); the question rows
+        ([B, S, D]) attend to their image's prefix keys and causally to each other. Exact."""
         c, W = self.cfg, self.W
         threshold = c["threshold"] if threshold is None else threshold
         high, low = images
         b, t = ids.shape
         d, heads = c["hidden"], c["heads"]
         dh = d // heads
-        n_img_tok = self.lr_side ** 2
-        z = c["zoom"]
-        s = c["image_size"]
+        n = self.lr_side ** 2
+        n_img = high.shape[0]
         dev = ids.device
-        lr_feats = self.clip_features(low)  # [N, n, D]
-        x = W("m.embed_tokens.weight")[ids.clamp(min=0)]  # [B, T, D]
-        x = torch.cat([x[:, :begin], lr_feats[image_of], x[:, begin + n_img_tok:]], 1)
+        P = begin + n
+        S = t - P
+        assert torch.equal(ids[:, :begin], ids[:1, :begin].expand(b, -1)), "the text before the image differs"
+        table = W("m.embed_tokens.weight")
+        xp = torch.cat([table[ids[0, :begin]].expand(n_img, -1, -1), self.clip_features(low)], 1)  # [N, P, D]
+        xs = table[ids[:, P:].clamp(min=0)]  # [B, S, D]
         cos, sin = (r.to(dev) for r in self.rope(t))
         hr_cos, hr_sin = (r.to(dev) for r in self.hr_rope(begin))
-        causal = torch.full((t, t), float("-inf"), device=dev).triu(1)
+        causal_p = torch.full((P, P), float("-inf"), device=dev).triu(1)
+        causal_s = torch.cat([torch.zeros(S, P, device=dev), torch.full((S, S), float("-inf"), device=dev).triu(1)], 1)
         rows = flex_rows.shape[1]
+        fr = flex_rows - P  # Question-row indices.
         bi = torch.arange(b, device=dev)[:, None].expand(b, rows)
         tiles = {}  # (image, tile) -> [lr*lr, D]: HR tiles are computed once, only where selected.
-        zero_tile = None
         mask, probs_out, masks_out = None, [], []
         for i in range(c["layers"]):
             p = f"m.layers.{i}."
-            h = self.rms(x, W(p + "input_layernorm.weight"))
-            q = F.linear(h, W(p + "self_attn.q_proj.weight")).view(b, t, heads, dh).transpose(1, 2)
-            k = F.linear(h, W(p + "self_attn.k_proj.weight")).view(b, t, heads, dh).transpose(1, 2)
-            v = F.linear(h, W(p + "self_attn.v_proj.weight")).view(b, t, heads, dh).transpose(1, 2)
-            q = q * cos + self.rotate_half(q) * sin
-            k = k * cos + self.rotate_half(k) * sin
-            scores = q @ k.transpose(-1, -2) / math.sqrt(dh) + causal  # [B, H, T, T]
-            probs = torch.softmax(scores, -1)
-            out = probs @ v  # [B, H, T, dh]
+            qp, kp, vp = self.qkv(i, xp, cos[:P], sin[:P])  # [N, H, P, dh]
+            out_p = torch.softmax(qp @ kp.transpose(-1, -2) / math.sqrt(dh) + causal_p, -1) @ vp
+            qs, ks, vs = self.qkv(i, xs, cos[P:], sin[P:])  # [B, H, S, dh]
+            k = torch.cat([kp[image_of], ks], 2)  # [B, H, T, dh]
+            v = torch.cat([vp[image_of], vs], 2)
+            scores = qs @ k.transpose(-1, -2) / math.sqrt(dh) + causal_s  # [B, H, S, T]
+            out = torch.softmax(scores, -1) @ v  # [B, H, S, dh]
             next_mask = None
             if c["n_sa"] - 1 <= i <= c["layers"] - 2:
-                row_probs = probs[bi, :, flex_rows]  # [B, R, H, T]
-                a = row_probs[..., begin:begin + n_img_tok].sum(2)  # [B, R, n]
+                a = torch.softmax(scores[bi, :, fr], -1)[..., begin:begin + n].sum(2)  # [B, R, n]
                 probs_out.append(a)
                 rb = None if random_blocks is None else random_blocks[i].reshape(b * rows, 9, 9)
                 next_mask = self.select(a.reshape(b * rows, -1), [bd for bd in bands for _ in range(rows)],
                                         threshold, rb).reshape(b, rows, -1)
             if i >= c["n_sa"]:
                 masks_out.append(mask)
-                # HR features of the tiles this layer's masks touch (zeros elsewhere: masked out below).
-                tile_of = mask.reshape(b, rows, z, self.lr_side, z, self.lr_side).any(3).any(4).any(1)  # [B,z,z]
-                tile_of, owner = tile_of.reshape(b, -1).tolist(), image_of.tolist()
-                need = sorted({(owner[j], ti) for j in range(b) for ti in range(z * z) if tile_of[j][ti]}
-                              - set(tiles))
-                if need:
-                    crops = torch.stack([high[n, :, (ti // z) * s:(ti // z + 1) * s, (ti % z) * s:(ti % z + 1) * s]
-                                         for n, ti in need])
-                    for key, f in zip(need, self.clip_features(crops)):
-                        tiles[key] = f
-                # HR K/V per image, projected tile by tile (zeros where nothing is selected).
-                kv = {key: (F.linear(f, W(p + "self_attn.k_proj_hd.weight")),
-                            F.linear(f, W(p + "self_attn.v_proj_hd.weight"))) for key, f in tiles.items()}
-                if zero_tile is None:
-                    zero_tile = torch.zeros(n_img_tok, d, device=dev)
-
-                def hr_grid(which):
-                    return torch.stack([
-                        torch.stack([kv[(n, ti)][which] if (n, ti) in kv else zero_tile for ti in range(z * z)])
-                        .reshape(z, z, self.lr_side, self.lr_side, d).permute(0, 2, 1, 3, 4).reshape(-1, d)
-                        for n in range(high.shape[0])])  # [N, hr*hr, D] row-major over the HR grid
-
-                n_img = high.shape[0]
-                kh = hr_grid(0).view(n_img, -1, heads, dh).transpose(1, 2)
+                z, lr = c["zoom"], self.lr_side
+                tile_of = mask.reshape(b, rows, z, lr, z, lr).any(3).any(4).any(1).reshape(b, -1).tolist()
+                owner = image_of.tolist()
+                self.hr_features(tiles, [(owner[j], ti) for j in range(b) for ti in range(z * z) if tile_of[j][ti]],
+                                 high)
+                kh = self.hr_grid(tiles, W(p + "self_attn.k_proj_hd.weight"), n_img).view(n_img, -1, heads, dh)
+                kh = kh.transpose(1, 2)
                 kh = (kh * hr_cos + self.rotate_half(kh) * hr_sin)[image_of]  # [B, H, M, dh]
-                vh = hr_grid(1).view(n_img, -1, heads, dh).transpose(1, 2)[image_of]
-                qr = q[bi, :, flex_rows]  # [B, R, H, dh]
-                s_ord = scores[bi, :, flex_rows]  # [B, R, H, T] (causal -inf included)
-                s_hr = torch.einsum("brhd,bhmd->brhm", qr, kh) / math.sqrt(dh)
+                vh = self.hr_grid(tiles, W(p + "self_attn.v_proj_hd.weight"), n_img).view(n_img, -1, heads, dh)
+                vh = vh.transpose(1, 2)[image_of]
+                s_hr = torch.einsum("brhd,bhmd->brhm", qs[bi, :, fr], kh) / math.sqrt(dh)
                 s_hr = s_hr.masked_fill(~mask[:, :, None, :], float("-inf"))
-                pr = torch.softmax(torch.cat([s_ord, s_hr], -1), -1)
+                pr = torch.softmax(torch.cat([scores[bi, :, fr], s_hr], -1), -1)  # [B, R, H, T + M]
                 o_r = torch.einsum("brht,bhtd->brhd", pr[..., :t], v) + \
                     torch.einsum("brhm,bhmd->brhd", pr[..., t:], vh)
                 out = out.clone()
-                out[bi, :, flex_rows] = o_r
+                out[bi, :, fr] = o_r
             mask = next_mask
-            attn = out.transpose(1, 2).reshape(b, t, d)
-            x = x + F.linear(attn, W(p + "self_attn.o_proj.weight"))
-            h = self.rms(x, W(p + "post_attention_layernorm.weight"))
-            x = x + F.linear(F.silu(F.linear(h, W(p + "mlp.gate_proj.weight"))) *
-                             F.linear(h, W(p + "mlp.up_proj.weight")), W(p + "mlp.down_proj.weight"))
-        xr = self.rms(x[bi, flex_rows], W("m.norm.weight"))
+            if i + 1 < c["layers"]:  # The prefix rows' last outputs feed nothing.
+                xp = self.block(i, xp, out_p.transpose(1, 2).reshape(n_img, P, d))
+            xs = self.block(i, xs, out.transpose(1, 2).reshape(b, S, d))
+        xr = self.rms(xs[bi, fr], W("m.norm.weight"))
         return F.linear(xr, W("lm_head.weight")), probs_out, masks_out
 
 
