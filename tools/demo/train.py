@@ -6,7 +6,7 @@
 
 Writes WORK/tokenizer.model, WORK/state.pt (every --save-every steps; a rerun resumes from it),
 WORK/train.log (one line per step, an evaluation every --eval-every steps) and, at the end, the checkpoint
-in the original-LLaVA flex layout under --export. Deterministic by --seed (the data of step s is a
+in the original-LLaVA flex layout under --export, with a copy of the log. Deterministic by --seed (the data of step s is a
 function of the seed and s, so a resumed run sees the same data).
 Loss: cross-entropy on the answer token and the end of sequence, plus --attn-weight times an attention
 loss on the selecting layers (the flex rows' head-summed LR attention should fall on the box the question
@@ -14,8 +14,9 @@ names), which teaches the selection where to look; it adds no term to the forwar
 """
 import argparse
 import math
-import random
 import os
+import random
+import shutil
 import sys
 import time
 import types
@@ -207,6 +208,8 @@ def main():
     if args.export:
         export(net.cpu(), args.export, tok)
         say(f"# exported to {args.export}")
+        log.close()
+        shutil.copyfile(os.path.join(args.work, "train.log"), os.path.join(args.export, "train.log"))
 
 
 if __name__ == "__main__":
