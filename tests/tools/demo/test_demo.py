@@ -85,7 +85,6 @@ class ExportTest(unittest.TestCase):
 
     def test_exported_checkpoint_computes_the_training_forward(self):
         from check_parity import load_net  # noqa: E402
-        from flex_reference import FlexReference  # noqa: E402
         torch.manual_seed(1)
         net = FlexNet(DEFAULT_CONFIG, 512)
         with torch.no_grad():  # Larger weights than the 0.02 init, so that logits and selections vary.
