@@ -12,6 +12,7 @@ PACKAGES=(
   libspdlog-dev prometheus-cpp-dev
   libgtest-dev libgmock-dev
   zlib1g-dev python3 python3-grpcio python3-protobuf
+  python3-torch python3-numpy python3-pil python3-sentencepiece fonts-dejavu-core  # tools/demo
 )
 
 missing=()

@@ -1,0 +1,124 @@
+#!/usr/bin/python3
+"""Tests of the demo model's tools (tools/demo): the scene generator is deterministic by seed and draws
+glyphs readable at 1008 px but a few pixels tall at 336 px; every answer is one token of the trained
+tokenizer; an exported checkpoint read back by tests/parity/flex_reference.py computes what the training
+forward computes (logits and HR selections, step by step). Runs in seconds: a random-weight network."""
+import hashlib
+import os
+import sys
+import tempfile
+import unittest
+
+import numpy as np
+import torch
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..")
+sys.path.insert(0, os.path.join(ROOT, "tools", "demo"))
+sys.path.insert(0, os.path.join(ROOT, "tests", "parity"))
+import data  # noqa: E402
+import scene as scenes  # noqa: E402
+from flexnet import DEFAULT_CONFIG, FlexNet, bands_of, export  # noqa: E402
+
+
+def digest(img):
+    return hashlib.sha256(img.tobytes()).hexdigest()
+
+
+def ink_height(img, rect):
+    """Rows holding dark (ink) pixels inside the white label `rect` (img's pixels), its border excluded."""
+    a = np.asarray(img.convert("L"), np.float32)
+    x0, y0, x1, y1 = rect
+    patch = a[int(y0) + 1:int(y1), int(x0) + 1:int(x1)]
+    rows = np.nonzero((patch < 128).any(1))[0]
+    return 0 if len(rows) == 0 else rows[-1] - rows[0] + 1
+
+
+class SceneTest(unittest.TestCase):
+    def test_same_seed_same_scene_other_seed_other_scene(self):
+        a, b, c = scenes.make_scene(7), scenes.make_scene(7), scenes.make_scene(8)
+        self.assertEqual(digest(a["image"]), digest(b["image"]))
+        self.assertEqual(a["questions"], b["questions"])
+        self.assertNotEqual(digest(a["image"]), digest(c["image"]))
+
+    def test_glyphs_readable_at_1008_and_a_few_pixels_at_336(self):
+        for seed in range(6):
+            sc = scenes.make_scene(seed)
+            square = data.expand2square(sc["image"], (0, 0, 0))
+            s = square.size[0]
+            offset = ((s - sc["size"][0]) / 2, (s - sc["size"][1]) / 2)
+            views = {}
+            for side in (1008, 336):
+                view = square.resize((side, side), resample=3)
+                k = side / s
+                views[side] = [ink_height(view, [(v + offset[i % 2]) * k for i, v in enumerate(b["label"])])
+                               for b in sc["boxes"]]
+            for h_hi, h_lo in zip(views[1008], views[336]):
+                self.assertGreaterEqual(h_hi, 10, (seed, views))  # Readable: >= 10 px of ink at 1008.
+                self.assertLessEqual(h_lo, 6, (seed, views))  # <= 6 rows of ink at 336: a blob.
+
+    def test_questions_of_both_levels_and_answers_in_range(self):
+        sc = scenes.make_scene(3)
+        kinds = [q[0] for q in sc["questions"]]
+        self.assertEqual(kinds, list(scenes.KINDS))
+        self.assertEqual({scenes.KIND_LEVEL[k] for k in kinds}, {"low", "high"})
+        self.assertEqual(len(sc["every"]), 9)
+        colour, count, digit = sc["questions"]
+        self.assertIn(colour[2], scenes.COLOURS)
+        self.assertIn(int(count[2]), range(scenes.CIRCLES[0], scenes.CIRCLES[1] + 1))
+        self.assertIn(digit[2], [b["digit"] for b in sc["boxes"] if b["colour"] in digit[1]])
+
+
+class ExportTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory()
+        cls.tok = data.train_tokenizer(os.path.join(cls.tmp.name, "tokenizer"), 512)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    def test_every_answer_is_one_token(self):
+        prompter = data.Prompter(self.tok, 144)
+        for answer in list(scenes.COLOURS) + [str(d) for d in range(10)]:
+            self.assertEqual(len(prompter.answer(answer)), 2, answer)
+
+    def test_exported_checkpoint_computes_the_training_forward(self):
+        from check_parity import load_net  # noqa: E402
+        torch.manual_seed(1)
+        net = FlexNet(DEFAULT_CONFIG, 512)
+        with torch.no_grad():  # Larger weights than the 0.02 init, so that logits and selections vary.
+            for p in net.parameters():
+                if p.dim() > 1:
+                    p.normal_(0, 1.0 / p.shape[-1] ** 0.5)
+        model = os.path.join(self.tmp.name, "model")
+        export(net, model, self.tok)
+        ref, back = load_net(model, DEFAULT_CONFIG)
+        prompter = data.Prompter(self.tok, net.lr_side ** 2)
+        sc = scenes.make_scene(11)
+        path = os.path.join(self.tmp.name, "scene.png")
+        sc["image"].save(path)
+        high, low, size = ref.preprocess(path)
+        h2, l2, _ = data.preprocess(sc["image"], ref.highres, ref.lowres)
+        self.assertTrue(torch.equal(high, h2) and torch.equal(low, l2))
+        selected = set()
+        for _, question, _, _ in sc["questions"]:
+            prompt = prompter.prompt(question)
+            out = ref.generate(prompt, high, low, size, steps=2)
+            ids = torch.tensor([prompt + out["tokens"][:1]])
+            p = len(prompt)
+            for model_net in (net, back):
+                with torch.no_grad():
+                    logits, _, masks = model_net(ids, prompter.begin, (high, low), torch.tensor([0]),
+                                                 torch.tensor([[p - 1, p]]), [bands_of(size, net.lr_side)])
+                self.assertLess(float((logits[0] - out["logits"]).abs().max()), 1e-4)
+                for layer, m in enumerate(masks):
+                    for step in range(2):
+                        self.assertTrue(torch.equal(m[0, step], out["masks"][step][layer]))
+                        selected.add(int(m[0, step].sum()))
+        self.assertGreater(len(selected), 1)  # Selections differ between questions/steps: not trivial.
+        self.assertFalse(all(s in (0, 36 * 36) for s in selected))
+
+
+if __name__ == "__main__":
+    unittest.main()
