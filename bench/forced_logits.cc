@@ -44,8 +44,16 @@ StatusOr<ForcedLogitsRunner::Result> ForcedLogitsRunner::Run(const std::vector<i
   const int slot = cache_->Allocate();
   Result r;
   try {
-    const at::Tensor id_tensor = at::tensor(ids, at::TensorOptions().dtype(at::kLong));
-    r.prompt_logits = model_->PromptLogits(id_tensor, pixels, *cache_, slot).to(at::kCPU);
+    // One prompt through the model's own packed prefill, without mode hooks: the plain decoder
+    // (full-mode checkpoints, which is what the parity runs feed it). all_logits: every row.
+    const std::vector<int32_t> tokens(ids.begin(), ids.end());
+    PromptChunk chunk;
+    chunk.tokens = &tokens;
+    chunk.slot = slot;
+    if (pixels.defined()) chunk.image_features = model_->EncodeImages(pixels)[0];
+    at::Tensor all;
+    model_->PrefillLogits({chunk}, *cache_, /*hooks=*/nullptr, &all);
+    r.prompt_logits = all.to(at::kCPU).to(at::kFloat);
     std::vector<at::Tensor> steps = {r.prompt_logits[r.prompt_logits.size(0) - 1]};
     for (size_t i = 0; i + 1 < forced.size(); ++i) {
       const at::Tensor logits =

@@ -2,7 +2,7 @@
 // LLaVA checkpoint on any device and dtype. The public Engine (model/engine.h) exposes neither the
 // logits of a step nor a way to force the next token, and the parity checks need both (Hugging
 // Face's greedy tokens forced into our model, logits compared per position). This file is the only
-// bench code that reaches below model/engine.h (LlavaModel::PromptLogits / DecodeLogits and the KV
+// bench code that reaches below model/engine.h (LlavaModel::PrefillLogits / DecodeLogits and the KV
 // cache); when the engine grows a logits sink and forced tokens, it should move onto those.
 // Worker-thread only, like the model; never throws (LibTorch errors become a Status).
 #pragma once
