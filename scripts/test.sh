@@ -21,13 +21,16 @@ stage() {
   case " $STAGES " in *" $name "*) ;; *) echo "=== stage $name: skipped (STAGES)"; return ;; esac
   echo "=== stage $name: start"
   local t0=$SECONDS
-  "$@"
+  if ! "$@"; then
+    echo "=== stage $name: FAILED after $((SECONDS - t0)) s (total $((SECONDS - started)) s)"
+    exit 1
+  fi
   echo "=== stage $name: passed in $((SECONDS - t0)) s (total $((SECONDS - started)) s)"
 }
 
+# Called under `if !`, where set -e does not apply: each step is chained with &&.
 build_and_test() {
-  scripts/build.sh
-  (cd "${BUILD_DIR:-build}" && ctest -N | tail -n 1 &&
+  scripts/build.sh && (cd "${BUILD_DIR:-build}" && ctest -N | tail -n 1 &&
     ctest --output-on-failure --label-exclude 'gpu|soak' -j "$JOBS" --timeout 600)
 }
 
