@@ -12,7 +12,6 @@
 // With --server_bin it starts the server itself (port 0, --port_file) and stops it with SIGTERM
 // (exit status 0 required). Exit status: 0 when every check holds, 1 otherwise (each violation is
 // printed), 2 for bad flags. bench/RESULTS.md ("Soak") has the CI and the one-hour commands.
-#include <fcntl.h>
 #include <grpcpp/grpcpp.h>
 #include <httplib.h>
 #include <poll.h>
@@ -22,21 +21,19 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <cstdio>
+#include <cstdlib>
+#include <filesystem>
 #include <fstream>
-#include <map>
-#include <mutex>
-#include <random>
 #include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "bench/soak/soak_load.h"
-#include "client/grpc_status_name.h"
 #include "flexvqa/v1/vqa.grpc.pb.h"
 
 extern char** environ;
@@ -181,7 +178,8 @@ class ServerProcess {
   }
   ~ServerProcess() {
     if (pid_ >= 0) Stop();
-    if (!dir_.empty()) std::system(("rm -rf " + dir_).c_str());
+    std::error_code ignored;
+    if (!dir_.empty()) std::filesystem::remove_all(dir_, ignored);
   }
 
  private:
