@@ -187,20 +187,25 @@ class ServerProcess {
   std::string dir_;
 };
 
-// One child process holding streams open, killed once it has a token (or after 60 s).
-void RunKilledClient(const std::string& self, const std::string& server, int streams) {
+// One child process holding `streams` streams open, SIGKILLed once every stream has reached the
+// server (or after 60 s). True when they all had: only then is the server's count of them known.
+bool RunKilledClient(const std::string& self, const std::string& server, int streams) {
   int fds[2];
-  if (pipe(fds) != 0) return;
+  if (pipe(fds) != 0) return false;
   const pid_t pid =
       Spawn({self, "--server=" + server, "--child_streams=" + std::to_string(streams)}, fds[1]);
   close(fds[1]);
+  bool ready = false;
   if (pid >= 0) {
     pollfd p{fds[0], POLLIN, 0};
-    poll(&p, 1, 60'000);  // "ready" on stdout, or the child died, or the bound.
+    char byte = 0;
+    // "ready" on stdout, or end of file (the child died), or the bound.
+    ready = poll(&p, 1, 60'000) == 1 && read(fds[0], &byte, 1) == 1;
     kill(pid, SIGKILL);
     WaitExit(pid, std::chrono::seconds(10));
   }
   close(fds[0]);
+  return ready;
 }
 
 int RunChild(const Options& o) {
@@ -365,14 +370,18 @@ int RunSoak(const Options& o, const std::string& self) {
                                             std::chrono::duration<double>(o.duration_s));
   // Warm-up: the first half (allocator arenas, LibTorch's caches for every image shape).
   const Clock::time_point warm = begin + (end - begin) / 2;
+  std::vector<std::string> violations;
   int killed_streams = 0, killed_clients = 0;
   double rss_warm = 0, rss_max = 0;
   Clock::time_point next_kill = begin + std::chrono::seconds(1);
   while (Clock::now() < end) {
     if (o.killed_clients_every_s > 0 && Clock::now() >= next_kill) {
       constexpr int kStreamsPerClient = 3;
-      RunKilledClient(self, grpc_address, kStreamsPerClient);
-      killed_streams += kStreamsPerClient;
+      if (RunKilledClient(self, grpc_address, kStreamsPerClient)) {
+        killed_streams += kStreamsPerClient;
+      } else {
+        violations.push_back("a killed client's streams did not all reach the server in 60 s");
+      }
       ++killed_clients;
       next_kill += std::chrono::duration_cast<Clock::duration>(
           std::chrono::duration<double>(o.killed_clients_every_s));
@@ -383,7 +392,6 @@ int RunSoak(const Options& o, const std::string& self) {
     if (s.ok && rss_warm == 0 && Clock::now() >= warm) rss_warm = s.rss_bytes;
     if (s.ok) rss_max = std::max(rss_max, s.rss_bytes);
   }
-  std::vector<std::string> violations;
   if (!load.StopAndWait(std::chrono::seconds(120))) {
     violations.push_back("requests still in flight 120 s after the load stopped (lost)");
   }
