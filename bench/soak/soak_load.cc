@@ -204,7 +204,11 @@ class StreamCall : public grpc::ClientReadReactor<v1::GenerateResponse> {
       violations_.push_back(std::string("status ") + client::GrpcCodeName(status.error_code()) +
                             " (" + status.error_message() + ")");
     }
-    load_->Finished(id_, kind_, client::GrpcCodeName(status.error_code()), std::move(violations_));
+    const bool early = (status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED ||
+                        status.error_code() == grpc::StatusCode::CANCELLED) &&
+                       deltas_ == 0 && finals_ == 0;
+    load_->Finished(id_, kind_, client::GrpcCodeName(status.error_code()), std::move(violations_),
+                    early);
     delete this;
   }
 
@@ -324,9 +328,10 @@ void Load::StartNext() {
 }
 
 void Load::Finished(const std::string& id, CallKind kind, const std::string& code,
-                    std::vector<std::string> violations) {
+                    std::vector<std::string> violations, bool maybe_unseen) {
   {
     std::lock_guard<std::mutex> lock(mu_);
+    maybe_unseen_ += maybe_unseen;
     if (++ended_[id] != 1)
       violations_.push_back(id + " ended " + std::to_string(ended_[id]) + " times");
     ++outcomes_[{kind, code}];
@@ -344,6 +349,7 @@ LoadReport Load::Report() const {
   std::lock_guard<std::mutex> lock(mu_);
   LoadReport report;
   report.started = started_;
+  report.maybe_unseen = maybe_unseen_;
   report.violations = violations_;
   for (int i = 0; i < started_; ++i) {
     const std::string id = "soak-" + std::to_string(i);

@@ -45,6 +45,9 @@ struct LoadConfig {
 
 struct LoadReport {
   int started = 0;
+  // Calls that ended DEADLINE_EXCEEDED or CANCELLED before any response: the server may never have
+  // seen them (a 1 ms deadline, a cancel at 0 ms), so its count may be short by up to this many.
+  int maybe_unseen = 0;
   std::vector<std::string> violations;
   std::string summary;  // Outcomes by kind and status code, one line per kind.
 };
@@ -75,7 +78,7 @@ class Load {
 
   // Called by the calls (bench/soak/soak_load.cc).
   void Finished(const std::string& id, CallKind kind, const std::string& code,
-                std::vector<std::string> violations);
+                std::vector<std::string> violations, bool maybe_unseen = false);
   Timer& timer() { return timer_; }
   uint64_t Random(uint64_t bound);  // Uniform in [0, bound).
 
@@ -88,7 +91,7 @@ class Load {
   std::condition_variable cv_;
   std::mt19937_64 rng_;  // Guarded by mu_.
   bool stopping_ = false;
-  int started_ = 0, in_flight_ = 0;
+  int started_ = 0, in_flight_ = 0, maybe_unseen_ = 0;
   std::map<std::string, int> ended_;                          // Request id -> OnDone count.
   std::map<std::pair<CallKind, std::string>, int> outcomes_;  // (kind, code) -> calls.
   std::vector<std::string> violations_;
