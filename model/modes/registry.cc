@@ -17,6 +17,8 @@ StatusOr<std::unique_ptr<Mode>> CreateFlexMode(const LlavaConfig&, const WeightL
                                                at::ScalarType, at::Device);
 StatusOr<std::unique_ptr<Mode>> CreateCompositeMode(const LlavaConfig&, const WeightLoader&,
                                                     at::ScalarType, at::Device);
+StatusOr<std::unique_ptr<Mode>> CreatePooledMode(const LlavaConfig&, const WeightLoader&,
+                                                 at::ScalarType, at::Device);
 
 namespace {
 
@@ -32,6 +34,8 @@ ModeFactory FactoryOf(AttentionMode mode) {
       return CreateFlexMode;
     case AttentionMode::kComposite:
       return CreateCompositeMode;
+    case AttentionMode::kPooled:
+      return CreatePooledMode;
   }
   return nullptr;
 }

@@ -616,7 +616,7 @@ namespace {
 constexpr std::pair<AttentionMode, const char*> kModeNames[] = {
     {AttentionMode::kFull, "full"},           {AttentionMode::kHd, "hd"},
     {AttentionMode::kXattn, "xattn"},         {AttentionMode::kFlex, "flex"},
-    {AttentionMode::kComposite, "composite"},
+    {AttentionMode::kComposite, "composite"}, {AttentionMode::kPooled, "pooled"},
 };
 }  // namespace
 

@@ -66,6 +66,7 @@ enum class AttentionMode {
   kXattn,      // CogAgent-style cross-attention to high-resolution features.
   kFlex,       // FlexAttention (arXiv 2407.20228).
   kComposite,  // EE-MLLM-F as we read it: image tokens skip self-attention.
+  kPooled,     // full with the image's patch grid 2x2 average-pooled (model/modes/pooled.cc).
 };
 
 // "full", "hd", "xattn", "flex", "composite".

@@ -66,6 +66,7 @@ void AddModeWeights(AttentionMode mode, const TinyLlavaOptions& o, WeightMaker& 
     case AttentionMode::kFull:
     case AttentionMode::kHd:
     case AttentionMode::kComposite:
+    case AttentionMode::kPooled:
       return;  // The plain weights.
     case AttentionMode::kXattn:
       for (int i = 0; i < o.num_layers; i += o.xattn_every) {
@@ -97,6 +98,7 @@ void AddModeConfig(AttentionMode mode, const TinyLlavaOptions& o, json* config) 
       (*config)["hd_zoom"] = o.hd_zoom;
       return;
     case AttentionMode::kComposite:
+    case AttentionMode::kPooled:
       (*config)["attention_mode"] = o.mode;
       return;
     case AttentionMode::kXattn:

@@ -427,8 +427,9 @@ TEST(ModelConfigModeTest, ReadsAttentionModeKeys) {
 }
 
 TEST(ModelConfigModeTest, ModeNamesRoundTrip) {
-  for (AttentionMode m : {AttentionMode::kFull, AttentionMode::kHd, AttentionMode::kXattn,
-                          AttentionMode::kFlex, AttentionMode::kComposite}) {
+  for (AttentionMode m :
+       {AttentionMode::kFull, AttentionMode::kHd, AttentionMode::kXattn, AttentionMode::kFlex,
+        AttentionMode::kComposite, AttentionMode::kPooled}) {
     auto parsed = ParseAttentionMode(AttentionModeName(m));
     ASSERT_TRUE(parsed.ok()) << AttentionModeName(m);
     EXPECT_EQ(*parsed, m);

@@ -137,7 +137,8 @@ INSTANTIATE_TEST_SUITE_P(LayoutsAndModes, TinyLlavaLayoutModeTest,
                                            Case{CheckpointLayout::kOriginalLlava, "hd"},
                                            Case{CheckpointLayout::kOriginalLlava, "composite"},
                                            Case{CheckpointLayout::kOriginalLlava, "xattn"},
-                                           Case{CheckpointLayout::kOriginalLlava, "flex"}),
+                                           Case{CheckpointLayout::kOriginalLlava, "flex"},
+                                           Case{CheckpointLayout::kHfLlava, "pooled"}),
                          CaseName);
 
 TEST(TinyLlavaTest, SameSeedSameBytesOtherSeedOtherWeights) {
