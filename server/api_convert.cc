@@ -157,7 +157,7 @@ void ToProto(const ModelInfo& info, const ServerLimits& limits, v1::ModelInfoRes
   out->set_max_running_sequences(std::min(info.max_sequences, limits.max_running));
   out->set_max_images(kMaxImagesPerRequest);
   for (const char* mime : kImageMimeTypes) out->add_mime_types(mime);
-  out->set_supports_selection_threshold(info.mode == "flex");
+  out->set_supports_selection_threshold(info.supports_selection_threshold);
   v1::Limits* l = out->mutable_limits();
   l->set_max_image_bytes(info.limits.max_image_bytes);
   l->set_max_image_pixels(info.limits.max_image_pixels);

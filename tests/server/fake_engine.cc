@@ -113,6 +113,8 @@ struct FakeEngine::Sequence {
 FakeEngine::FakeEngine(FakeEngineOptions options) : options_(std::move(options)) {
   info_.name = "fake";
   info_.mode = options_.mode;
+  // As the real engine reports it: only FlexAttention takes a selection threshold.
+  info_.supports_selection_threshold = options_.mode == "flex";
   info_.chat_template = options_.chat_template;
   info_.dtype = "float32";
   info_.device = "cpu";
@@ -134,8 +136,7 @@ StatusOr<std::shared_ptr<const PreparedRequest>> FakeEngine::Prepare(
     const GenerationRequest& request) const {
   if (options_.prepare_hook) options_.prepare_hook(request);
   // The real engine's checks, in its order (model/request_validation.h).
-  const bool flex = info_.mode == "flex";
-  FLEXVQA_RETURN_IF_ERROR(ValidateRequest(request, info_, flex));
+  FLEXVQA_RETURN_IF_ERROR(ValidateRequest(request, info_, info_.supports_selection_threshold));
   auto prepared = std::make_shared<FakePrepared>();
   int text_tokens = 0;
   uint64_t state = 17;
