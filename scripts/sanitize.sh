@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # scripts/sanitize.sh address|thread: the sanitizer stages of scripts/test.sh, each in its own
 # build tree (gcc, Release flags plus the sanitizer; cmake/FlexvqaSanitize.cmake).
-#   address  ASan + UBSan (a UBSan report aborts): every test but gpu and soak, in build-asan/.
+#   address  ASan + UBSan (a UBSan report aborts): every test but gpu, soak and the GPU check's
+#            dry run (label dryrun: minutes of the same engine code the other tests run), in
+#            build-asan/.
 #   thread   TSan: the service's threaded tests over the fake engine that do not go through gRPC
 #            (scheduler, metrics, fake engine), in build-tsan/. LibTorch with its OpenMP pool and
 #            Debian's gRPC are not TSan-instrumented, and TSan reports races inside them on every
@@ -28,7 +30,7 @@ case "$mode" in
     cmake --build "$BUILD_DIR" -j "$JOBS"
     cd "$BUILD_DIR"
     ctest -N | tail -n 1
-    ctest --output-on-failure --label-exclude 'gpu|soak' -j "$JOBS" --timeout 1200
+    ctest --output-on-failure --label-exclude 'gpu|soak|dryrun' -j "$JOBS" --timeout 1200
     ;;
   thread)
     BUILD_DIR=${TSAN_BUILD_DIR:-build-tsan}
