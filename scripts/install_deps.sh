@@ -10,6 +10,7 @@ PACKAGES=(
   nlohmann-json3-dev libturbojpeg0-dev libpng-dev
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libspdlog-dev prometheus-cpp-dev
+  libcpp-httplib-dev openssl libssl-dev      # HTTP endpoints (server/http_server.h); test certificates
   libgtest-dev libgmock-dev
   zlib1g-dev python3 python3-grpcio python3-protobuf
 )

@@ -13,6 +13,7 @@ PACKAGES=(
   libprometheus-cpp-pull1.0 libprometheus-cpp-push1.0 prometheus-cpp-dev civetweb libcivetweb1
   libcivetweb-dev libsentencepiece0 libsentencepiece-dev nlohmann-json3-dev libgtest-dev googletest
   libturbojpeg0 libturbojpeg0-dev
+  libcpp-httplib0.11 libcpp-httplib-dev libbrotli-dev libssl-dev
 )
 apt-get download "${PACKAGES[@]}"
 ls -1 | wc -l
