@@ -17,6 +17,7 @@
 #include <cstdio>
 #include <fstream>
 #include <future>
+#include <sstream>
 #include <thread>
 
 #include "flexvqa/v1/vqa.grpc.pb.h"
@@ -228,9 +229,9 @@ TEST(ServerProcessTest, ASecondServerOnTheSamePortFailsToStart) {
 // dies (gRPC's own behaviour), but the self-probe notices: health NOT_SERVING (Kubernetes restarts
 // the pod) and the log says why. Loopback, 200 connections, bounded by the waits below.
 TEST(ServerProcessTest, AListenerThatStoppedAcceptingTurnsHealthNotServing) {
-  ServerProcess server(
-      {"--liveness_interval_ms=100", "--self_probe_timeout_ms=300", "--self_probe_failures=2"},
-      /*max_files=*/128);
+  ServerProcess server({"--liveness_interval_ms=100", "--self_probe_timeout_ms=300",
+                        "--self_probe_failures=2", "--log_json"},
+                       /*max_files=*/128);
   const int port = server.WaitForPort();
   ASSERT_GT(port, 0);
   Client before(port);  // Connected before the flood: it can still ask.
@@ -258,6 +259,37 @@ TEST(ServerProcessTest, AListenerThatStoppedAcceptingTurnsHealthNotServing) {
   EXPECT_EQ(before.Check(), Health::NOT_SERVING);
   EXPECT_EQ(Client(port).Check(500ms), Health::UNKNOWN);  // A new client still cannot get in.
   EXPECT_NE(server.Log().find("accepts no connection"), std::string::npos) << server.Log();
+  // --log_json: every line is JSON, gRPC's own "Failed accept4" included (it was plain text).
+  std::istringstream lines(server.Log());
+  for (std::string line; std::getline(lines, line);) {
+    if (!line.empty()) EXPECT_TRUE(line.front() == '{' && line.back() == '}') << line;
+  }
+}
+
+// libprotobuf logs an ERROR line for every request with a string that is not UTF-8, which let a
+// client flood the log: now one line per 10 s, with the count of those dropped.
+TEST(ServerProcessTest, ProtobufErrorsAClientCausesAreThrottled) {
+  ServerProcess server({});
+  const int port = server.WaitForPort();
+  ASSERT_GT(port, 0);
+  Client client(port);
+  v1::GenerateRequest request = LongRequest(4);
+  request.set_question(std::string("caf\xc3", 4));
+  for (int i = 0; i < 20; ++i) {
+    grpc::ClientContext context;
+    v1::AnswerResponse answer;
+    EXPECT_EQ(client.stub->Answer(&context, request, &answer).error_code(),
+              grpc::StatusCode::INVALID_ARGUMENT);
+  }
+  server.Signal(SIGTERM);
+  EXPECT_EQ(server.WaitExit(), 0);
+  const std::string log = server.Log();
+  size_t lines = 0;
+  for (size_t at = log.find("invalid UTF-8"); at != std::string::npos;
+       at = log.find("invalid UTF-8", at + 1)) {
+    ++lines;
+  }
+  EXPECT_EQ(lines, 1u) << log;
 }
 
 }  // namespace
