@@ -4,7 +4,8 @@
 //   flexvqa_client --info                     (the server's ModelInfo as JSON)
 // Flags: --server=host:port (default localhost:50051, env FLEXVQA_SERVER), --json (print the final
 // message as JSON after the answer), sampling: --max_new_tokens --temperature --top_p --top_k
-// --repetition_penalty --seed --stop (repeatable) --ignore_eos, --request_id, --timeout_ms.
+// --repetition_penalty --seed --stop (repeatable) --ignore_eos, --request_id, --timeout_ms;
+// TLS and tokens: --tls_ca --tls_cert --tls_key --token --token_file (client/channel_security.h).
 // Exit status: 0 on OK, 1 with "CODE: message" on stderr otherwise, 2 for bad usage.
 #include <google/protobuf/util/json_util.h>
 #include <grpcpp/grpcpp.h>
@@ -17,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "client/channel_security.h"
 #include "client/grpc_status_name.h"
 #include "flexvqa/v1/vqa.grpc.pb.h"
 
@@ -26,7 +28,8 @@ constexpr char kUsage[] =
     "usage: flexvqa_client [--server=host:port] [--json] [--max_new_tokens=N] [--temperature=T]\n"
     "         [--top_p=P] [--top_k=K] [--repetition_penalty=R] [--seed=S] [--stop=STR]...\n"
     "         [--ignore_eos] [--request_id=ID] [--timeout_ms=MS] [IMAGE] QUESTION\n"
-    "       flexvqa_client [--server=host:port] --info\n";
+    "       flexvqa_client [--server=host:port] --info\n"
+    "  TLS and tokens, both forms:\n";
 
 std::string ToJson(const google::protobuf::Message& message) {
   std::string json;
@@ -51,6 +54,7 @@ struct Args {
   int64_t timeout_ms = 0;
   flexvqa::v1::GenerateRequest request;
   std::vector<std::string> positional;
+  flexvqa::client::ChannelSecurity security;
 };
 
 // Parses --name=value flags into the request; false (with a message) on a bad flag.
@@ -67,7 +71,9 @@ bool Parse(int argc, char** argv, Args* args) {
     const std::string name = arg.substr(2, eq == std::string::npos ? std::string::npos : eq - 2);
     const std::string value = eq == std::string::npos ? "" : arg.substr(eq + 1);
     try {
-      if (name == "server")
+      if (flexvqa::client::ParseSecurityFlag(name, value, &args->security))
+        continue;
+      else if (name == "server")
         args->server = value;
       else if (name == "json")
         args->json = true;
@@ -126,14 +132,22 @@ int main(int argc, char** argv) {
   Args args;
   if (!Parse(argc, argv, &args)) {
     std::fputs(kUsage, stderr);
+    std::fputs(flexvqa::client::kSecurityUsage, stderr);
+    return 2;
+  }
+  std::string error;
+  auto credentials = flexvqa::client::MakeCredentials(&args.security, &error);
+  if (!credentials) {
+    std::fprintf(stderr, "%s\n", error.c_str());
     return 2;
   }
   grpc::ChannelArguments channel_args;
   channel_args.SetMaxSendMessageSize(-1);
   channel_args.SetMaxReceiveMessageSize(-1);
   auto stub = flexvqa::v1::VqaService::NewStub(
-      grpc::CreateCustomChannel(args.server, grpc::InsecureChannelCredentials(), channel_args));
+      grpc::CreateCustomChannel(args.server, credentials, channel_args));
   grpc::ClientContext context;
+  flexvqa::client::AddAuth(args.security, &context);
   if (args.timeout_ms > 0) {
     context.set_deadline(std::chrono::system_clock::now() +
                          std::chrono::milliseconds(args.timeout_ms));

@@ -5,7 +5,7 @@
 // (--prompts file, one per line, or a built-in list), drawn round-robin. Prints requests/s,
 // tokens/s, TTFT, inter-token latency and end-to-end latency percentiles (p50/p90/p99), and errors
 // by status code; --json for one JSON object. Streams use gRPC's callback client API, so thousands
-// can be in flight from a few threads.
+// can be in flight from a few threads. TLS and tokens: client/channel_security.h's flags.
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
@@ -22,6 +22,7 @@
 #include <thread>
 #include <vector>
 
+#include "client/channel_security.h"
 #include "client/grpc_status_name.h"
 #include "flexvqa/v1/vqa.grpc.pb.h"
 
@@ -52,6 +53,8 @@ struct Options {
   double timeout_s = 300;
   uint64_t seed = 1;
   bool json = false;
+  flexvqa::client::ChannelSecurity security;
+  std::shared_ptr<grpc::ChannelCredentials> credentials;  // From `security`, in main.
 };
 
 // Everything measured, guarded by mu.
@@ -70,7 +73,7 @@ class Generator;
 // One streamed request: records TTFT, per-token gaps and its status, then tells the generator.
 class Call : public grpc::ClientReadReactor<GenerateResponse> {
  public:
-  Call(Generator* generator, const GenerateRequest& request, double timeout_s);
+  Call(Generator* generator, const GenerateRequest& request, const Options& options);
   void Start(flexvqa::v1::VqaService::Stub* stub);
   void OnReadDone(bool ok) override;
   void OnDone(const grpc::Status& status) override;
@@ -95,7 +98,7 @@ class Generator {
     args.SetMaxSendMessageSize(-1);
     args.SetMaxReceiveMessageSize(-1);
     stub_ = flexvqa::v1::VqaService::NewStub(
-        grpc::CreateCustomChannel(options.server, grpc::InsecureChannelCredentials(), args));
+        grpc::CreateCustomChannel(options.server, options.credentials, args));
   }
 
   void Run() {
@@ -147,7 +150,7 @@ class Generator {
       const GenerateRequest& request = mix_[results_.started % mix_.size()];
       ++results_.started;
       ++results_.in_flight;
-      call = new Call(this, request, options_.timeout_s);  // Deletes itself in OnDone.
+      call = new Call(this, request, options_);  // Deletes itself in OnDone.
     }
     call->Start(stub_.get());
     return true;
@@ -172,11 +175,12 @@ class Generator {
   Clock::time_point begin_, end_, deadline_;
 };
 
-Call::Call(Generator* generator, const GenerateRequest& request, double timeout_s)
+Call::Call(Generator* generator, const GenerateRequest& request, const Options& options)
     : generator_(generator), request_(request) {
   context_.set_deadline(std::chrono::system_clock::now() +
                         std::chrono::duration_cast<std::chrono::system_clock::duration>(
-                            std::chrono::duration<double>(timeout_s)));
+                            std::chrono::duration<double>(options.timeout_s)));
+  flexvqa::client::AddAuth(options.security, &context_);
 }
 
 void Call::Start(flexvqa::v1::VqaService::Stub* stub) {
@@ -272,7 +276,9 @@ bool Parse(int argc, char** argv, Options* o) {
     const std::string name = arg.substr(2, eq == std::string::npos ? std::string::npos : eq - 2);
     const std::string value = eq == std::string::npos ? "" : arg.substr(eq + 1);
     try {
-      if (name == "server")
+      if (flexvqa::client::ParseSecurityFlag(name, value, &o->security))
+        continue;
+      else if (name == "server")
         o->server = value;
       else if (name == "rate")
         o->rate = std::stod(value);
@@ -317,6 +323,13 @@ int main(int argc, char** argv) {
   Options options;
   if (!Parse(argc, argv, &options)) {
     std::fputs(kUsage, stderr);
+    std::fputs(flexvqa::client::kSecurityUsage, stderr);
+    return 2;
+  }
+  std::string error;
+  options.credentials = flexvqa::client::MakeCredentials(&options.security, &error);
+  if (!options.credentials) {
+    std::fprintf(stderr, "%s\n", error.c_str());
     return 2;
   }
   std::vector<std::string> prompts = {"What is in the picture?", "Describe the image in detail.",

@@ -58,6 +58,9 @@ struct EngineLimits {
   int64_t max_image_pixels =
       40'000'000;             // width * height, checked from the header before decoding.
   int max_prompt_tokens = 0;  // Text + image tokens. Default (0): context - 1.
+  // UTF-8 bytes of the question or of all turns together, checked before tokenising (a 60 MB
+  // question would otherwise cost a minute of CPU and gigabytes first). Default: 256 KiB.
+  int64_t max_prompt_bytes = 256 << 10;
   int max_new_tokens = 1024;  // Upper bound for SamplingParams::max_new_tokens.
   int max_stop_strings = 8;
   int max_stop_string_bytes = 64;

@@ -10,6 +10,7 @@ PACKAGES=(
   nlohmann-json3-dev libturbojpeg0-dev libpng-dev
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libspdlog-dev prometheus-cpp-dev
+  libcpp-httplib-dev openssl libssl-dev      # HTTP endpoints (server/http_server.h); test certificates
   libgtest-dev libgmock-dev
   clang-14 libclang-rt-14-dev                # libFuzzer (its runtime is in libclang-rt-14-dev)
   libcpp-httplib-dev                         # the soak's /metrics scrapes

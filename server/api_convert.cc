@@ -97,6 +97,16 @@ v1::FinishReason ToProto(FinishReason reason) {
 
 }  // namespace
 
+Status CheckPromptBytes(const v1::GenerateRequest& request, int64_t max_prompt_bytes) {
+  int64_t bytes = static_cast<int64_t>(request.question().size());
+  for (const v1::ChatTurn& turn : request.turns())
+    bytes += static_cast<int64_t>(turn.text().size());
+  if (bytes <= max_prompt_bytes) return Status::Ok();
+  return InvalidArgumentError("the prompt (question or turns) has " + std::to_string(bytes) +
+                              " bytes; the limit is " + std::to_string(max_prompt_bytes) +
+                              " (ModelInfo limits.max_prompt_bytes)");
+}
+
 StatusOr<GenerationRequest> FromProto(const v1::GenerateRequest& request) {
   if (request.request_id().size() > static_cast<size_t>(kMaxRequestIdBytes)) {
     return InvalidArgumentError("request_id is longer than " + std::to_string(kMaxRequestIdBytes) +
@@ -163,11 +173,14 @@ void ToProto(const ModelInfo& info, const ServerLimits& limits, v1::ModelInfoRes
   l->set_max_image_pixels(info.limits.max_image_pixels);
   l->set_max_prompt_tokens(info.limits.max_prompt_tokens > 0 ? info.limits.max_prompt_tokens
                                                              : info.context_length - 1);
-  l->set_max_new_tokens(info.limits.max_new_tokens);
+  // A request needs one prompt token at least: more new tokens than that never fit the context.
+  l->set_max_new_tokens(std::min(info.limits.max_new_tokens, std::max(1, info.context_length - 1)));
+  l->set_max_prompt_bytes(info.limits.max_prompt_bytes);
   l->set_max_stop_strings(info.limits.max_stop_strings);
   l->set_max_stop_string_bytes(info.limits.max_stop_string_bytes);
   l->set_max_message_bytes(limits.max_message_bytes);
   l->set_max_queued_requests(limits.max_queued);
+  l->set_max_calls_per_client(limits.max_calls_per_client);
 }
 
 const char* FinishReasonName(FinishReason reason) {

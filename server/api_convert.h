@@ -18,6 +18,10 @@ inline constexpr int kMaxImagesPerRequest = 1;  // LLaVA-1.5 takes one image.
 inline constexpr int kMaxRequestIdBytes = 128;
 inline constexpr const char* kImageMimeTypes[] = {"image/jpeg", "image/png"};
 
+// INVALID_ARGUMENT when the question, or all turns together, exceed `max_prompt_bytes`. Cheap:
+// call it first, before any conversion or tokenising work.
+Status CheckPromptBytes(const v1::GenerateRequest& request, int64_t max_prompt_bytes);
+
 // INVALID_ARGUMENT naming the field when the request breaks the API's rules.
 StatusOr<GenerationRequest> FromProto(const v1::GenerateRequest& request);
 
@@ -29,6 +33,7 @@ struct ServerLimits {
   int64_t max_message_bytes = 0;
   int max_queued = 0;
   int max_running = 0;
+  int max_calls_per_client = 0;
 };
 void ToProto(const ModelInfo& info, const ServerLimits& limits, v1::ModelInfoResponse* out);
 

@@ -7,8 +7,49 @@ void AddServerFlags(ServerConfig* c, FlagSet* f) {
          &c->server.listen_address);
   f->Add("max_message_bytes", "largest gRPC message (request with its image), bytes",
          &c->server.max_message_bytes);
-  f->Add("drain_ms", "on SIGTERM/SIGINT: time accepted requests get to finish, ms",
+  f->Add("drain_ms", "on SIGTERM/SIGINT/SIGHUP: time accepted requests get to finish, ms",
          &c->server.drain_time);
+
+  f->Add("tls_cert", "PEM certificate chain of the server; with tls_key: TLS (empty: plaintext)",
+         &c->server.tls.cert_file);
+  f->Add("tls_key", "PEM private key of tls_cert", &c->server.tls.key_file);
+  f->Add("tls_client_ca",
+         "PEM CA bundle that signs client certificates: mutual TLS, every client must present one",
+         &c->server.tls.client_ca_file);
+  f->Add("tls_reload_s", "how often the TLS files are re-read (a renewed Secret), seconds",
+         &c->server.tls.reload_interval_s);
+  f->Add("auth_token_file",
+         "bearer tokens, one per line with an optional name; empty: no authentication",
+         &c->server.auth_token_file);
+  f->Add("max_calls_per_client",
+         "Generate/Answer calls one client (token, certificate CN or address) may have in flight",
+         &c->server.max_calls_per_client);
+  f->Add("max_concurrent_streams", "concurrent calls on one HTTP/2 connection",
+         &c->server.connections.max_concurrent_streams);
+  f->Add("max_connection_idle_ms", "a connection without a call this long is closed, ms",
+         &c->server.connections.max_idle);
+  f->Add("max_connection_age_ms", "connections are closed after this long (rebalancing), ms",
+         &c->server.connections.max_age);
+  f->Add("max_connection_age_grace_ms", "calls in flight on an aged connection get this long, ms",
+         &c->server.connections.max_age_grace);
+  f->Add("handshake_timeout_ms", "a connection must finish its HTTP/2 and TLS handshake within, ms",
+         &c->server.connections.handshake_timeout);
+  f->Add("health_listen_address",
+         "host:port of a plaintext HTTP /healthz and /readyz (Kubernetes probes under TLS); empty: "
+         "none",
+         &c->server.health_listen_address);
+  f->Add("liveness_interval_ms",
+         "how often the self-probe and the stuck-step watchdog run, ms; 0: neither",
+         &c->server.liveness.check_interval);
+  f->Add("self_probe", "probe our own listener (a new connection and a health check)",
+         &c->server.liveness.self_probe);
+  f->Add("self_probe_timeout_ms", "deadline of one self-probe, ms",
+         &c->server.liveness.probe_timeout);
+  f->Add("self_probe_failures", "failed self-probes in a row before health turns NOT_SERVING",
+         &c->server.liveness.probe_failures);
+  f->Add("max_step_ms",
+         "a worker step running longer turns health NOT_SERVING (stuck worker), ms; 0: never",
+         &c->server.liveness.max_step_time);
 
   f->Add("max_running", "sequences decoded together (also bounded by --max_sequences)",
          &c->scheduler.max_running);
@@ -42,6 +83,8 @@ void AddServerFlags(ServerConfig* c, FlagSet* f) {
          &c->engine.limits.max_image_pixels);
   f->Add("max_prompt_tokens", "largest prompt (text + image tokens); 0: context - 1",
          &c->engine.limits.max_prompt_tokens);
+  f->Add("max_prompt_bytes", "largest question (or all turns together), UTF-8 bytes",
+         &c->engine.limits.max_prompt_bytes);
   f->Add("max_new_tokens", "upper bound of a request's max_new_tokens",
          &c->engine.limits.max_new_tokens);
 
@@ -63,6 +106,19 @@ Status ValidateServerConfig(const ServerConfig& c) {
   if (c.server.listen_address.empty()) return InvalidArgumentError("listen_address is empty");
   FLEXVQA_RETURN_IF_ERROR(positive("max_message_bytes", c.server.max_message_bytes));
   FLEXVQA_RETURN_IF_ERROR(non_negative("drain_ms", c.server.drain_time.count()));
+  FLEXVQA_RETURN_IF_ERROR(positive("tls_reload_s", c.server.tls.reload_interval_s));
+  FLEXVQA_RETURN_IF_ERROR(positive("max_calls_per_client", c.server.max_calls_per_client));
+  const ConnectionOptions& n = c.server.connections;
+  FLEXVQA_RETURN_IF_ERROR(positive("max_concurrent_streams", n.max_concurrent_streams));
+  FLEXVQA_RETURN_IF_ERROR(positive("max_connection_idle_ms", n.max_idle.count()));
+  FLEXVQA_RETURN_IF_ERROR(positive("max_connection_age_ms", n.max_age.count()));
+  FLEXVQA_RETURN_IF_ERROR(non_negative("max_connection_age_grace_ms", n.max_age_grace.count()));
+  FLEXVQA_RETURN_IF_ERROR(positive("handshake_timeout_ms", n.handshake_timeout.count()));
+  const LivenessOptions& l = c.server.liveness;
+  FLEXVQA_RETURN_IF_ERROR(non_negative("liveness_interval_ms", l.check_interval.count()));
+  FLEXVQA_RETURN_IF_ERROR(positive("self_probe_timeout_ms", l.probe_timeout.count()));
+  FLEXVQA_RETURN_IF_ERROR(positive("self_probe_failures", l.probe_failures));
+  FLEXVQA_RETURN_IF_ERROR(non_negative("max_step_ms", l.max_step_time.count()));
   FLEXVQA_RETURN_IF_ERROR(positive("max_running", c.scheduler.max_running));
   FLEXVQA_RETURN_IF_ERROR(
       positive("max_prefill_tokens_per_step", c.scheduler.max_prefill_tokens_per_step));
@@ -75,6 +131,7 @@ Status ValidateServerConfig(const ServerConfig& c) {
   FLEXVQA_RETURN_IF_ERROR(positive("max_image_pixels", c.engine.limits.max_image_pixels));
   FLEXVQA_RETURN_IF_ERROR(non_negative("max_prompt_tokens", c.engine.limits.max_prompt_tokens));
   FLEXVQA_RETURN_IF_ERROR(positive("max_new_tokens", c.engine.limits.max_new_tokens));
+  FLEXVQA_RETURN_IF_ERROR(positive("max_prompt_bytes", c.engine.limits.max_prompt_bytes));
   if (c.engine.limits.max_image_bytes > c.server.max_message_bytes) {
     return InvalidArgumentError(
         "max_image_bytes exceeds max_message_bytes: such an image could "

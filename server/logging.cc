@@ -1,9 +1,12 @@
 #include "server/logging.h"
 
+#include <google/protobuf/stubs/logging.h>
+#include <grpc/support/log.h>
 #include <spdlog/pattern_formatter.h>
 #include <spdlog/sinks/stdout_sinks.h>
 
 #include <atomic>
+#include <chrono>
 #include <mutex>
 #include <nlohmann/json.hpp>
 
@@ -46,6 +49,44 @@ void ApplyFormat(spdlog::logger& logger) {
   logger.set_formatter(std::move(formatter));
 }
 
+// gRPC core's own lines (e.g. "Failed accept4: Too many open files") through the "grpc" logger:
+// JSON when --log_json, and one place to read.
+void GrpcLog(gpr_log_func_args* args) {
+  const auto level = args->severity == GPR_LOG_SEVERITY_ERROR  ? spdlog::level::err
+                     : args->severity == GPR_LOG_SEVERITY_INFO ? spdlog::level::info
+                                                               : spdlog::level::debug;
+  Logger("grpc")->log(level, "{}:{}: {}", args->file, args->line, args->message);
+}
+
+// libprotobuf logs an ERROR for every string field that is not UTF-8, which a client can make it
+// do once a request: at most one line per kProtobufLogEvery, with the count of those dropped.
+constexpr std::chrono::seconds kProtobufLogEvery{10};
+
+void ProtobufLog(google::protobuf::LogLevel level, const char* file, int line,
+                 const std::string& message) {
+  static std::mutex mu;
+  static std::chrono::steady_clock::time_point last{};
+  static int64_t dropped = 0;
+  int64_t dropped_before = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    const auto now = std::chrono::steady_clock::now();
+    if (level != google::protobuf::LOGLEVEL_FATAL && now - last < kProtobufLogEvery) {
+      ++dropped;
+      return;
+    }
+    last = now;
+    dropped_before = dropped;
+    dropped = 0;
+  }
+  const auto spd = level == google::protobuf::LOGLEVEL_INFO      ? spdlog::level::info
+                   : level == google::protobuf::LOGLEVEL_WARNING ? spdlog::level::warn
+                                                                 : spdlog::level::err;
+  Logger("protobuf")
+      ->log(spd, "{}:{}: {} ({} similar lines in the last {} s not logged)", file, line, message,
+            dropped_before, kProtobufLogEvery.count());
+}
+
 }  // namespace
 
 std::string SetUpLogging(const LoggingConfig& config) {
@@ -56,11 +97,14 @@ std::string SetUpLogging(const LoggingConfig& config) {
   }
   json_logging.store(config.json);
   spdlog::set_level(level);
-  for (const char* name : {"server", "scheduler", "vqa", "request"}) {
+  for (const char* name :
+       {"server", "scheduler", "vqa", "request", "metrics", "grpc", "protobuf"}) {
     auto logger = Logger(name);
     ApplyFormat(*logger);
     logger->set_level(level);
   }
+  gpr_set_log_function(GrpcLog);
+  google::protobuf::SetLogHandler(ProtobufLog);
   return "";
 }
 

@@ -387,7 +387,7 @@ void ServerMetrics::SetModel(const ModelInfo& info, int max_queued, int max_runn
   // Every (method, code) series exists from the start at 0, so that rate() sees a first error (a
   // series born at 1 has no increase to see) and the ratios dashboards and alerts divide by exist.
   for (const char* method : {"Generate", "Answer"}) {
-    for (int code = 0; code <= static_cast<int>(StatusCode::kDataLoss); ++code) {
+    for (int code = 0; code <= static_cast<int>(StatusCode::kUnauthenticated); ++code) {
       f_->requests.Add({{"method", method},
                         {"mode", mode_},
                         {"code", StatusCodeName(static_cast<StatusCode>(code))}});

@@ -101,8 +101,11 @@ Status Scheduler::EndReason(const Sequence& sequence, Clock::time_point now, boo
   if (abort_all_.load()) {
     return UnavailableError("the server shut down before the request finished (drain time over)");
   }
+  // The deadline first: gRPC also cancels the call when it passes.
+  if (sequence.handle->expired() || now >= sequence.submit.deadline) {
+    return DeadlineExceededError("the call's deadline passed");
+  }
   if (sequence.handle->cancelled()) return CancelledError("cancelled by the client");
-  if (now >= sequence.submit.deadline) return DeadlineExceededError("the call's deadline passed");
   if (queued && now - sequence.submit.arrival > config_.max_queue_wait) {
     return ResourceExhaustedError("server overloaded: waited more than " +
                                   std::to_string(config_.max_queue_wait.count()) +
@@ -119,6 +122,7 @@ void Scheduler::WorkerLoop() {
       if (stop_ && queue_.empty() && running_.empty()) return;
     }
     ++step_;
+    step_started_.store(Clock::now().time_since_epoch().count());
     RetireRunning();
     std::vector<std::pair<SequencePtr, Status>> expired;
     std::vector<SequencePtr> admitted = TakeAdmissions(&expired);
@@ -127,6 +131,7 @@ void Scheduler::WorkerLoop() {
     AdmitAndPrefill(std::move(admitted));
     DecodeRunning();
     PublishStep();
+    step_started_.store(0);
     if (idle) {
       // Requests wait but no slot is free although nothing runs (an engine that leaks slots): do
       // not spin; their queue wait still expires.
@@ -346,6 +351,12 @@ void Scheduler::Drain(Clock::time_point deadline) {
   abort_all_.store(true);
   work_cv_.notify_all();
   WaitUntil(all_finished, Clock::time_point::max());
+}
+
+std::optional<Clock::time_point> Scheduler::StepStartedAt() const {
+  const Clock::rep started = step_started_.load();
+  if (started == 0) return std::nullopt;
+  return Clock::time_point(Clock::duration(started));
 }
 
 SchedulerStats Scheduler::Stats() const {

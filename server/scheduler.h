@@ -14,6 +14,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <utility>
@@ -76,12 +77,21 @@ struct SubmitRequest {
 // The caller's hold on a submitted request.
 class RequestHandle {
  public:
-  // Thread-safe. The request ends (final item: CANCELLED) at the worker's next step.
-  void Cancel() { cancelled_.store(true, std::memory_order_relaxed); }
-  bool cancelled() const { return cancelled_.load(std::memory_order_relaxed); }
+  // Thread-safe. The request ends at the worker's next step: CANCELLED after Cancel,
+  // DEADLINE_EXCEEDED after Expire (gRPC cancels a call when its deadline passes: that is not the
+  // client's doing, and must count as a latency failure). The first call wins.
+  void Cancel() { Set(kCancelled); }
+  void Expire() { Set(kExpired); }
+  bool cancelled() const { return state_.load(std::memory_order_relaxed) == kCancelled; }
+  bool expired() const { return state_.load(std::memory_order_relaxed) == kExpired; }
 
  private:
-  std::atomic<bool> cancelled_{false};
+  enum State { kLive, kCancelled, kExpired };
+  void Set(State state) {
+    int live = kLive;
+    state_.compare_exchange_strong(live, state, std::memory_order_relaxed);
+  }
+  std::atomic<int> state_{kLive};
 };
 
 // What one worker step produced, summed over its sequences, for the metrics: counted per step (not
@@ -132,6 +142,9 @@ class Scheduler {
   void Drain(Clock::time_point deadline);
 
   SchedulerStats Stats() const;
+  // When the worker's current step (retire, admit, prefill, decode) started; nullopt while it
+  // waits for work. Any thread: the liveness watchdog reads it.
+  std::optional<Clock::time_point> StepStartedAt() const;
   // Waits until `predicate(Stats())` holds (checked after every step and queue change) or `timeout`
   // passes; returns whether it holds. For tests and Drain.
   bool WaitFor(const std::function<bool(const SchedulerStats&)>& predicate,
@@ -174,6 +187,8 @@ class Scheduler {
   std::atomic<bool> abort_all_{false};        // Drain's deadline passed: end everything.
   bool stop_ = false;                         // Guarded by mu_.
 
+  // Clock::time_point::rep of the current step's start; 0 between steps. Written by the worker.
+  std::atomic<Clock::rep> step_started_{0};
   std::vector<SequencePtr> running_;  // Worker thread only.
   int64_t step_ = 0;                  // Worker thread only.
   StepUsage step_usage_;              // Worker thread only: this step's, for the metrics.

@@ -11,6 +11,7 @@
 
 #include "server/logging.h"
 #include "server/metrics.h"
+#include "server/transport.h"
 #include "server/vqa_server.h"
 
 namespace flexvqa {
@@ -22,6 +23,10 @@ int RunServerProcess(int argc, char** argv, ServerConfig config,
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
+  // A terminal hang-up (or a supervisor's SIGHUP) drains as SIGTERM does, rather than killing the
+  // process with its streams (issue 11, finding 6). Nothing reloads on it: TLS files reload by
+  // themselves, tokens on restart.
+  sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   FlagSet flags(kEnvPrefix);
@@ -49,6 +54,8 @@ int RunServerProcess(int argc, char** argv, ServerConfig config,
   }
   auto log = Logger("server");
   log->info("configuration:\n{}", flags.Describe());
+  // Idle connections each hold a descriptor; gRPC 1.51 stops accepting for good after EMFILE.
+  log->info("file descriptor limit: {}", RaiseFileLimit());
 
   // Before the model loads, so that the endpoint answers (up=1) while a large checkpoint is read.
   // Serving never depends on it: a failed bind is logged and serving goes on.

@@ -1,6 +1,6 @@
 // The server process's main, shared by flexvqa_server (LLaVA engine) and the test server (fake
-// engine): flags and environment, logging, engine, VqaServer, then SIGTERM/SIGINT -> drain -> exit
-// 0. Call it from main() before any thread starts (it blocks the signals it waits for).
+// engine): flags and environment, logging, engine, VqaServer, then SIGTERM/SIGINT/SIGHUP -> drain
+// -> exit 0. Call it from main() before any thread starts (it blocks the signals it waits for).
 #pragma once
 
 #include <functional>

@@ -30,6 +30,8 @@ grpc::StatusCode ToGrpcCode(StatusCode code) {
       return grpc::StatusCode::UNAVAILABLE;
     case StatusCode::kDataLoss:
       return grpc::StatusCode::DATA_LOSS;
+    case StatusCode::kUnauthenticated:
+      return grpc::StatusCode::UNAUTHENTICATED;
   }
   return grpc::StatusCode::UNKNOWN;
 }

@@ -1,13 +1,18 @@
 #include "server/vqa_server.h"
 
+#include <grpcpp/create_channel.h>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
-#include <grpcpp/security/server_credentials.h>
+#include <grpcpp/security/credentials.h>
+#include <grpcpp/security/tls_certificate_provider.h>
+#include <grpcpp/security/tls_certificate_verifier.h>
+#include <grpcpp/security/tls_credentials_options.h>
 #include <grpcpp/server_builder.h>
 
 #include <algorithm>
 #include <cstdint>
 
+#include "grpc/health/v1/health.grpc.pb.h"
 #include "server/logging.h"
 
 namespace flexvqa {
@@ -21,12 +26,68 @@ void SetServing(grpc::Server& server, bool serving) {
   health->SetServingStatus(kHealthServiceName, serving);
 }
 
+// Where the server reaches its own listener: the wildcard hosts through loopback.
+std::string ProbeTarget(const std::string& listen_address, int port) {
+  std::string host = listen_address.substr(0, listen_address.rfind(':'));
+  if (host.empty() || host == "0.0.0.0" || host == "[::]" || host == "::") host = "127.0.0.1";
+  return host + ":" + std::to_string(port);
+}
+
+// The probe checks that the listener accepts and answers, not who it is: with TLS it skips
+// verifying the server and, for mutual TLS, presents the server's own certificate (the client CA
+// must accept it, or the probe fails: docs/security.md).
+std::shared_ptr<grpc::ChannelCredentials> ProbeCredentials(const TlsOptions& tls) {
+  if (!tls.enabled()) return grpc::InsecureChannelCredentials();
+  grpc::experimental::TlsChannelCredentialsOptions options;
+  options.set_verify_server_certs(false);
+  options.set_check_call_host(false);
+  options.set_certificate_verifier(std::make_shared<grpc::experimental::NoOpCertificateVerifier>());
+  if (!tls.client_ca_file.empty()) {
+    options.set_certificate_provider(
+        std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
+            tls.key_file, tls.cert_file, static_cast<unsigned int>(tls.reload_interval_s)));
+    options.watch_identity_key_cert_pairs();
+  }
+  return grpc::experimental::TlsCredentials(options);
+}
+
+// A fresh connection each time (a local subchannel pool shares nothing with earlier probes).
+bool ProbeListener(const std::string& target,
+                   const std::shared_ptr<grpc::ChannelCredentials>& creds,
+                   LivenessMonitor::Clock::time_point deadline, std::string* error) {
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  auto stub = grpc::health::v1::Health::NewStub(grpc::CreateCustomChannel(target, creds, args));
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() +
+                       (deadline - LivenessMonitor::Clock::now()));
+  grpc::health::v1::HealthCheckResponse response;
+  const grpc::Status status = stub->Check(&context, {}, &response);
+  if (!status.ok()) *error = "health check on " + target + ": " + status.error_message();
+  return status.ok();
+}
+
 }  // namespace
 
 StatusOr<std::unique_ptr<VqaServer>> VqaServer::Start(Engine* engine, const ServerOptions& options,
                                                       const SchedulerConfig& scheduler,
                                                       ServerMetrics* metrics) {
   std::unique_ptr<VqaServer> server(new VqaServer());
+  StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
+      ServerCredentialsFor(options.tls);
+  if (!credentials.ok()) {
+    server->shut_down_ = true;
+    return credentials.status();
+  }
+  if (!options.auth_token_file.empty()) {
+    StatusOr<TokenSet> tokens = TokenSet::Load(options.auth_token_file);
+    if (!tokens.ok()) {
+      server->shut_down_ = true;
+      return tokens.status();
+    }
+    server->tokens_ = std::make_unique<TokenSet>(std::move(tokens).value());
+  }
+  server->limiter_ = std::make_unique<ClientLimiter>(options.max_calls_per_client);
   server->info_ = engine->Info();
   server->metrics_ = metrics;
   server->scheduler_ = std::make_unique<Scheduler>(engine, scheduler, metrics);
@@ -38,14 +99,16 @@ StatusOr<std::unique_ptr<VqaServer>> VqaServer::Start(Engine* engine, const Serv
   limits.max_message_bytes = options.max_message_bytes;
   limits.max_queued = scheduler.max_queued;
   limits.max_running = scheduler.max_running;
+  limits.max_calls_per_client = options.max_calls_per_client;
   server->service_ =
-      std::make_unique<VqaService>(server->info_, server->scheduler_.get(), limits, metrics);
+      std::make_unique<VqaService>(server->info_, server->scheduler_.get(), limits, metrics,
+                                   CallGate{server->tokens_.get(), server->limiter_.get()});
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(options.listen_address, grpc::InsecureServerCredentials(),
-                           &server->port_);
+  builder.AddListeningPort(options.listen_address, *credentials, &server->port_);
+  ApplyConnectionOptions(options.connections, &builder);
   const int max_bytes = static_cast<int>(std::min<int64_t>(options.max_message_bytes, INT32_MAX));
   builder.SetMaxReceiveMessageSize(max_bytes);
   builder.SetMaxSendMessageSize(max_bytes);
@@ -54,11 +117,44 @@ StatusOr<std::unique_ptr<VqaServer>> VqaServer::Start(Engine* engine, const Serv
   if (!server->server_ || server->port_ == 0) {
     server->shut_down_ = true;
     return UnavailableError("cannot listen on " + options.listen_address +
-                            " (address in use or invalid?)");
+                            " (address in use by another process, or invalid?)");
   }
   SetServing(*server->server_, true);
-  Logger("server")->info("serving {} ({}, {}) on port {}", server->info_.name, server->info_.mode,
-                         server->info_.device, server->port_);
+  VqaServer* raw = server.get();
+  server->probe_ = [target = ProbeTarget(options.listen_address, server->port_),
+                    creds = ProbeCredentials(options.tls)](
+                       LivenessMonitor::Clock::time_point deadline, std::string* error) {
+    return ProbeListener(target, creds, deadline, error);
+  };
+  server->monitor_ = std::make_unique<LivenessMonitor>(
+      options.liveness, server->probe_, [raw] { return raw->scheduler_->StepStartedAt(); },
+      [raw](bool live, const std::string&) { raw->SetLive(live); });
+  if (!options.health_listen_address.empty()) {
+    HttpServerOptions http;
+    http.listen_address = options.health_listen_address;
+    http.threads = 2;
+    StatusOr<std::unique_ptr<HttpServer>> health =
+        HttpServer::Start(http, [raw](httplib::Server& s) {
+          auto answer = [raw](bool ready, httplib::Response& response) {
+            std::lock_guard<std::mutex> lock(raw->health_mu_);
+            const bool ok = raw->live_ && (!ready || !raw->draining_);
+            response.status = ok ? 200 : 503;
+            response.set_content(ok ? "ok\n" : "not serving\n", "text/plain");
+          };
+          s.Get("/healthz",
+                [answer](const httplib::Request&, httplib::Response& r) { answer(false, r); });
+          s.Get("/readyz",
+                [answer](const httplib::Request&, httplib::Response& r) { answer(true, r); });
+        });
+    if (!health.ok()) return health.status().WithContext("health endpoint");
+    server->health_http_ = std::move(health).value();
+  }
+  Logger("server")->info("serving {} ({}, {}) on port {} ({}{})", server->info_.name,
+                         server->info_.mode, server->info_.device, server->port_,
+                         !options.tls.enabled()               ? "plaintext"
+                         : options.tls.client_ca_file.empty() ? "TLS"
+                                                              : "mutual TLS",
+                         server->tokens_ ? ", bearer tokens" : "");
   return server;
 }
 
@@ -67,15 +163,34 @@ VqaServer::~VqaServer() {
   if (metrics_ != nullptr) metrics_->SetStatsSource(nullptr);  // The scheduler goes next.
 }
 
+Status VqaServer::ProbeOnce() const {
+  std::string error;
+  if (probe_(LivenessMonitor::Clock::now() + std::chrono::seconds(5), &error)) return Status::Ok();
+  return UnavailableError(error);
+}
+
+void VqaServer::SetLive(bool live) {
+  std::lock_guard<std::mutex> lock(health_mu_);
+  live_ = live;
+  if (!draining_) SetServing(*server_, live_);
+}
+
 void VqaServer::Shutdown(Clock::time_point drain_deadline) {
   if (shut_down_) return;
   shut_down_ = true;
   Logger("server")->info("draining: NOT_SERVING, new calls UNAVAILABLE");
-  SetServing(*server_, false);
+  monitor_.reset();
+  // health_http_ stays up: /readyz answers 503 while the drain runs.
+  {
+    std::lock_guard<std::mutex> lock(health_mu_);
+    draining_ = true;
+    SetServing(*server_, false);
+  }
   scheduler_->Drain(drain_deadline);
   // Every accepted call has its final item; give the last writes a moment to leave.
   server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   server_->Wait();
+  health_http_.reset();
   Logger("server")->info("stopped");
 }
 

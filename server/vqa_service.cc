@@ -22,7 +22,12 @@ struct VqaService::CallInfo {
   std::string peer;
   Clock::time_point arrival;
   Clock::time_point deadline;
+  std::chrono::system_clock::time_point grpc_deadline;  // As gRPC holds it: OnCancel compares.
   ServerMetrics* metrics = nullptr;  // Counts the call when it ends; may be null.
+  int64_t max_prompt_bytes = 0;      // The engine's limit, checked before conversion.
+  std::string client;                // Identity for per-client limits (server/auth.h).
+  // This call's place in the client's share; EndCall releases it.
+  std::shared_ptr<ClientLimiter::Slot> slot;
 };
 
 namespace {
@@ -45,6 +50,7 @@ void LogRequest(const CallInfo& call, const Status& status, const StreamItem* fi
   line["method"] = call.method;
   line["id"] = call.id;
   line["peer"] = call.peer;
+  if (!call.client.empty()) line["client"] = call.client;
   line["status"] = StatusCodeName(status.code());
   if (!status.ok()) line["error"] = status.message();
   if (final_item != nullptr) {
@@ -82,11 +88,15 @@ void LogRequest(const CallInfo& call, const Status& status, const StreamItem* fi
   Logger("request")->info("{}", text);
 }
 
-// Everything a finished call reports, once: its metrics, then its log line.
-void EndCall(const CallInfo& call, const Status& status, const StreamItem* final_item) {
+// Everything a finished call reports, once: its metrics, then its log line; and it gives its
+// client's slot back before the client can see the status.
+void EndCall(CallInfo& call, const Status& status, const StreamItem* final_item) {
   if (call.metrics != nullptr) call.metrics->ObserveRequest(call.method, status.code(), final_item);
   LogRequest(call, status, final_item);
+  call.slot.reset();
 }
+
+constexpr std::chrono::milliseconds kDeadlineSlack{50};
 
 // OnCancel may run before Submit returns the handle (or never get one): remember it either way.
 class CancelLink {
@@ -94,17 +104,25 @@ class CancelLink {
   void Attach(std::shared_ptr<RequestHandle> handle) {
     std::lock_guard<std::mutex> lock(mu_);
     handle_ = std::move(handle);
-    if (cancelled_) handle_->Cancel();
+    if (cancelled_) Apply();
   }
-  void Cancel() {
+  // From OnCancel: gRPC cancels the call when the client cancels or when its deadline passes;
+  // only the clock tells them apart. The client's copy of the deadline passes first (ours starts
+  // when the call arrives), and its cancel (RST_STREAM) may reach us before ours fires: a cancel
+  // within kDeadlineSlack of the deadline is the deadline.
+  void Cancel(const CallInfo& call) {
     std::lock_guard<std::mutex> lock(mu_);
     cancelled_ = true;
-    if (handle_) handle_->Cancel();
+    expired_ = std::chrono::system_clock::now() + kDeadlineSlack >= call.grpc_deadline;
+    if (handle_) Apply();
   }
 
  private:
+  void Apply() { expired_ ? handle_->Expire() : handle_->Cancel(); }
+
   std::mutex mu_;
   bool cancelled_ = false;
+  bool expired_ = false;
   std::shared_ptr<RequestHandle> handle_;
 };
 
@@ -128,6 +146,7 @@ void Serialize(const Message& message, grpc::ByteBuffer* out) {
 // Converts and submits. On error the call is finished by the caller with the returned status.
 Status SubmitCall(const v1::GenerateRequest& request, const CallInfo& call, Scheduler* scheduler,
                   ItemCallback on_item, CancelLink* cancel) {
+  FLEXVQA_RETURN_IF_ERROR(CheckPromptBytes(request, call.max_prompt_bytes));
   StatusOr<GenerationRequest> converted = FromProto(request);
   if (!converted.ok()) return converted.status();
   auto submit = std::make_unique<SubmitRequest>();
@@ -171,7 +190,7 @@ class GenerateReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
     }
     Pump();
   }
-  void OnCancel() override { cancel_.Cancel(); }
+  void OnCancel() override { cancel_.Cancel(call_); }
   void OnDone() override {
     std::shared_ptr<GenerateReactor> keep = std::move(self_);  // May be the last reference.
   }
@@ -225,7 +244,7 @@ class GenerateReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
     Finish(ToGrpcStatus(final_->status));
   }
 
-  const CallInfo call_;
+  CallInfo call_;  // Read-only but for its slot, which EndCall releases.
   CancelLink cancel_;
   std::shared_ptr<GenerateReactor> self_;  // Released in OnDone.
   std::mutex mu_;
@@ -258,7 +277,7 @@ class AnswerReactor : public grpc::ServerUnaryReactor {
     }
   }
 
-  void OnCancel() override { cancel_.Cancel(); }
+  void OnCancel() override { cancel_.Cancel(call_); }
   void OnDone() override { std::shared_ptr<AnswerReactor> keep = std::move(self_); }
 
  private:
@@ -275,7 +294,7 @@ class AnswerReactor : public grpc::ServerUnaryReactor {
     Finish(ToGrpcStatus(item.status));
   }
 
-  const CallInfo call_;
+  CallInfo call_;  // Read-only but for its slot, which EndCall releases.
   grpc::ByteBuffer* const response_;
   v1::AnswerResponse answer_;
   CancelLink cancel_;
@@ -285,35 +304,44 @@ class AnswerReactor : public grpc::ServerUnaryReactor {
 }  // namespace
 
 VqaService::VqaService(const ::flexvqa::ModelInfo& info, Scheduler* scheduler,
-                       const ServerLimits& limits, ServerMetrics* metrics)
-    : info_(info), scheduler_(scheduler), limits_(limits), metrics_(metrics) {}
+                       const ServerLimits& limits, ServerMetrics* metrics, CallGate gate)
+    : info_(info), scheduler_(scheduler), limits_(limits), metrics_(metrics), gate_(gate) {}
 
-namespace {
-
-CallInfo MakeCallInfo(const char* method, grpc::CallbackServerContext* context,
-                      const v1::GenerateRequest& request, std::atomic<int64_t>* next_id,
-                      ServerMetrics* metrics) {
-  CallInfo call;
-  call.method = method;
-  call.metrics = metrics;
-  call.arrival = Clock::now();
-  call.deadline = SteadyDeadline(*context);
-  call.peer = context->peer();
-  call.id = request.request_id().empty() || request.request_id().size() > kMaxRequestIdBytes
-                ? "r" + std::to_string(next_id->fetch_add(1))
-                : request.request_id();
-  return call;
+// In this order, each step only for a call that passed the one before: who is calling (and
+// whether they may), their share of the server, then the request itself.
+Status VqaService::Accept(grpc::CallbackServerContext* context, const grpc::ByteBuffer& raw,
+                          v1::GenerateRequest* request, CallInfo* call) {
+  call->metrics = metrics_;
+  call->arrival = Clock::now();
+  call->deadline = SteadyDeadline(*context);
+  call->grpc_deadline = context->deadline();
+  call->peer = context->peer();
+  call->max_prompt_bytes = info_.limits.max_prompt_bytes;
+  call->id = "r" + std::to_string(next_id_.fetch_add(1));
+  StatusOr<std::string> client = Authenticate(*context, gate_.tokens);
+  if (!client.ok()) return client.status();
+  call->client = *client;
+  if (gate_.limiter != nullptr) {
+    StatusOr<std::unique_ptr<ClientLimiter::Slot>> slot = gate_.limiter->Acquire(*client);
+    if (!slot.ok()) return slot.status();
+    call->slot = std::move(slot).value();
+  }
+  FLEXVQA_RETURN_IF_ERROR(ParseRequest(raw, request));
+  if (!request->request_id().empty() &&
+      request->request_id().size() <= static_cast<size_t>(kMaxRequestIdBytes)) {
+    call->id = request->request_id();
+  }
+  return Status::Ok();
 }
-
-}  // namespace
 
 grpc::ServerWriteReactor<grpc::ByteBuffer>* VqaService::Generate(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* raw_request) {
   v1::GenerateRequest request;
-  const Status parsed = ParseRequest(*raw_request, &request);
-  auto reactor = std::make_shared<GenerateReactor>(
-      MakeCallInfo("Generate", context, request, &next_id_, metrics_));
-  reactor->Start(reactor, &request, parsed, scheduler_);
+  CallInfo call;
+  call.method = "Generate";
+  const Status accepted = Accept(context, *raw_request, &request, &call);
+  auto reactor = std::make_shared<GenerateReactor>(std::move(call));
+  reactor->Start(reactor, &request, accepted, scheduler_);
   return reactor.get();
 }
 
@@ -321,18 +349,24 @@ grpc::ServerUnaryReactor* VqaService::Answer(grpc::CallbackServerContext* contex
                                              const grpc::ByteBuffer* raw_request,
                                              grpc::ByteBuffer* response) {
   v1::GenerateRequest request;
-  const Status parsed = ParseRequest(*raw_request, &request);
-  auto reactor = std::make_shared<AnswerReactor>(
-      MakeCallInfo("Answer", context, request, &next_id_, metrics_), response);
-  reactor->Start(reactor, &request, parsed, scheduler_);
+  CallInfo call;
+  call.method = "Answer";
+  const Status accepted = Accept(context, *raw_request, &request, &call);
+  auto reactor = std::make_shared<AnswerReactor>(std::move(call), response);
+  reactor->Start(reactor, &request, accepted, scheduler_);
   return reactor.get();
 }
 
 grpc::ServerUnaryReactor* VqaService::ModelInfo(grpc::CallbackServerContext* context,
                                                 const v1::ModelInfoRequest* /*request*/,
                                                 v1::ModelInfoResponse* response) {
-  ToProto(info_, limits_, response);
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  const StatusOr<std::string> client = Authenticate(*context, gate_.tokens);
+  if (!client.ok()) {
+    reactor->Finish(ToGrpcStatus(client.status()));
+    return reactor;
+  }
+  ToProto(info_, limits_, response);
   reactor->Finish(grpc::Status::OK);
   return reactor;
 }

@@ -15,6 +15,8 @@
 #include "flexvqa/v1/vqa.grpc.pb.h"
 #include "model/engine.h"
 #include "server/api_convert.h"
+#include "server/auth.h"
+#include "server/client_limiter.h"
 #include "server/metrics.h"
 #include "server/scheduler.h"
 
@@ -24,12 +26,20 @@ using VqaServiceBase =
     v1::VqaService::WithRawCallbackMethod_Generate<v1::VqaService::WithRawCallbackMethod_Answer<
         v1::VqaService::WithCallbackMethod_ModelInfo<v1::VqaService::Service>>>;
 
+// Who may call, and how much of the server one caller may hold. Null members: no such check.
+struct CallGate {
+  const TokenSet* tokens = nullptr;  // Bearer tokens required (server/auth.h).
+  ClientLimiter* limiter = nullptr;  // Calls in flight per client identity.
+};
+
 class VqaService final : public VqaServiceBase {
  public:
   // `info` describes the engine behind `scheduler`; both (and `metrics` when not null, which counts
-  // every call once as it ends) must outlive the service.
+  // every call once as it ends, and `gate`'s members) must outlive the service. Every method checks
+  // the bearer token (UNAUTHENTICATED); Generate and Answer also take a slot of the client's share
+  // (RESOURCE_EXHAUSTED) until the call ends.
   VqaService(const ::flexvqa::ModelInfo& info, Scheduler* scheduler, const ServerLimits& limits,
-             ServerMetrics* metrics = nullptr);
+             ServerMetrics* metrics = nullptr, CallGate gate = {});
 
   // Request: v1::GenerateRequest; responses: v1::GenerateResponse.
   grpc::ServerWriteReactor<grpc::ByteBuffer>* Generate(grpc::CallbackServerContext* context,
@@ -46,10 +56,15 @@ class VqaService final : public VqaServiceBase {
   struct CallInfo;
 
  private:
+  // Fills *call, authenticates, takes the client's slot and parses the request.
+  Status Accept(grpc::CallbackServerContext* context, const grpc::ByteBuffer& raw,
+                v1::GenerateRequest* request, CallInfo* call);
+
   const ::flexvqa::ModelInfo& info_;
   Scheduler* const scheduler_;
   const ServerLimits limits_;
   ServerMetrics* const metrics_;  // May be null.
+  const CallGate gate_;
   std::atomic<int64_t> next_id_{1};
 };
 

@@ -7,9 +7,13 @@ build time (target flexvqa_python_stubs, written to <build>/client/python/gen):
     PYTHONPATH=build/client/python/gen python3 client/python/flexvqa_example.py \
         --server localhost:50051 --image photo.jpg "What is in the picture?"
 
+With TLS (--tls_ca; --tls_cert/--tls_key for mutual TLS) and a bearer token (--token, --token_file or
+FLEXVQA_TOKEN), as docs/security.md describes.
+
 Exit status: 0 on success, 1 with the gRPC status on stderr otherwise.
 """
 import argparse
+import os
 import sys
 
 import grpc
@@ -33,6 +37,31 @@ def build_request(args):
     return request
 
 
+def read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def open_channel(args, options):
+    """Plaintext without --tls_ca; TLS verifying the server against it; mutual TLS with a cert."""
+    if not args.tls_ca:
+        return grpc.insecure_channel(args.server, options=options)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=read(args.tls_ca),
+        private_key=read(args.tls_key) if args.tls_key else None,
+        certificate_chain=read(args.tls_cert) if args.tls_cert else None)
+    return grpc.secure_channel(args.server, credentials, options=options)
+
+
+def token_of(args):
+    if args.token:
+        return args.token
+    if args.token_file:
+        words = read(args.token_file).decode().split()
+        return words[0] if words else ""
+    return os.environ.get("FLEXVQA_TOKEN", "")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("question")
@@ -43,14 +72,22 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--request_id")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds")
+    parser.add_argument("--tls_ca", help="PEM CA bundle that signed the server's certificate")
+    parser.add_argument("--tls_cert", help="client certificate (mutual TLS)")
+    parser.add_argument("--tls_key", help="client private key (mutual TLS)")
+    parser.add_argument("--token", help="bearer token")
+    parser.add_argument("--token_file", help="file whose first word is the bearer token")
     args = parser.parse_args()
+    token = token_of(args)
+    metadata = [("authorization", "Bearer " + token)] if token else None
 
     options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
-    with grpc.insecure_channel(args.server, options=options) as channel:
+    with open_channel(args, options) as channel:
         stub = vqa_pb2_grpc.VqaServiceStub(channel)
         try:
             final = None
-            for response in stub.Generate(build_request(args), timeout=args.timeout):
+            for response in stub.Generate(build_request(args), timeout=args.timeout,
+                                          metadata=metadata):
                 if response.HasField("delta"):
                     sys.stdout.write(response.delta.text)
                     sys.stdout.flush()

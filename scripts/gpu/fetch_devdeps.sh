@@ -17,6 +17,7 @@ PACKAGES=(
   libcivetweb-dev libsentencepiece0 libsentencepiece-dev nlohmann-json3-dev libgtest-dev googletest
   libturbojpeg0 libturbojpeg0-dev
   libpng-dev libpng16-16 zlib1g-dev zlib1g pkgconf pkgconf-bin libpkgconf3
+  libcpp-httplib0.11 libcpp-httplib-dev libbrotli-dev libssl-dev
 )
 apt-get download "${PACKAGES[@]}"
 ls -1 | wc -l

@@ -1,16 +1,23 @@
 // The server as a process (flexvqa_fake_server: the real main over the fake engine): SIGTERM drains
 // (health NOT_SERVING, new calls UNAVAILABLE, the running stream completes) and the process exits
-// 0; past the drain time the rest ends UNAVAILABLE, still exit 0.
+// 0; past the drain time the rest ends UNAVAILABLE, still exit 0. Issue 11: SIGHUP drains too; a
+// second server on a taken port fails to start; a listener that file-descriptor exhaustion stopped
+// turns health NOT_SERVING (self-probe) and the log says why.
+#include <arpa/inet.h>
+#include <fcntl.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdio>
 #include <fstream>
 #include <future>
+#include <sstream>
 #include <thread>
 
 #include "flexvqa/v1/vqa.grpc.pb.h"
@@ -26,15 +33,30 @@ using Health = grpc::health::v1::HealthCheckResponse;
 
 class ServerProcess {
  public:
-  explicit ServerProcess(std::vector<std::string> flags) {
-    port_file_ = ::testing::TempDir() + "/fake_server_port_" + std::to_string(getpid());
+  // `max_files` > 0: started under `ulimit -n max_files` (soft and hard: it cannot raise it).
+  explicit ServerProcess(std::vector<std::string> flags, int max_files = 0) {
+    static int count = 0;
+    const std::string stem = ::testing::TempDir() + "/fake_server_" + std::to_string(getpid()) +
+                             "_" + std::to_string(count++);
+    port_file_ = stem + ".port";
+    log_file_ = stem + ".log";
     std::remove(port_file_.c_str());
     std::vector<std::string> args = {FAKE_SERVER_PATH, "--port_file=" + port_file_};
     args.insert(args.end(), flags.begin(), flags.end());
+    if (max_files > 0) {
+      args.insert(
+          args.begin(),
+          {"/bin/sh", "-c", "ulimit -n " + std::to_string(max_files) + " && exec \"$@\"", "sh"});
+    }
     std::vector<char*> argv;
     for (std::string& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
-    EXPECT_EQ(posix_spawn(&pid_, argv[0], nullptr, nullptr, argv.data(), environ), 0);
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_addopen(&actions, 2, log_file_.c_str(), O_WRONLY | O_CREAT | O_TRUNC,
+                                     0644);
+    EXPECT_EQ(posix_spawn(&pid_, argv[0], &actions, nullptr, argv.data(), environ), 0);
+    posix_spawn_file_actions_destroy(&actions);
   }
   ~ServerProcess() {
     if (pid_ > 0) {
@@ -42,6 +64,11 @@ class ServerProcess {
       waitpid(pid_, nullptr, 0);
     }
     std::remove(port_file_.c_str());
+    std::remove(log_file_.c_str());
+  }
+  std::string Log() const {
+    std::ifstream file(log_file_);
+    return std::string(std::istreambuf_iterator<char>(file), {});
   }
   // The process must start and bind: polled, as nothing else can tell.
   int WaitForPort() {
@@ -54,9 +81,15 @@ class ServerProcess {
     return 0;
   }
   void Signal(int signal) { kill(pid_, signal); }
+  // The exit code, or -1 when the process is still running after 60 s (polled: waitpid has no
+  // timeout).
   int WaitExit() {
+    const auto deadline = std::chrono::steady_clock::now() + 60s;
     int status = 0;
-    waitpid(pid_, &status, 0);
+    while (waitpid(pid_, &status, WNOHANG) == 0) {
+      if (std::chrono::steady_clock::now() > deadline) return -1;
+      std::this_thread::sleep_for(5ms);
+    }
     pid_ = -1;
     return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
   }
@@ -64,6 +97,7 @@ class ServerProcess {
  private:
   pid_t pid_ = -1;
   std::string port_file_;
+  std::string log_file_;
 };
 
 v1::GenerateRequest LongRequest(int tokens) {
@@ -75,14 +109,20 @@ v1::GenerateRequest LongRequest(int tokens) {
 }
 
 struct Client {
+  // A channel of its own (a local subchannel pool): its connection is never shared with another.
   explicit Client(int port)
-      : channel(grpc::CreateChannel("127.0.0.1:" + std::to_string(port),
-                                    grpc::InsecureChannelCredentials())),
+      : channel(grpc::CreateCustomChannel("127.0.0.1:" + std::to_string(port),
+                                          grpc::InsecureChannelCredentials(), LocalPool())),
         stub(v1::VqaService::NewStub(channel)),
         health(grpc::health::v1::Health::NewStub(channel)) {}
-  Health::ServingStatus Check() {
+  static grpc::ChannelArguments LocalPool() {
+    grpc::ChannelArguments args;
+    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+    return args;
+  }
+  Health::ServingStatus Check(std::chrono::milliseconds timeout = 5s) {
     grpc::ClientContext context;
-    context.set_deadline(std::chrono::system_clock::now() + 5s);
+    context.set_deadline(std::chrono::system_clock::now() + timeout);
     Health response;
     if (!health->Check(&context, {}, &response).ok()) return Health::UNKNOWN;
     return response.status();
@@ -150,6 +190,106 @@ TEST(ServerProcessTest, PastTheDrainTimeRunningRequestsEndUnavailable) {
   EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE) << status.error_message();
   EXPECT_LT(tokens, 4000);
   EXPECT_EQ(server.WaitExit(), 0);
+}
+
+// A terminal hang-up used to kill the process with its streams (24 reset, no final message).
+TEST(ServerProcessTest, SighupDrainsLikeSigterm) {
+  ServerProcess server({"--drain_ms=30000", "--max_new_tokens=4000"});
+  const int port = server.WaitForPort();
+  ASSERT_GT(port, 0);
+  Client client(port);
+  std::promise<void> first;
+  auto stream =
+      std::async(std::launch::async, [&] { return ReadAll(client, LongRequest(2000), &first); });
+  first.get_future().wait();
+  server.Signal(SIGHUP);
+  auto [status, tokens] = stream.get();
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(tokens, 2000);
+  EXPECT_EQ(server.WaitExit(), 0);
+  EXPECT_NE(server.Log().find("Hangup: draining"), std::string::npos) << server.Log();
+}
+
+// With SO_REUSEPORT a second process bound the same port and took new connections while the real
+// server still reported serving.
+TEST(ServerProcessTest, ASecondServerOnTheSamePortFailsToStart) {
+  ServerProcess first({});
+  const int port = first.WaitForPort();
+  ASSERT_GT(port, 0);
+  ServerProcess second({"--listen_address=127.0.0.1:" + std::to_string(port)});
+  EXPECT_EQ(second.WaitExit(), 1);
+  EXPECT_NE(second.Log().find("cannot listen on 127.0.0.1:" + std::to_string(port)),
+            std::string::npos)
+      << second.Log();
+  EXPECT_EQ(Client(port).Check(), Health::SERVING);
+}
+
+// Idle connections past the file-descriptor limit made gRPC 1.51 log "Failed accept4: Too many
+// open files" and stop accepting for good, while the process looked alive. The listener still
+// dies (gRPC's own behaviour), but the self-probe notices: health NOT_SERVING (Kubernetes restarts
+// the pod) and the log says why. Loopback, 200 connections, bounded by the waits below.
+TEST(ServerProcessTest, AListenerThatStoppedAcceptingTurnsHealthNotServing) {
+  ServerProcess server({"--liveness_interval_ms=100", "--self_probe_timeout_ms=300",
+                        "--self_probe_failures=2", "--log_json"},
+                       /*max_files=*/128);
+  const int port = server.WaitForPort();
+  ASSERT_GT(port, 0);
+  Client before(port);  // Connected before the flood: it can still ask.
+  ASSERT_EQ(before.Check(), Health::SERVING);
+  std::vector<int> sockets;
+  for (int i = 0; i < 200; ++i) {
+    const int fd = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_port = htons(static_cast<uint16_t>(port));
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    (void)connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address));
+    sockets.push_back(fd);
+  }
+  const auto deadline = std::chrono::steady_clock::now() + 20s;
+  while (server.Log().find("Failed accept4") == std::string::npos &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(10ms);  // Polling the log: the process gives no other signal.
+  }
+  for (int fd : sockets) close(fd);
+  ASSERT_NE(server.Log().find("Failed accept4"), std::string::npos) << server.Log();
+  while (before.Check() != Health::NOT_SERVING && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(10ms);
+  }
+  EXPECT_EQ(before.Check(), Health::NOT_SERVING);
+  EXPECT_EQ(Client(port).Check(500ms), Health::UNKNOWN);  // A new client still cannot get in.
+  EXPECT_NE(server.Log().find("accepts no connection"), std::string::npos) << server.Log();
+  // --log_json: every line is JSON, gRPC's own "Failed accept4" included (it was plain text).
+  std::istringstream lines(server.Log());
+  for (std::string line; std::getline(lines, line);) {
+    if (!line.empty()) EXPECT_TRUE(line.front() == '{' && line.back() == '}') << line;
+  }
+}
+
+// libprotobuf logs an ERROR line for every request with a string that is not UTF-8, which let a
+// client flood the log: now one line per 10 s, with the count of those dropped.
+TEST(ServerProcessTest, ProtobufErrorsAClientCausesAreThrottled) {
+  ServerProcess server({});
+  const int port = server.WaitForPort();
+  ASSERT_GT(port, 0);
+  Client client(port);
+  v1::GenerateRequest request = LongRequest(4);
+  request.set_question(std::string("caf\xc3", 4));
+  for (int i = 0; i < 20; ++i) {
+    grpc::ClientContext context;
+    v1::AnswerResponse answer;
+    EXPECT_EQ(client.stub->Answer(&context, request, &answer).error_code(),
+              grpc::StatusCode::INVALID_ARGUMENT);
+  }
+  server.Signal(SIGTERM);
+  EXPECT_EQ(server.WaitExit(), 0);
+  const std::string log = server.Log();
+  size_t lines = 0;
+  for (size_t at = log.find("invalid UTF-8"); at != std::string::npos;
+       at = log.find("invalid UTF-8", at + 1)) {
+    ++lines;
+  }
+  EXPECT_EQ(lines, 1u) << log;
 }
 
 }  // namespace

@@ -40,6 +40,7 @@ class LlavaServiceTest : public ::testing::Test {
     ASSERT_NE(engine_, nullptr);
     ServerOptions options;
     options.listen_address = "127.0.0.1:0";
+    options.max_calls_per_client = 1000;  // One test client sends 64 at once.
     SchedulerConfig scheduler;
     scheduler.max_running = 16;
     scheduler.max_queued = 128;

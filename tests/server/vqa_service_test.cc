@@ -14,6 +14,7 @@
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "server/vqa_server.h"
 #include "tests/server/fake_engine.h"
+#include "tests/server/service_fixture.h"
 #include "tests/server/stream_reader.h"
 #include "tests/server/test_images.h"
 
@@ -24,78 +25,11 @@ using testing::FakeEngine;
 using testing::FakeEngineOptions;
 using namespace std::chrono_literals;
 
-constexpr auto kWait = 10s;
-
+using testing::EngineHold;
+using testing::kWait;
 using testing::StreamResult;
-
-// Holds the engine inside its first step (and every later one) until Release: lets a test fill the
-// queue or drain while a request is known to be running.
-class EngineHold {
- public:
-  std::function<void()> Hook() {
-    return [this] {
-      if (first_.exchange(false)) entered_.set_value();
-      released_.wait();
-    };
-  }
-  void WaitEntered() { entered_.get_future().wait(); }
-  void Release() { release_.set_value(); }
-
- private:
-  std::promise<void> release_;
-  std::shared_future<void> released_ = release_.get_future().share();
-  std::promise<void> entered_;
-  std::atomic<bool> first_{true};
-};
-
-class ServiceTest : public ::testing::Test {
- protected:
-  void StartServer(FakeEngineOptions options = {}, SchedulerConfig scheduler = {},
-                   int64_t max_message_bytes = 64 << 20) {
-    options.limits.max_image_bytes = 1 << 20;
-    options.limits.max_new_tokens = 1024;
-    engine_ = std::make_unique<FakeEngine>(options);
-    ServerOptions server_options;
-    server_options.listen_address = "127.0.0.1:0";
-    server_options.max_message_bytes = max_message_bytes;
-    scheduler.preprocess_threads = 2;
-    auto server = VqaServer::Start(engine_.get(), server_options, scheduler);
-    ASSERT_TRUE(server.ok()) << server.status().ToString();
-    server_ = std::move(server).value();
-    grpc::ChannelArguments args;
-    args.SetMaxSendMessageSize(-1);
-    args.SetMaxReceiveMessageSize(-1);
-    channel_ = grpc::CreateCustomChannel("127.0.0.1:" + std::to_string(server_->port()),
-                                         grpc::InsecureChannelCredentials(), args);
-    stub_ = v1::VqaService::NewStub(channel_);
-  }
-  void TearDown() override {
-    server_.reset();
-    engine_.reset();
-  }
-
-  StreamResult Generate(const v1::GenerateRequest& request,
-                        std::chrono::milliseconds timeout = 60'000ms) {
-    grpc::ClientContext context;
-    context.set_deadline(std::chrono::system_clock::now() + timeout);
-    return Read(&context, request);
-  }
-  StreamResult Read(grpc::ClientContext* context, const v1::GenerateRequest& request) {
-    return testing::ReadGenerateStream(*stub_, context, request);
-  }
-
-  std::unique_ptr<FakeEngine> engine_;
-  std::unique_ptr<VqaServer> server_;
-  std::shared_ptr<grpc::Channel> channel_;
-  std::unique_ptr<v1::VqaService::Stub> stub_;
-};
-
-v1::GenerateRequest Question(const std::string& text, int max_new_tokens = 24) {
-  v1::GenerateRequest request;
-  request.set_question(text);
-  request.mutable_sampling()->set_max_new_tokens(max_new_tokens);
-  return request;
-}
+using ServiceTest = testing::ServiceTest;
+using testing::Question;
 
 GenerationRequest ToEngine(const v1::GenerateRequest& request) {
   GenerationRequest out;
