@@ -280,7 +280,7 @@ Scrape ScrapeMetrics(const std::string& address) {
       s.kv_bytes = value;
     } else if (name == "flexvqa_hr_cache_memory_bytes") {
       s.hr_bytes = value;
-    } else if (name == "flexvqa_process_resident_memory_bytes") {
+    } else if (name == "process_resident_memory_bytes") {
       s.rss_bytes = value;
     }
   }
