@@ -156,7 +156,7 @@ StatusOr<std::shared_ptr<const PreparedRequest>> FakeEngine::Prepare(
     return InvalidArgumentError("prompt has " + std::to_string(prepared->prompt_tokens) +
                                 " tokens; the model accepts at most " + std::to_string(max_prompt));
   }
-  if (flex) {
+  if (info_.supports_selection_threshold) {
     const int threshold = request.selection_threshold.value_or(kFakeDefaultThreshold);
     prepared->selected_hr_tokens = int64_t{prepared->image_tokens} * (255 - threshold) / 255;
   }
