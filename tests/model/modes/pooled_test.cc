@@ -109,6 +109,7 @@ TEST_F(PooledModeTest, MatchesItsDefinition) {
   testing::RecordingSink sink;
   EngineOptions options;
   options.model_dir = dir_;
+  options.chat_template = ChatTemplateName(prompt.chat_template);  // The definition's prompt.
   auto engine = CreateLlavaEngine(options, &sink);
   ASSERT_TRUE(engine.ok());
   const testing::EngineRun run = testing::RunInLockstep(**engine, {Request()})[0];
