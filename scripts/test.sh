@@ -13,6 +13,8 @@ cd "$(dirname "$0")/.."
 STAGES=${STAGES:-build soak asan tsan fuzz}
 JOBS=${JOBS:-$(nproc)}
 export JOBS
+# Every stage's build tree shares ccache's objects, wherever the checkout lies (CI clones afresh).
+export CCACHE_BASEDIR=${CCACHE_BASEDIR:-$PWD}
 started=$SECONDS
 
 stage() {
