@@ -78,6 +78,10 @@ struct EngineOptions {
   // checkpoint layout's, llava_hf for llava-hf checkpoints, vicuna_v1 for original LLaVA ones.
   std::string chat_template;
   EngineLimits limits;
+  // Bound of the encoder cache (model/encoder_cache.h): vision tower + projector rows of images
+  // seen before, on the model's device, least recently used first out. Default: 0 (off); the
+  // server's --encoder_cache_bytes sets it.
+  int64_t encoder_cache_bytes = 0;
 };
 
 struct ModelInfo {
@@ -132,6 +136,13 @@ struct FlopCount {
   }
 };
 
+// Where a sequence's image features came from at its prefill.
+enum class EncoderCacheUse {
+  kNone,  // No image, the cache is off, or not prefilled yet.
+  kHit,   // From the encoder cache (or shared with an identical image of the same prefill).
+  kMiss,  // The vision tower ran for it; the result was cached.
+};
+
 // What a sequence did, for usage reporting and metrics. Valid until Release.
 struct SequenceReport {
   int prompt_tokens = 0;
@@ -143,6 +154,8 @@ struct SequenceReport {
   double prefill_ms = 0;  // Prompt forward (the batch's wall time, shared).
   double decode_ms = 0;   // Sum of the decode steps this sequence took part in.
   FlopCount flops;
+  // A hit has vision_ms 0 and no kVision / kProjector FLOPs: the tower did not run for it.
+  EncoderCacheUse encoder_cache = EncoderCacheUse::kNone;
 };
 
 // flex: which high-resolution tokens each FlexAttention layer used at each step (step 0 is the
@@ -166,6 +179,7 @@ struct EngineMemory {
   int64_t kv_cache_pool_bytes = 0;  // The KV-cache pool, allocated once at load.
   int64_t kv_cache_used_bytes = 0;  // Positions written by resident sequences.
   int64_t hr_cache_bytes = 0;  // flex/xattn: high-res features and keys/values held per request.
+  int64_t encoder_cache_bytes = 0;  // The encoder cache's entries (EngineOptions).
 };
 
 enum class FinishReason { kNone, kStop, kLength, kCancelled, kError };

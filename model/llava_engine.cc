@@ -15,6 +15,7 @@
 #include <filesystem>
 #include <unordered_map>
 
+#include "model/encoder_cache.h"
 #include "model/engine.h"
 #include "model/image/image_decode.h"
 #include "model/image/image_preprocess.h"
@@ -38,7 +39,8 @@ namespace {
 class LlavaPrepared : public PreparedRequest {
  public:
   std::vector<int32_t> tokens;
-  ModeInput mode;  // The image's views and the mode's options (Mode::PrepareImage).
+  ModeInput mode;         // The image's views and the mode's options (Mode::PrepareImage).
+  std::string image_key;  // ImageCacheKey of the image's bytes; empty: not cached.
   bool has_image() const { return !mode.pixels.empty(); }
 };
 
@@ -96,6 +98,9 @@ class LlavaEngine : public Engine {
                      const std::vector<int64_t>& lengths, FlopCount::Phase phase);
   // Hands the logits [B, V] the batch samples from to the sink (when there is one).
   void Sink(const at::Tensor& logits, const std::vector<SequenceId>& batch);
+  // The tower's rows for the images of `batch` (in batch order, sequences without one skipped):
+  // from the encoder cache, or the mode's Encode once over the distinct rest.
+  BatchFeatures EncodeImages(const std::vector<SequenceId>& batch);
 
   const Mode& mode() const { return model_->mode(); }
 
@@ -108,6 +113,8 @@ class LlavaEngine : public Engine {
   std::unique_ptr<LlavaModel> model_;
   std::unique_ptr<KvCache> cache_;
   LogitsSink* sink_ = nullptr;
+  std::unique_ptr<EncoderCache> encoder_cache_;  // Its bound is read by Prepare (const).
+  std::string pipeline_;                         // PipelineId of the mode, for the cache keys.
   std::unordered_map<SequenceId, Sequence> sequences_;
   SequenceId next_id_ = 1;
 };
@@ -121,6 +128,10 @@ StatusOr<std::unique_ptr<Engine>> LlavaEngine::Create(const EngineOptions& optio
   FLEXVQA_ASSIGN_OR_RETURN(engine->device_, ParseDevice(options.device));
   FLEXVQA_ASSIGN_OR_RETURN(engine->dtype_, ParseDtype(options.dtype, engine->device_));
   if (options.max_sequences < 1) return InvalidArgumentError("max_sequences must be >= 1");
+  if (options.encoder_cache_bytes < 0) {
+    return InvalidArgumentError("encoder_cache_bytes must be >= 0 (0: no encoder cache)");
+  }
+  engine->encoder_cache_ = std::make_unique<EncoderCache>(options.encoder_cache_bytes);
   const int context = options.max_context > 0
                           ? std::min(options.max_context, config.text.max_position_embeddings)
                           : config.text.max_position_embeddings;
@@ -158,6 +169,8 @@ StatusOr<std::unique_ptr<Engine>> LlavaEngine::Create(const EngineOptions& optio
     FLEXVQA_ASSIGN_OR_RETURN(engine->chat_template_, ParseChatTemplate(options.chat_template));
   }
   info.chat_template = ChatTemplateName(engine->chat_template_);
+  engine->pipeline_ = PipelineId(engine->mode().name(), config.vision.image_size,
+                                 engine->mode().zoom(), engine->mode().preprocess());
   info.context_length = context;
   info.vocab_size = config.text.vocab_size;
   info.num_image_tokens = engine->mode().image_tokens();
@@ -211,6 +224,8 @@ StatusOr<std::shared_ptr<const PreparedRequest>> LlavaEngine::PrepareFromTokens(
   }
   FLEXVQA_RETURN_IF_ERROR(mode().ValidateRequest(request, &prepared->mode));
   if (image) {
+    // Hashed before decoding: the key names the bytes as sent.
+    if (encoder_cache_->enabled()) prepared->image_key = ImageCacheKey(image->bytes, pipeline_);
     ImageLimits image_limits;
     image_limits.max_encoded_bytes = limits.max_image_bytes;
     image_limits.max_pixels = limits.max_image_pixels;
@@ -273,6 +288,7 @@ EngineMemory LlavaEngine::Memory() const {
     memory.kv_cache_used_bytes += bytes_per_position * cache_->length(seq.slot);
     if (seq.state) memory.hr_cache_bytes += seq.state->bytes();
   }
+  memory.encoder_cache_bytes = encoder_cache_->bytes();
   return memory;
 }
 
@@ -313,6 +329,38 @@ void LlavaEngine::Sink(const at::Tensor& logits, const std::vector<SequenceId>& 
   }
 }
 
+BatchFeatures LlavaEngine::EncodeImages(const std::vector<SequenceId>& batch) {
+  std::vector<const ModeInput*> inputs;
+  std::vector<std::string> keys;
+  for (SequenceId id : batch) {
+    const LlavaPrepared& r = *sequences_.at(id).request;
+    if (!r.has_image()) continue;
+    inputs.push_back(&r.mode);
+    keys.push_back(r.image_key);
+  }
+  if (inputs.empty()) return {};
+  // Vision tower and projector over the images to encode at once (two-view modes: the HR tiles
+  // too).
+  return EncodeThroughCache(*encoder_cache_, keys, [&](const std::vector<size_t>& which) {
+    const int side = config_.vision.image_size;
+    const int high_side = mode().preprocess().crop_size;
+    const auto f32 = at::TensorOptions().dtype(at::kFloat);
+    std::vector<at::Tensor> images, highres_images;
+    for (size_t i : which) {
+      const ModeInput& in = *inputs[i];
+      images.push_back(at::from_blob(const_cast<float*>(in.pixels.data()), {3, side, side}, f32));
+      if (!in.highres_pixels.empty()) {
+        highres_images.push_back(at::from_blob(const_cast<float*>(in.highres_pixels.data()),
+                                               {3, high_side, high_side}, f32));
+      }
+    }
+    EncodedImages encoded = mode().Encode(
+        model_->encoder(), at::stack(images).to(device_),
+        highres_images.empty() ? at::Tensor() : at::stack(highres_images).to(device_));
+    return std::make_pair(encoded.sequence, encoded.highres);
+  });
+}
+
 void LlavaEngine::Fail(const std::vector<SequenceId>& batch, const Status& status,
                        std::vector<TokenEvent>* events) {
   for (SequenceId id : batch) {
@@ -337,28 +385,8 @@ void LlavaEngine::Prefill(const std::vector<SequenceId>& sequences,
   }
   if (batch.empty()) return;
   try {
-    // Vision tower and projector over every image of the batch at once (two-view modes: the HR
-    // tiles too).
-    const int side = config_.vision.image_size;
-    const int high_side = mode().preprocess().crop_size;
-    const auto f32 = at::TensorOptions().dtype(at::kFloat);
-    std::vector<at::Tensor> images, highres_images;
-    for (SequenceId id : batch) {
-      const ModeInput& in = sequences_.at(id).request->mode;
-      if (in.pixels.empty()) continue;
-      images.push_back(at::from_blob(const_cast<float*>(in.pixels.data()), {3, side, side}, f32));
-      if (!in.highres_pixels.empty()) {
-        highres_images.push_back(at::from_blob(const_cast<float*>(in.highres_pixels.data()),
-                                               {3, high_side, high_side}, f32));
-      }
-    }
     const auto start = std::chrono::steady_clock::now();
-    EncodedImages encoded;
-    if (!images.empty()) {
-      encoded = mode().Encode(
-          model_->encoder(), at::stack(images).to(device_),
-          highres_images.empty() ? at::Tensor() : at::stack(highres_images).to(device_));
-    }
+    const BatchFeatures encoded = EncodeImages(batch);
     const auto vision_done = std::chrono::steady_clock::now();
     std::vector<PromptChunk> prompts;
     int image_index = 0;
@@ -372,8 +400,9 @@ void LlavaEngine::Prefill(const std::vector<SequenceId>& sequences,
       begin.tokens = &r.tokens;
       begin.input = &r.mode;
       if (r.has_image()) {
-        chunk.image_features = encoded.sequence[image_index];
-        if (encoded.highres.defined()) begin.highres = encoded.highres[image_index];
+        chunk.image_features = encoded.images[image_index].sequence;
+        begin.highres = encoded.images[image_index].highres;
+        seq.report.encoder_cache = encoded.use[image_index];
         begin.image_begin =
             std::find(r.tokens.begin(), r.tokens.end(), config_.image_token_id) - r.tokens.begin();
         ++image_index;
@@ -400,7 +429,9 @@ void LlavaEngine::Prefill(const std::vector<SequenceId>& sequences,
         }
       }
       row += length;
-      if (seq.request->has_image()) mode().AddVisionFlops(&seq.report.flops);
+      if (seq.request->has_image() && seq.report.encoder_cache != EncoderCacheUse::kHit) {
+        mode().AddVisionFlops(&seq.report.flops);
+      }
     }
     UpdateReports(batch, starts, lengths, FlopCount::kPrefill);
     for (SequenceId id : batch) sequences_.at(id).prefilled = true;
@@ -409,7 +440,9 @@ void LlavaEngine::Prefill(const std::vector<SequenceId>& sequences,
     const auto done = std::chrono::steady_clock::now();
     for (SequenceId id : batch) {
       SequenceReport& report = sequences_.at(id).report;
-      if (sequences_.at(id).request->has_image()) report.vision_ms = MsBetween(start, vision_done);
+      if (sequences_.at(id).request->has_image() && report.encoder_cache != EncoderCacheUse::kHit) {
+        report.vision_ms = MsBetween(start, vision_done);
+      }
       report.prefill_ms = MsBetween(vision_done, done);
     }
   } catch (const std::exception& e) {
