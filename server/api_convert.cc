@@ -132,6 +132,7 @@ void ToProto(const StreamItem& final_item, const std::string& request_id, v1::Ge
   usage->set_image_tokens(final_item.usage.image_tokens);
   usage->set_selected_hr_tokens(final_item.usage.selected_hr_tokens);
   usage->set_generated_tokens(final_item.usage.generated_tokens);
+  usage->set_encoder_cache_hit(final_item.usage.encoder_cache == EncoderCacheUse::kHit);
   const FlopCount& f = final_item.flops;
   auto phase_total = [&f](FlopCount::Phase phase) {
     double total = 0;

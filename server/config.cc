@@ -2,6 +2,12 @@
 
 namespace flexvqa {
 
+EngineOptions ServerEngineOptions() {
+  EngineOptions options;
+  options.encoder_cache_bytes = int64_t{512} << 20;
+  return options;
+}
+
 void AddServerFlags(ServerConfig* c, FlagSet* f) {
   f->Add("listen_address", "host:port to serve on; port 0 picks a free one",
          &c->server.listen_address);
@@ -78,6 +84,10 @@ void AddServerFlags(ServerConfig* c, FlagSet* f) {
   f->Add("max_sequences", "KV-cache slots: sequences resident at once", &c->engine.max_sequences);
   f->Add("max_context", "tokens per KV slot; 0: the model's context length",
          &c->engine.max_context);
+  f->Add("encoder_cache_bytes",
+         "device memory for vision-tower outputs of images seen before (LRU, keyed by SHA-256 of "
+         "the image bytes and the preprocessing), bytes; 0: no encoder cache",
+         &c->engine.encoder_cache_bytes);
   f->Add("max_image_bytes", "largest encoded image, bytes", &c->engine.limits.max_image_bytes);
   f->Add("max_image_pixels", "largest decoded image, width*height",
          &c->engine.limits.max_image_pixels);
@@ -127,6 +137,7 @@ Status ValidateServerConfig(const ServerConfig& c) {
   FLEXVQA_RETURN_IF_ERROR(positive("preprocess_threads", c.scheduler.preprocess_threads));
   FLEXVQA_RETURN_IF_ERROR(positive("max_sequences", c.engine.max_sequences));
   FLEXVQA_RETURN_IF_ERROR(non_negative("max_context", c.engine.max_context));
+  FLEXVQA_RETURN_IF_ERROR(non_negative("encoder_cache_bytes", c.engine.encoder_cache_bytes));
   FLEXVQA_RETURN_IF_ERROR(positive("max_image_bytes", c.engine.limits.max_image_bytes));
   FLEXVQA_RETURN_IF_ERROR(positive("max_image_pixels", c.engine.limits.max_image_pixels));
   FLEXVQA_RETURN_IF_ERROR(non_negative("max_prompt_tokens", c.engine.limits.max_prompt_tokens));

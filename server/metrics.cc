@@ -257,6 +257,16 @@ struct ServerMetrics::Families {
             Gauge(r, "flexvqa_hr_cache_memory_bytes",
                   "High-resolution features and keys/values held by requests (flex, xattn), "
                   "after the last step")),
+        encoder_cache_bytes(Gauge(r, "flexvqa_encoder_cache_memory_bytes",
+                                  "Vision-tower outputs held by the encoder cache, after the last "
+                                  "step (--encoder_cache_bytes bounds it)")),
+        encoder_cache_lookups(prometheus::BuildCounter()
+                                  .Name("flexvqa_encoder_cache_lookups_total")
+                                  .Help("Images of requests that ended, by whether their "
+                                        "vision-tower output came from the encoder cache")
+                                  .Register(r)),
+        encoder_cache_hits(encoder_cache_lookups.Add({{"result", "hit"}})),
+        encoder_cache_misses(encoder_cache_lookups.Add({{"result", "miss"}})),
         // The standard process_* names (Prometheus' client libraries export them; prometheus-cpp
         // does not), so that the usual dashboards and restart alerts apply.
         resident_bytes(Gauge(r, "process_resident_memory_bytes", "Resident memory size in bytes")),
@@ -313,6 +323,10 @@ struct ServerMetrics::Families {
   prometheus::Gauge& kv_cache_capacity_bytes;
   prometheus::Gauge& kv_cache_usage;
   prometheus::Gauge& hr_cache_bytes;
+  prometheus::Gauge& encoder_cache_bytes;
+  prometheus::Family<prometheus::Counter>& encoder_cache_lookups;
+  prometheus::Counter& encoder_cache_hits;
+  prometheus::Counter& encoder_cache_misses;
   prometheus::Gauge& resident_bytes;
   prometheus::Gauge& draining;
   prometheus::Gauge& start_time;
@@ -407,6 +421,8 @@ void ServerMetrics::ObserveRequest(const std::string& method, StatusCode code,
   if (final_item == nullptr) return;
   const RequestTimings& t = final_item->timings;
   const RequestUsage& u = final_item->usage;
+  if (u.encoder_cache == EncoderCacheUse::kHit) f_->encoder_cache_hits.Increment();
+  if (u.encoder_cache == EncoderCacheUse::kMiss) f_->encoder_cache_misses.Increment();
   f_->duration_by_finish[FinishLabelFor(code, final_item->reason)]->Observe(t.total_ms / 1e3);
   if (final_item->reached_model && f_->prompt_length_mode != nullptr) {
     f_->prompt_length_mode->Observe(u.prompt_tokens);
@@ -461,6 +477,7 @@ void ServerMetrics::SetMemory(const EngineMemory& memory) {
   f_->kv_cache_capacity_bytes.Set(pool);
   f_->kv_cache_usage.Set(pool > 0 ? used / pool : 0);
   f_->hr_cache_bytes.Set(static_cast<double>(memory.hr_cache_bytes));
+  f_->encoder_cache_bytes.Set(static_cast<double>(memory.encoder_cache_bytes));
 }
 
 void ServerMetrics::Refresh() const {

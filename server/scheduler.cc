@@ -316,6 +316,7 @@ void Scheduler::Finish(Sequence& sequence, Status status, FinishReason reason) {
   // The tokens streamed, counted here: an engine that does not report them still gets them right.
   item.usage.generated_tokens = sequence.generated;
   item.usage.selected_hr_tokens = sequence.report.selected_hr_tokens;
+  item.usage.encoder_cache = sequence.report.encoder_cache;
   item.flops = sequence.report.flops;
   RequestTimings& t = item.timings;
   if (IsSet(sequence.prepare_start)) {

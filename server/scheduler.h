@@ -36,6 +36,7 @@ struct RequestUsage {
   int image_tokens = 0;
   int64_t selected_hr_tokens = 0;  // Flex models only: summed over FlexAttention layers and steps.
   int generated_tokens = 0;
+  EncoderCacheUse encoder_cache = EncoderCacheUse::kNone;  // From the engine's SequenceReport.
 };
 
 // Milliseconds; see proto/flexvqa/v1/vqa.proto (Timings) for each phase's meaning.

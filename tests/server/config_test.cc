@@ -54,6 +54,18 @@ TEST(ConfigTest, ChatTemplateFlagAndEnvironment) {
             "llava_hf");
 }
 
+TEST(ConfigTest, EncoderCacheIsOnInTheServerAndSetByFlagOrEnvironment) {
+  EXPECT_EQ(EngineOptions().encoder_cache_bytes, 0);  // The engine's own default: off.
+  EXPECT_EQ(Parse({}).config.engine.encoder_cache_bytes, int64_t{512} << 20);
+  EXPECT_EQ(Parse({}, {{"FLEXVQA_ENCODER_CACHE_BYTES", "0"}}).config.engine.encoder_cache_bytes, 0);
+  Parsed p = Parse({"--encoder_cache_bytes=1048576"}, {{"FLEXVQA_ENCODER_CACHE_BYTES", "0"}});
+  ASSERT_TRUE(p.status.ok()) << p.status.ToString();
+  EXPECT_EQ(p.config.engine.encoder_cache_bytes, 1 << 20);
+  p = Parse({"--encoder_cache_bytes=-1"});
+  EXPECT_EQ(p.status.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(p.status.message().find("encoder_cache_bytes"), std::string::npos);
+}
+
 TEST(ConfigTest, SpaceSeparatedValuesAndBooleans) {
   Parsed p = Parse({"--device", "cuda:1", "--log_json", "--max_queue_wait_ms=250"});
   ASSERT_TRUE(p.status.ok()) << p.status.ToString();
