@@ -169,13 +169,22 @@ ROWS = [
     ]),
     ("Memory", [
         ("Memory", "bytes",
-         "KV-cache pool and the part of it in use, high-resolution cache in use, and the server's resident "
-         "host memory (process_resident_memory_bytes).",
+         "KV-cache pool and the part of it in use, high-resolution cache in use, the encoder cache's "
+         "entries (--encoder_cache_bytes bounds them), and the server's resident host memory "
+         "(process_resident_memory_bytes).",
          [q(f"sum by (instance) (flexvqa_kv_cache_capacity_bytes{{{SEL}}})", "KV pool {{instance}}"),
           q(f"sum by (instance) (flexvqa_kv_cache_memory_bytes{{{SEL}}})", "KV cache {{instance}}"),
           q(f"sum by (instance) (flexvqa_hr_cache_memory_bytes{{{SEL}}})", "HR cache {{instance}}"),
+          q(f"sum by (instance) (flexvqa_encoder_cache_memory_bytes{{{SEL}}})", "encoder cache {{instance}}"),
           q(f"sum by (instance) (process_resident_memory_bytes{{{SEL}}})", "host RSS {{instance}}")],
          {}),
+        ("Encoder cache hit ratio", "percentunit",
+         "Images whose vision-tower output came from the encoder cache, over all images of requests that "
+         "ended (flexvqa_encoder_cache_lookups_total): a conversation about one picture hits from its second "
+         "turn on. Low with repeated images: the cache is too small for the images in flight.",
+         [q(f'sum by (instance) (rate(flexvqa_encoder_cache_lookups_total{{{SEL}, result="hit"}}[{RATE}])) / '
+            f"sum by (instance) (rate(flexvqa_encoder_cache_lookups_total{{{SEL}}}[{RATE}]))",
+            "{{instance}}")], {}),
         ("Model and build", "short", "What each replica serves (flexvqa_model_info, flexvqa_build_info).",
          [q(f"flexvqa_model_info{{{SEL}}}", "{{instance}} {{model}} {{mode}} {{dtype}} {{device}}",
             format="table", instant=True),
