@@ -29,8 +29,7 @@ std::string PipelineId(std::string_view mode, int tower_size, int zoom,
 std::string Sha256Hex(std::string_view bytes) {
   unsigned char digest[EVP_MAX_MD_SIZE];
   unsigned int length = 0;
-  // EVP_Digest cannot fail for SHA-256 over memory short of an allocation failure; an empty digest
-  // then still yields a key that cannot match a real one (64 hex digits).
+  // EVP_Digest fails only when OpenSSL cannot allocate: the image then goes uncached.
   if (EVP_Digest(bytes.data(), bytes.size(), digest, &length, EVP_sha256(), nullptr) != 1) {
     return {};
   }
@@ -45,7 +44,8 @@ std::string Sha256Hex(std::string_view bytes) {
 }
 
 std::string ImageCacheKey(std::string_view encoded_bytes, std::string_view pipeline) {
-  return Sha256Hex(encoded_bytes) + "|" + std::string(pipeline);
+  const std::string digest = Sha256Hex(encoded_bytes);
+  return digest.empty() ? std::string() : digest + "|" + std::string(pipeline);
 }
 
 int64_t ImageFeatures::bytes() const {

@@ -28,10 +28,11 @@ namespace flexvqa {
 std::string PipelineId(std::string_view mode, int tower_size, int zoom,
                        const PreprocessOptions& preprocess);
 
-// Lower-case hex SHA-256 of `bytes` (OpenSSL's libcrypto).
+// Lower-case hex SHA-256 of `bytes` (OpenSSL's libcrypto); empty if OpenSSL fails.
 std::string Sha256Hex(std::string_view bytes);
 
-// The cache key of an encoded image through `pipeline`: Sha256Hex(bytes) + "|" + pipeline.
+// The cache key of an encoded image through `pipeline`: Sha256Hex(bytes) + "|" + pipeline; empty
+// (not cacheable) when the digest failed.
 std::string ImageCacheKey(std::string_view encoded_bytes, std::string_view pipeline);
 
 // One image's rows as the mode's Encode produced them, detached from its batch.

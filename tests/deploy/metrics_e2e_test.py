@@ -361,6 +361,11 @@ def main():
             check(close(got, expected), "flexvqa_flops_total{phase=%s} = %s, the final messages' sum %s" % (phase, got, expected))
         got = prom.value('sum(flexvqa_flops_total{job="flexvqa"})')
         check(close(got, sum(f.flops for f in finals)), "flexvqa_flops_total = the sum of GenerateFinal.flops (%s)" % got)
+        # The server's default encoder cache is on and the good requests repeat one image.
+        hits = sum(1 for f in finals if f.usage.encoder_cache_hit)
+        check(hits > 0 and all(f.flops_by_phase.vision == 0 for f in finals if f.usage.encoder_cache_hit) and
+              prom.value('flexvqa_encoder_cache_lookups_total{job="flexvqa", result="hit"}') == hits,
+              "flexvqa_encoder_cache_lookups_total{result=hit} = the %d final messages with a hit" % hits)
         with_tokens = sum(1 for f in finals if f.usage.generated_tokens > 0)
         check(prom.value('flexvqa_time_to_first_token_seconds_count{job="flexvqa"}') == with_tokens,
               "one time-to-first-token observation per request with a token (%d)" % with_tokens)
