@@ -25,22 +25,6 @@ namespace {
 using Json = nlohmann::json;
 using namespace std::chrono_literals;
 
-std::string Base64(const std::string& bytes) {
-  static const char kAlphabet[] =
-      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  std::string out;
-  for (size_t i = 0; i < bytes.size(); i += 3) {
-    uint32_t n = static_cast<uint8_t>(bytes[i]) << 16;
-    if (i + 1 < bytes.size()) n |= static_cast<uint8_t>(bytes[i + 1]) << 8;
-    if (i + 2 < bytes.size()) n |= static_cast<uint8_t>(bytes[i + 2]);
-    out += kAlphabet[(n >> 18) & 63];
-    out += kAlphabet[(n >> 12) & 63];
-    out += i + 1 < bytes.size() ? kAlphabet[(n >> 6) & 63] : '=';
-    out += i + 2 < bytes.size() ? kAlphabet[n & 63] : '=';
-  }
-  return out;
-}
-
 struct Sse {
   std::vector<Json> events;
   bool done = false;
@@ -128,11 +112,11 @@ TEST_F(OpenAiEndpointTest, AnswersEqualGrpcStreamedAndNot) {
   Start();
   const std::string image = MakePng(40, 30);
   Json body = Request("");
-  body["messages"] = {{{"role", "user"},
-                       {"content",
-                        {{{"type", "image_url"},
-                          {"image_url", {{"url", "data:image/png;base64," + Base64(image)}}}},
-                         {{"type", "text"}, {"text", "what is in the picture?"}}}}}};
+  body["messages"] = {
+      {{"role", "user"},
+       {"content",
+        {{{"type", "image_url"}, {"image_url", {{"url", DataUrl(image, "image/png")}}}},
+         {{"type", "text"}, {"text", "what is in the picture?"}}}}}};
   v1::GenerateRequest grpc_request = Question("what is in the picture?", 24);
   grpc_request.mutable_sampling()->set_temperature(0);
   grpc_request.add_images()->set_data(image);
