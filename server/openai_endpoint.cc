@@ -224,8 +224,8 @@ struct OpenAiEndpoint::Handlers {
       if (backend.gate.limiter != nullptr) {
         StatusOr<std::unique_ptr<ClientLimiter::Slot>> slot =
             backend.gate.limiter->Acquire(*client);
-        if (slot.ok()) call.slot = std::move(slot).value();
         accepted = slot.status();
+        if (slot.ok()) call.slot = std::move(slot).value();
       }
     }
     if (accepted.ok()) {
@@ -234,16 +234,16 @@ struct OpenAiEndpoint::Handlers {
     }
     if (accepted.ok()) {
       StatusOr<Clock::time_point> deadline = Deadline(request, call.arrival);
-      if (deadline.ok()) call.deadline = *deadline;
       accepted = deadline.status();
+      if (deadline.ok()) call.deadline = *deadline;
     }
     auto channel = std::make_shared<ItemChannel>(FindConnectionSocket(request));
     if (accepted.ok()) {
       StatusOr<std::shared_ptr<RequestHandle>> handle =
           SubmitCall(chat->request, call, backend.scheduler,
                      [channel](StreamItem item) { channel->Push(std::move(item)); });
-      if (handle.ok()) channel->Attach(std::move(handle).value());
       accepted = handle.status();
+      if (handle.ok()) channel->Attach(std::move(handle).value());
     }
     if (!accepted.ok()) {
       EndCall(call, accepted, nullptr);
