@@ -187,7 +187,21 @@ TEST_F(OpenAiEndpointTest, RefusalsComeInOpenAisShape) {
   const auto bad_timeout = Post(Request("q"), {{"X-Request-Timeout", "soon"}});
   ASSERT_TRUE(bad_timeout);
   EXPECT_EQ(bad_timeout->status, 400);
-  EXPECT_EQ(Requests("INVALID_ARGUMENT"), 4);
+  // An image one byte over the engine's limit (the fixture's 1 MiB): the engine's refusal names the
+  // image part.
+  Json image = Request("");
+  image["messages"] = {
+      {{"role", "user"},
+       {"content",
+        {{{"type", "text"}, {"text", "q"}},
+         {{"type", "image_url"},
+          {"image_url", {{"url", DataUrl(std::string((1 << 20) + 1, 'x'), "image/png")}}}}}}}};
+  const auto too_big = Post(image);
+  ASSERT_TRUE(too_big);
+  EXPECT_EQ(too_big->status, 400) << too_big->body;
+  EXPECT_EQ(Json::parse(too_big->body)["error"]["param"], "messages[0].content[1].image_url");
+  EXPECT_EQ(Requests("INVALID_ARGUMENT"), 5);
+  EXPECT_EQ(engine_->prefill_calls(), 0);
 }
 
 TEST_F(OpenAiEndpointTest, ABodyOverTheLimitIsRefusedBeforeParsing) {
