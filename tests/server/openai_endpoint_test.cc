@@ -303,7 +303,6 @@ TEST_F(OpenAiEndpointTest, ATimeoutHeaderIsTheRequestsDeadline) {
   hold.WaitEntered();
   httplib::Client late("127.0.0.1", server_->openai_port());
   late.set_read_timeout(kWait);
-  const auto sent = Clock::now();
   std::thread expiring([&] {
     const auto expired = late.Post("/v1/chat/completions", {{"X-Request-Timeout", "0.05"}},
                                    Request("second").dump(), "application/json");
@@ -312,8 +311,10 @@ TEST_F(OpenAiEndpointTest, ATimeoutHeaderIsTheRequestsDeadline) {
   });
   ASSERT_TRUE(
       server_->scheduler().WaitFor([](const SchedulerStats& s) { return s.queued == 1; }, kWait));
-  // The deadline is on the clock: release the step only once it has passed.
-  while (Clock::now() < sent + 60ms) std::this_thread::yield();
+  // The deadline is on the clock: the request arrived before it was queued, so its deadline has
+  // passed 50 ms after that; release the step only then.
+  const auto queued = Clock::now();
+  while (Clock::now() < queued + 60ms) std::this_thread::yield();
   hold.Release();
   running.join();
   expiring.join();
