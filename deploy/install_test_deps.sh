@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the deploy/ checks need (tests/deploy/CMakeLists.txt): Debian's prometheus (the server
 # and promtool) and python3-yaml, and the pinned npm packages of tests/deploy/package-lock.json
-# (kubernetes-models and the KEDA / Prometheus Operator models, yaml) into tests/deploy/node_modules.
+# (kubernetes-models and the KEDA / Prometheus Operator models, yaml) into tests/deploy/node_modules,
+# and the official OpenAI client of tests/openai_sdk/package-lock.json into tests/openai_sdk/node_modules.
 # Needs root (or sudo) for apt; safe to run again: installs only what is missing.
 # FLEXVQA_SKIP_TEST_DEPS=1 skips it all (image builds: deploy/docker/build_cpu.sh).
 set -euo pipefail
@@ -34,11 +35,13 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # The lock file npm ci last installed, kept beside the packages: reinstall when it changed.
-stamp=tests/deploy/node_modules/.flexvqa-installed-lock.json
-if ! cmp -s tests/deploy/package-lock.json "$stamp"; then
-  echo "install_test_deps: npm ci in tests/deploy"
-  npm ci --prefix tests/deploy --no-audit --no-fund --loglevel=error
-  cp tests/deploy/package-lock.json "$stamp"
-else
-  echo "install_test_deps: npm packages present"
-fi
+for dir in tests/deploy tests/openai_sdk; do
+  stamp=$dir/node_modules/.flexvqa-installed-lock.json
+  if ! cmp -s $dir/package-lock.json "$stamp"; then
+    echo "install_test_deps: npm ci in $dir"
+    npm ci --prefix $dir --no-audit --no-fund --loglevel=error
+    cp $dir/package-lock.json "$stamp"
+  else
+    echo "install_test_deps: npm packages of $dir present"
+  fi
+done

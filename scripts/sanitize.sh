@@ -43,7 +43,7 @@ case "$mode" in
                server_client_limiter_test server_liveness_test server_http_server_test
                server_fake_engine_test server_scheduler_test server_metrics_test
                server_vqa_service_test server_vqa_service_hardening_test server_server_process_test
-               server_tls_test)
+               server_tls_test server_openai_api_test server_openai_endpoint_test)
       cmake --build "$BUILD_DIR" -j "$JOBS" --target "${targets[@]}" flexvqa_fake_server
       cd "$BUILD_DIR"
       for t in "${targets[@]}"; do

@@ -85,18 +85,24 @@ std::optional<std::string> BearerToken(const std::string& header_value) {
   return header_value.substr(kLength);
 }
 
+StatusOr<std::string> AuthenticateHeader(const std::string* authorization, const TokenSet& tokens) {
+  std::optional<std::string> name;
+  if (authorization != nullptr) {
+    if (auto token = BearerToken(*authorization)) name = tokens.Verify(*token);
+  }
+  if (!name) return UnauthenticatedError("unauthenticated");
+  return "token:" + *name;
+}
+
 StatusOr<std::string> Authenticate(const grpc::ServerContextBase& context, const TokenSet* tokens) {
   if (tokens != nullptr) {
     const auto& metadata = context.client_metadata();
     const auto header = metadata.find("authorization");
-    std::optional<std::string> name;
-    if (header != metadata.end() && metadata.count("authorization") == 1) {
-      if (auto token = BearerToken(std::string(header->second.data(), header->second.size()))) {
-        name = tokens->Verify(*token);
-      }
+    if (header == metadata.end() || metadata.count("authorization") != 1) {
+      return AuthenticateHeader(nullptr, *tokens);
     }
-    if (!name) return UnauthenticatedError("unauthenticated");
-    return "token:" + *name;
+    const std::string value(header->second.data(), header->second.size());
+    return AuthenticateHeader(&value, *tokens);
   }
   if (const auto auth = context.auth_context(); auth != nullptr) {
     const std::vector<grpc::string_ref> cn = auth->FindPropertyValues("x509_common_name");

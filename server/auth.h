@@ -42,6 +42,10 @@ class TokenSet {
 // The token of an "authorization: Bearer <token>" header value; nullopt for anything else.
 std::optional<std::string> BearerToken(const std::string& header_value);
 
+// The identity ("token:<name>") of a caller whose one authorization header is `authorization`
+// (null: none, or several), or UNAUTHENTICATED saying nothing about why. Both protocols' check.
+StatusOr<std::string> AuthenticateHeader(const std::string* authorization, const TokenSet& tokens);
+
 // Checks the call's bearer token when `tokens` is not null. Returns the caller's identity, or
 // UNAUTHENTICATED with a message that says nothing about why (missing, malformed or unknown).
 StatusOr<std::string> Authenticate(const grpc::ServerContextBase& context, const TokenSet* tokens);

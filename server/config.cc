@@ -44,6 +44,17 @@ void AddServerFlags(ServerConfig* c, FlagSet* f) {
          "host:port of a plaintext HTTP /healthz and /readyz (Kubernetes probes under TLS); empty: "
          "none",
          &c->server.health_listen_address);
+  f->Add("openai_listen_address",
+         "host:port of the OpenAI-compatible HTTP endpoint (/v1/chat/completions, /v1/models, "
+         "/health; plaintext); port 0 picks a free one; empty: none",
+         &c->server.openai.listen_address);
+  f->Add("openai_threads",
+         "requests and keep-alive connections the OpenAI endpoint serves at once (above "
+         "max_queued + max_running)",
+         &c->server.openai.threads);
+  f->Add("openai_max_body_bytes",
+         "largest OpenAI request body (base64 images are 4/3 of their bytes), bytes",
+         &c->server.openai.max_body_bytes);
   f->Add("liveness_interval_ms",
          "how often the self-probe and the stuck-step watchdog run, ms; 0: neither",
          &c->server.liveness.check_interval);
@@ -118,6 +129,8 @@ Status ValidateServerConfig(const ServerConfig& c) {
   FLEXVQA_RETURN_IF_ERROR(non_negative("drain_ms", c.server.drain_time.count()));
   FLEXVQA_RETURN_IF_ERROR(positive("tls_reload_s", c.server.tls.reload_interval_s));
   FLEXVQA_RETURN_IF_ERROR(positive("max_calls_per_client", c.server.max_calls_per_client));
+  FLEXVQA_RETURN_IF_ERROR(positive("openai_threads", c.server.openai.threads));
+  FLEXVQA_RETURN_IF_ERROR(positive("openai_max_body_bytes", c.server.openai.max_body_bytes));
   const ConnectionOptions& n = c.server.connections;
   FLEXVQA_RETURN_IF_ERROR(positive("max_concurrent_streams", n.max_concurrent_streams));
   FLEXVQA_RETURN_IF_ERROR(positive("max_connection_idle_ms", n.max_idle.count()));

@@ -121,14 +121,20 @@ double ResidentBytes() {
 
 }  // namespace
 
+const char* ProtocolName(Protocol protocol) {
+  return protocol == Protocol::kOpenAi ? "openai" : "grpc";
+}
+
 // References into the registry (which owns the metrics); the mode-labelled children are made once
 // the mode is known (SetModel).
 struct ServerMetrics::Families {
   explicit Families(prometheus::Registry& r)
-      : requests(prometheus::BuildCounter()
-                     .Name("flexvqa_requests_total")
-                     .Help("Requests by gRPC method, attention mode and final status code")
-                     .Register(r)),
+      : requests(
+            prometheus::BuildCounter()
+                .Name("flexvqa_requests_total")
+                .Help("Requests by API method, protocol (grpc, openai), attention mode and final "
+                      "status code (gRPC's names)")
+                .Register(r)),
         prompt_tokens(
             prometheus::BuildCounter()
                 .Name("flexvqa_prompt_tokens_total")
@@ -400,9 +406,13 @@ void ServerMetrics::SetModel(const ModelInfo& info, int max_queued, int max_runn
   }
   // Every (method, code) series exists from the start at 0, so that rate() sees a first error (a
   // series born at 1 has no increase to see) and the ratios dashboards and alerts divide by exist.
-  for (const char* method : {"Generate", "Answer"}) {
+  const std::pair<Protocol, const char*> methods[] = {{Protocol::kGrpc, "Generate"},
+                                                      {Protocol::kGrpc, "Answer"},
+                                                      {Protocol::kOpenAi, "chat_completions"}};
+  for (const auto& [protocol, method] : methods) {
     for (int code = 0; code <= static_cast<int>(StatusCode::kUnauthenticated); ++code) {
       f_->requests.Add({{"method", method},
+                        {"protocol", ProtocolName(protocol)},
                         {"mode", mode_},
                         {"code", StatusCodeName(static_cast<StatusCode>(code))}});
     }
@@ -415,8 +425,12 @@ void ServerMetrics::SetStatsSource(std::function<SchedulerStats()> source) {
 }
 
 void ServerMetrics::ObserveRequest(const std::string& method, StatusCode code,
-                                   const StreamItem* final_item) {
-  f_->requests.Add({{"method", method}, {"mode", mode_}, {"code", StatusCodeName(code)}})
+                                   const StreamItem* final_item, Protocol protocol) {
+  f_->requests
+      .Add({{"method", method},
+            {"protocol", ProtocolName(protocol)},
+            {"mode", mode_},
+            {"code", StatusCodeName(code)}})
       .Increment();
   if (final_item == nullptr) return;
   const RequestTimings& t = final_item->timings;

@@ -30,6 +30,10 @@ struct MetricsConfig {
 
 class MetricsEndpoint;
 
+// The API a call came in on: the `protocol` label of flexvqa_requests_total (two values, bounded).
+enum class Protocol { kGrpc, kOpenAi };
+const char* ProtocolName(Protocol protocol);  // "grpc" | "openai"
+
 class ServerMetrics {
  public:
   ServerMetrics();  // Registers every family; flexvqa_build_info is set at once.
@@ -52,7 +56,8 @@ class ServerMetrics {
   // scheduler (unparseable, rejected at Submit). The phase latencies (queue ... decode) count calls
   // that ended OK only; the end-to-end duration counts every call that reached the scheduler, by
   // finish reason, so failures stay apart.
-  void ObserveRequest(const std::string& method, StatusCode code, const StreamItem* final_item);
+  void ObserveRequest(const std::string& method, StatusCode code, const StreamItem* final_item,
+                      Protocol protocol = Protocol::kGrpc);
   // Scheduler worker, once per step: what the step produced (tokens and FLOPs counted here, not at
   // completion).
   void ObserveStep(const StepUsage& step);

@@ -32,8 +32,8 @@ int RunServerProcess(int argc, char** argv, ServerConfig config,
   FlagSet flags(kEnvPrefix);
   AddServerFlags(&config, &flags);
   flags.Add("port_file",
-            "once serving, write the bound gRPC port (line 1) and metrics port (line 2; 0 without "
-            "an endpoint) to this file (scripts, tests)",
+            "once serving, write the bound gRPC port (line 1), metrics port (line 2; 0 without an "
+            "endpoint) and, with --openai_listen_address, the OpenAI port (line 3) to this file",
             &config.server.port_file);
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--help") == 0 || std::strcmp(argv[i], "-h") == 0) {
@@ -75,7 +75,10 @@ int RunServerProcess(int argc, char** argv, ServerConfig config,
   }
   if (!config.server.port_file.empty()) {
     const std::string tmp = config.server.port_file + ".tmp";
-    std::ofstream(tmp) << (*server)->port() << "\n" << metrics.port() << "\n";
+    std::ofstream file(tmp);
+    file << (*server)->port() << "\n" << metrics.port() << "\n";
+    if ((*server)->openai_port() != 0) file << (*server)->openai_port() << "\n";
+    file.close();
     std::rename(tmp.c_str(), config.server.port_file.c_str());  // Readers never see half a file.
   }
 

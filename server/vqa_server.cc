@@ -149,6 +149,23 @@ StatusOr<std::unique_ptr<VqaServer>> VqaServer::Start(Engine* engine, const Serv
     if (!health.ok()) return health.status().WithContext("health endpoint");
     server->health_http_ = std::move(health).value();
   }
+  if (!options.openai.listen_address.empty()) {
+    OpenAiBackend backend;
+    backend.info = &server->info_;
+    backend.scheduler = server->scheduler_.get();
+    backend.metrics = metrics;
+    backend.gate = CallGate{server->tokens_.get(), server->limiter_.get()};
+    backend.serving = [raw] {
+      std::lock_guard<std::mutex> lock(raw->health_mu_);
+      return raw->live_ && !raw->draining_;
+    };
+    StatusOr<std::unique_ptr<OpenAiEndpoint>> openai =
+        OpenAiEndpoint::Start(options.openai, std::move(backend));
+    if (!openai.ok()) return openai.status();
+    server->openai_ = std::move(openai).value();
+    Logger("server")->info("OpenAI-compatible endpoint on port {} (plaintext{})",
+                           server->openai_->port(), server->tokens_ ? ", bearer tokens" : "");
+  }
   Logger("server")->info("serving {} ({}, {}) on port {} ({}{})", server->info_.name,
                          server->info_.mode, server->info_.device, server->port_,
                          !options.tls.enabled()               ? "plaintext"
@@ -190,6 +207,7 @@ void VqaServer::Shutdown(Clock::time_point drain_deadline) {
   // Every accepted call has its final item; give the last writes a moment to leave.
   server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   server_->Wait();
+  openai_.reset();  // Its requests all had their final items: the handlers return.
   health_http_.reset();
   Logger("server")->info("stopped");
 }

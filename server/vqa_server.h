@@ -1,7 +1,8 @@
 // The gRPC server around one engine: VqaService, the standard grpc.health.v1 service and server
 // reflection, over a Scheduler that owns the engine's worker thread; TLS, bearer tokens,
 // per-client and connection limits (server/transport.h, server/auth.h) and the liveness monitor
-// (server/liveness.h). Start and Shutdown are called from one controlling thread (main or a
+// (server/liveness.h), and the OpenAI-compatible endpoint over the same scheduler
+// (server/openai_endpoint.h). Start and Shutdown are called from one controlling thread (main or a
 // test); Shutdown is idempotent and runs the drain: health NOT_SERVING, new calls UNAVAILABLE,
 // accepted requests finish until the drain deadline, the rest end UNAVAILABLE.
 #pragma once
@@ -22,6 +23,7 @@
 #include "server/http_server.h"
 #include "server/liveness.h"
 #include "server/metrics.h"
+#include "server/openai_endpoint.h"
 #include "server/scheduler.h"
 #include "server/transport.h"
 #include "server/vqa_service.h"
@@ -55,6 +57,8 @@ struct ServerOptions {
   // may have in flight, queued or running: below max_queued + max_running, so that one caller
   // cannot hold every slot. Default: 48.
   int max_calls_per_client = 48;
+  // The OpenAI-compatible HTTP endpoint (server/openai_endpoint.h). Default: off.
+  OpenAiOptions openai;
 };
 
 // Name under which the health service reports VqaService (the empty name reports the whole server).
@@ -75,6 +79,7 @@ class VqaServer {
 
   int port() const { return port_; }
   int health_port() const { return health_http_ ? health_http_->port() : 0; }
+  int openai_port() const { return openai_ ? openai_->port() : 0; }
   Scheduler& scheduler() { return *scheduler_; }
   // One self-probe now, as the liveness monitor runs it: OK when a fresh connection got a health
   // answer. Any thread (tests).
@@ -101,6 +106,7 @@ class VqaServer {
   bool draining_ = false;  // Guarded by health_mu_.
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<HttpServer> health_http_;   // Reads live_ and draining_.
+  std::unique_ptr<OpenAiEndpoint> openai_;    // Reads live_ and draining_; uses scheduler_.
   std::unique_ptr<LivenessMonitor> monitor_;  // Declared last: stops first (it probes server_).
 };
 

@@ -6,28 +6,18 @@
 #include <chrono>
 #include <memory>
 #include <mutex>
-#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <utility>
 
-#include "server/logging.h"
+#include "server/call.h"
 #include "server/status_map.h"
 
 namespace flexvqa {
 
-struct VqaService::CallInfo {
-  std::string method;
-  std::string id;
-  std::string peer;
-  Clock::time_point arrival;
-  Clock::time_point deadline;
-  std::chrono::system_clock::time_point grpc_deadline;  // As gRPC holds it: OnCancel compares.
-  ServerMetrics* metrics = nullptr;  // Counts the call when it ends; may be null.
-  int64_t max_prompt_bytes = 0;      // The engine's limit, checked before conversion.
-  std::string client;                // Identity for per-client limits (server/auth.h).
-  // This call's place in the client's share; EndCall releases it.
-  std::shared_ptr<ClientLimiter::Slot> slot;
+// The shared bookkeeping (server/call.h) and what only gRPC knows: the deadline as gRPC holds it.
+struct VqaService::CallInfo : Call {
+  std::chrono::system_clock::time_point grpc_deadline;  // OnCancel compares.
 };
 
 namespace {
@@ -42,58 +32,6 @@ Clock::time_point SteadyDeadline(const grpc::CallbackServerContext& context) {
     return Clock::time_point::max();
   }
   return Clock::now() + std::chrono::duration_cast<Clock::duration>(remaining);
-}
-
-// One line per request: what was asked, by whom, how it ended, where the time went.
-void LogRequest(const CallInfo& call, const Status& status, const StreamItem* final_item) {
-  nlohmann::ordered_json line;  // Keeps the fields in this order.
-  line["method"] = call.method;
-  line["id"] = call.id;
-  line["peer"] = call.peer;
-  if (!call.client.empty()) line["client"] = call.client;
-  line["status"] = StatusCodeName(status.code());
-  if (!status.ok()) line["error"] = status.message();
-  if (final_item != nullptr) {
-    const RequestUsage& u = final_item->usage;
-    const RequestTimings& t = final_item->timings;
-    line["finish"] = FinishReasonName(final_item->reason);
-    line["prompt_tokens"] = u.prompt_tokens;
-    line["image_tokens"] = u.image_tokens;
-    line["generated_tokens"] = u.generated_tokens;
-    if (u.selected_hr_tokens > 0) line["selected_hr_tokens"] = u.selected_hr_tokens;
-    line["queue_ms"] = t.queue_ms;
-    line["preprocess_ms"] = t.preprocess_ms;
-    line["vision_ms"] = t.vision_ms;
-    line["prefill_ms"] = t.prefill_ms;
-    line["first_token_ms"] = t.first_token_ms;
-    line["decode_ms"] = t.decode_ms;
-    line["flops"] = final_item->flops.Total();
-  }
-  line["total_ms"] = std::chrono::duration<double, std::milli>(Clock::now() - call.arrival).count();
-  std::string text;
-  if (JsonLogging()) {
-    // The logger's JSON pattern supplies the braces.
-    const std::string object =
-        line.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
-    text = object.substr(1, object.size() - 2);
-  } else {
-    for (const auto& [key, value] : line.items()) {
-      if (!text.empty()) text += ' ';
-      text += key + "=" +
-              (value.is_string()
-                   ? value.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace)
-                   : value.dump());
-    }
-  }
-  Logger("request")->info("{}", text);
-}
-
-// Everything a finished call reports, once: its metrics, then its log line; and it gives its
-// client's slot back before the client can see the status.
-void EndCall(CallInfo& call, const Status& status, const StreamItem* final_item) {
-  if (call.metrics != nullptr) call.metrics->ObserveRequest(call.method, status.code(), final_item);
-  LogRequest(call, status, final_item);
-  call.slot.reset();
 }
 
 constexpr std::chrono::milliseconds kDeadlineSlack{50};
@@ -143,18 +81,12 @@ void Serialize(const Message& message, grpc::ByteBuffer* out) {
   (void)grpc::SerializationTraits<Message>::Serialize(message, out, &own_buffer);
 }
 
-// Converts and submits. On error the call is finished by the caller with the returned status.
+// Submits through the shared path (server/call.h) and links the handle to the cancel. On error the
+// call is finished by the caller with the returned status.
 Status SubmitCall(const v1::GenerateRequest& request, const CallInfo& call, Scheduler* scheduler,
                   ItemCallback on_item, CancelLink* cancel) {
-  FLEXVQA_RETURN_IF_ERROR(CheckPromptBytes(request, call.max_prompt_bytes));
-  StatusOr<GenerationRequest> converted = FromProto(request);
-  if (!converted.ok()) return converted.status();
-  auto submit = std::make_unique<SubmitRequest>();
-  submit->request = std::move(converted).value();
-  submit->arrival = call.arrival;
-  submit->deadline = call.deadline;
-  submit->on_item = std::move(on_item);
-  StatusOr<std::shared_ptr<RequestHandle>> handle = scheduler->Submit(submit);
+  StatusOr<std::shared_ptr<RequestHandle>> handle =
+      ::flexvqa::SubmitCall(request, call, scheduler, std::move(on_item));
   if (!handle.ok()) return handle.status();
   cancel->Attach(std::move(handle).value());
   return Status::Ok();

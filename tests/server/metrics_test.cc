@@ -116,10 +116,14 @@ TEST(MetricsTest, KnownObservationsAppearInTheExposition) {
 
   const std::string text = metrics.Serialize();
   const auto s = Parse(text);
-  EXPECT_EQ(Value(s, "flexvqa_requests_total{code=\"OK\",method=\"Generate\",mode=\"flex\"}"), 2);
-  EXPECT_EQ(
-      Value(s, "flexvqa_requests_total{code=\"INVALID_ARGUMENT\",method=\"Answer\",mode=\"flex\"}"),
-      1);
+  EXPECT_EQ(Value(s,
+                  "flexvqa_requests_total{code=\"OK\",method=\"Generate\",mode=\"flex\",protocol="
+                  "\"grpc\"}"),
+            2);
+  EXPECT_EQ(Value(s,
+                  "flexvqa_requests_total{code=\"INVALID_ARGUMENT\",method=\"Answer\",mode="
+                  "\"flex\",protocol=\"grpc\"}"),
+            1);
   EXPECT_EQ(Value(s, "flexvqa_prompt_tokens_total{mode=\"flex\"}"), 240);
   EXPECT_EQ(Value(s, "flexvqa_image_tokens_total{mode=\"flex\"}"), 200);
   EXPECT_EQ(Value(s, "flexvqa_selected_hr_tokens_total{mode=\"flex\"}"), 1280);
@@ -344,7 +348,10 @@ TEST(MetricsTest, SchedulerMetricsMatchTheFinalItems) {
   EXPECT_GT(selected, 0);
   EXPECT_GT(decode_flops, 0);
   const auto s = Parse(metrics.Serialize());
-  EXPECT_EQ(Value(s, "flexvqa_requests_total{code=\"OK\",method=\"Generate\",mode=\"flex\"}"), 6);
+  EXPECT_EQ(Value(s,
+                  "flexvqa_requests_total{code=\"OK\",method=\"Generate\",mode=\"flex\",protocol="
+                  "\"grpc\"}"),
+            6);
   EXPECT_EQ(Value(s, "flexvqa_prompt_tokens_total{mode=\"flex\"}"), prompt);
   EXPECT_EQ(Value(s, "flexvqa_image_tokens_total{mode=\"flex\"}"), image);
   EXPECT_EQ(Value(s, "flexvqa_generated_tokens_total{mode=\"flex\"}"), generated);

@@ -1,5 +1,6 @@
 #include "tests/server/test_images.h"
 
+#include <openssl/evp.h>
 #include <turbojpeg.h>
 #include <zlib.h>
 
@@ -74,6 +75,15 @@ std::string MakeJpeg(int width, int height) {
   tjFree(jpeg);
   tjDestroy(handle);
   return out;
+}
+
+std::string DataUrl(const std::string& bytes, const std::string& mime_type) {
+  std::string base64(4 * ((bytes.size() + 2) / 3) + 1, '\0');
+  const int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(base64.data()),
+                                reinterpret_cast<const unsigned char*>(bytes.data()),
+                                static_cast<int>(bytes.size()));
+  base64.resize(static_cast<size_t>(n));
+  return "data:" + mime_type + ";base64," + base64;
 }
 
 }  // namespace flexvqa::testing

@@ -12,5 +12,7 @@ std::string MakeJpeg(int width, int height);
 // A small, well-formed PNG whose header claims width x height pixels (a decompression bomb's
 // header).
 std::string PngClaiming(int width, int height);
+// A data: URL holding `bytes` in base64 (OpenSSL's encoder), as OpenAI clients send images.
+std::string DataUrl(const std::string& bytes, const std::string& mime_type);
 
 }  // namespace flexvqa::testing

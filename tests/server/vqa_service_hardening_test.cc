@@ -32,8 +32,9 @@ class HardeningTest : public testing::ServiceTest {
   // flexvqa_requests_total for `code` (Generate, mode full); -1 when the series is missing.
   double Requests(const std::string& code) {
     const std::string text = metrics_.Serialize();
-    const std::regex series("flexvqa_requests_total\\{code=\"" + code +
-                            "\",method=\"Generate\",mode=\"full\"\\} ([0-9.e+]+)");
+    const std::regex series(
+        "flexvqa_requests_total\\{code=\"" + code +
+        "\",method=\"Generate\",mode=\"full\",protocol=\"grpc\"\\} ([0-9.e+]+)");
     std::smatch match;
     return std::regex_search(text, match, series) ? std::stod(match[1]) : -1;
   }
