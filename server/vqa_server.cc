@@ -109,9 +109,10 @@ StatusOr<std::unique_ptr<VqaServer>> VqaServer::Start(Engine* engine, const Serv
   grpc::ServerBuilder builder;
   builder.AddListeningPort(options.listen_address, *credentials, &server->port_);
   ApplyConnectionOptions(options.connections, &builder);
-  const int max_bytes = static_cast<int>(std::min<int64_t>(options.max_message_bytes, INT32_MAX));
-  builder.SetMaxReceiveMessageSize(max_bytes);
-  builder.SetMaxSendMessageSize(max_bytes);
+  // Requests a little over the limit reach VqaService, which refuses and counts them.
+  builder.SetMaxReceiveMessageSize(TransportReceiveLimit(options.max_message_bytes));
+  builder.SetMaxSendMessageSize(
+      static_cast<int>(std::min<int64_t>(options.max_message_bytes, INT32_MAX)));
   builder.RegisterService(server->service_.get());
   server->server_ = builder.BuildAndStart();
   if (!server->server_ || server->port_ == 0) {
