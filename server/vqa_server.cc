@@ -14,6 +14,7 @@
 
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "server/logging.h"
+#include "server/reflection_v1.h"
 
 namespace flexvqa {
 
@@ -107,6 +108,7 @@ StatusOr<std::unique_ptr<VqaServer>> VqaServer::Start(Engine* engine, const Serv
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
+  AddReflectionV1(&builder);  // gRPC's plugin above serves v1alpha.
   builder.AddListeningPort(options.listen_address, *credentials, &server->port_);
   ApplyConnectionOptions(options.connections, &builder);
   // Requests a little over the limit reach VqaService, which refuses and counts them.
