@@ -5,6 +5,8 @@
 #include <grpcpp/security/tls_credentials_options.h>
 #include <sys/resource.h>
 
+#include <algorithm>
+#include <climits>
 #include <fstream>
 
 namespace flexvqa {
@@ -55,6 +57,11 @@ void ApplyConnectionOptions(const ConnectionOptions& options, grpc::ServerBuilde
   builder->AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_MS, Ms(options.max_age));
   builder->AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS, Ms(options.max_age_grace));
   builder->AddChannelArgument(GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS, Ms(options.handshake_timeout));
+}
+
+int TransportReceiveLimit(int64_t max_message_bytes) {
+  const int64_t headroom = std::max<int64_t>(max_message_bytes / 4, 1 << 20);
+  return static_cast<int>(std::min<int64_t>(max_message_bytes + headroom, INT32_MAX));
 }
 
 long RaiseFileLimit() {

@@ -10,6 +10,7 @@
 #include <grpcpp/server_builder.h>
 
 #include <chrono>
+#include <cstdint>
 #include <memory>
 #include <string>
 
@@ -53,6 +54,12 @@ StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentialsFor(const Tl
 // The connection limits as channel arguments, and SO_REUSEPORT off: a second process binding the
 // same port must fail, not share the connections.
 void ApplyConnectionOptions(const ConnectionOptions& options, grpc::ServerBuilder* builder);
+
+// The largest message gRPC itself receives: `max_message_bytes` plus a quarter (at least 1 MiB,
+// at most INT32_MAX). A message over max_message_bytes but within this reaches the handler, which
+// refuses it with RESOURCE_EXHAUSTED before parsing and counts it in flexvqa_requests_total;
+// gRPC drops a larger one before any handler (RESOURCE_EXHAUSTED too, but no count, no log line).
+int TransportReceiveLimit(int64_t max_message_bytes);
 
 // Raises the soft RLIMIT_NOFILE to the hard limit; returns the limit in effect (logged by main).
 long RaiseFileLimit();

@@ -14,6 +14,7 @@
 
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "server/logging.h"
+#include "server/reflection_v1.h"
 
 namespace flexvqa {
 
@@ -107,11 +108,13 @@ StatusOr<std::unique_ptr<VqaServer>> VqaServer::Start(Engine* engine, const Serv
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
+  AddReflectionV1(&builder);  // gRPC's plugin above serves v1alpha.
   builder.AddListeningPort(options.listen_address, *credentials, &server->port_);
   ApplyConnectionOptions(options.connections, &builder);
-  const int max_bytes = static_cast<int>(std::min<int64_t>(options.max_message_bytes, INT32_MAX));
-  builder.SetMaxReceiveMessageSize(max_bytes);
-  builder.SetMaxSendMessageSize(max_bytes);
+  // Requests a little over the limit reach VqaService, which refuses and counts them.
+  builder.SetMaxReceiveMessageSize(TransportReceiveLimit(options.max_message_bytes));
+  builder.SetMaxSendMessageSize(
+      static_cast<int>(std::min<int64_t>(options.max_message_bytes, INT32_MAX)));
   builder.RegisterService(server->service_.get());
   server->server_ = builder.BuildAndStart();
   if (!server->server_ || server->port_ == 0) {

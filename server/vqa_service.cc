@@ -240,7 +240,7 @@ VqaService::VqaService(const ::flexvqa::ModelInfo& info, Scheduler* scheduler,
     : info_(info), scheduler_(scheduler), limits_(limits), metrics_(metrics), gate_(gate) {}
 
 // In this order, each step only for a call that passed the one before: who is calling (and
-// whether they may), their share of the server, then the request itself.
+// whether they may), the request's size, their share of the server, then the request itself.
 Status VqaService::Accept(grpc::CallbackServerContext* context, const grpc::ByteBuffer& raw,
                           v1::GenerateRequest* request, CallInfo* call) {
   call->metrics = metrics_;
@@ -253,6 +253,12 @@ Status VqaService::Accept(grpc::CallbackServerContext* context, const grpc::Byte
   StatusOr<std::string> client = Authenticate(*context, gate_.tokens);
   if (!client.ok()) return client.status();
   call->client = *client;
+  // gRPC's own limit lies above ours (TransportReceiveLimit), so that this refusal is counted.
+  if (static_cast<int64_t>(raw.Length()) > limits_.max_message_bytes) {
+    return ResourceExhaustedError("request of " + std::to_string(raw.Length()) +
+                                  " bytes exceeds max_message_bytes (" +
+                                  std::to_string(limits_.max_message_bytes) + ")");
+  }
   if (gate_.limiter != nullptr) {
     StatusOr<std::unique_ptr<ClientLimiter::Slot>> slot = gate_.limiter->Acquire(*client);
     if (!slot.ok()) return slot.status();

@@ -267,9 +267,10 @@ TEST(ServerProcessTest, AListenerThatStoppedAcceptingTurnsHealthNotServing) {
 }
 
 // libprotobuf logs an ERROR line for every request with a string that is not UTF-8, which let a
-// client flood the log: now one line per 10 s, with the count of those dropped.
+// client flood the log: now one line per 10 s, with the count of those dropped; under --log_json
+// that line is JSON like every other.
 TEST(ServerProcessTest, ProtobufErrorsAClientCausesAreThrottled) {
-  ServerProcess server({});
+  ServerProcess server({"--log_json"});
   const int port = server.WaitForPort();
   ASSERT_GT(port, 0);
   Client client(port);
@@ -290,6 +291,10 @@ TEST(ServerProcessTest, ProtobufErrorsAClientCausesAreThrottled) {
     ++lines;
   }
   EXPECT_EQ(lines, 1u) << log;
+  std::istringstream each(log);
+  for (std::string line; std::getline(each, line);) {
+    if (!line.empty()) EXPECT_TRUE(line.front() == '{' && line.back() == '}') << line;
+  }
 }
 
 }  // namespace
