@@ -9,7 +9,7 @@ namespace flexvqa::client {
 namespace {
 
 constexpr uint8_t kTint[3] = {230, 20, 20};
-constexpr double kMinOpacity = 0.3, kMaxOpacity = 0.75;
+constexpr double kMinOpacity = 0.2, kMaxOpacity = 0.6;
 
 void Blend(RgbImage& image, int x, int y, double opacity) {
   uint8_t* pixel = image.pixels.data() + (static_cast<size_t>(y) * image.width + x) * 3;

@@ -13,7 +13,7 @@
 namespace flexvqa::client {
 
 // Each block selected at least once (by any FA layer, at any step) is blended with red, at an
-// opacity from 0.3 (selected once) to 0.75 (by every layer at every step), and outlined in red;
+// opacity from 0.2 (selected once) to 0.6 (by every layer at every step), and outlined in red;
 // every other pixel is the image's own. Blocks are placed by the summary's region, so padding
 // bands (outside the image) are clipped away.
 StatusOr<RgbImage> OverlaySelection(const RgbImage& image, const v1::SelectionSummary& summary);
