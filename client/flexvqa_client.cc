@@ -4,7 +4,9 @@
 //   flexvqa_client --info                     (the server's ModelInfo as JSON)
 // Flags: --server=host:port (default localhost:50051, env FLEXVQA_SERVER), --json (print the final
 // message as JSON after the answer), sampling: --max_new_tokens --temperature --top_p --top_k
-// --repetition_penalty --seed --stop (repeatable) --ignore_eos, --request_id, --timeout_ms;
+// --repetition_penalty --seed --stop (repeatable) --ignore_eos, --request_id, --timeout_ms,
+// --selection_threshold (flex models), --selection_png=FILE (flex models: writes the image with the
+// blocks the model selected overlaid, client/selection_overlay.h);
 // TLS and tokens: --tls_ca --tls_cert --tls_key --token --token_file (client/channel_security.h).
 // Exit status: 0 on OK, 1 with "CODE: message" on stderr otherwise, 2 for bad usage.
 #include <google/protobuf/util/json_util.h>
@@ -20,6 +22,7 @@
 
 #include "client/channel_security.h"
 #include "client/grpc_status_name.h"
+#include "client/selection_overlay.h"
 #include "flexvqa/v1/vqa.grpc.pb.h"
 
 namespace {
@@ -27,7 +30,8 @@ namespace {
 constexpr char kUsage[] =
     "usage: flexvqa_client [--server=host:port] [--json] [--max_new_tokens=N] [--temperature=T]\n"
     "         [--top_p=P] [--top_k=K] [--repetition_penalty=R] [--seed=S] [--stop=STR]...\n"
-    "         [--ignore_eos] [--request_id=ID] [--timeout_ms=MS] [IMAGE] QUESTION\n"
+    "         [--ignore_eos] [--request_id=ID] [--timeout_ms=MS] [--selection_threshold=T]\n"
+    "         [--selection_png=FILE] [IMAGE] QUESTION\n"
     "       flexvqa_client [--server=host:port] --info\n"
     "  TLS and tokens, both forms:\n";
 
@@ -52,6 +56,7 @@ struct Args {
   bool json = false;
   bool info = false;
   int64_t timeout_ms = 0;
+  std::string selection_png;  // Empty: none written.
   flexvqa::v1::GenerateRequest request;
   std::vector<std::string> positional;
   flexvqa::client::ChannelSecurity security;
@@ -81,6 +86,10 @@ bool Parse(int argc, char** argv, Args* args) {
         args->info = true;
       else if (name == "timeout_ms")
         args->timeout_ms = std::stoll(value);
+      else if (name == "selection_png")
+        args->selection_png = value;
+      else if (name == "selection_threshold")
+        args->request.set_selection_threshold(static_cast<uint32_t>(std::stoul(value)));
       else if (name == "request_id")
         args->request.set_request_id(value);
       else if (name == "max_new_tokens")
@@ -110,6 +119,10 @@ bool Parse(int argc, char** argv, Args* args) {
       return false;
     }
   }
+  if (!args->selection_png.empty() && args->positional.size() != 2) {
+    std::fprintf(stderr, "--selection_png needs an IMAGE\n");
+    return false;
+  }
   return args->info || args->positional.size() == 1 || args->positional.size() == 2;
 }
 
@@ -124,6 +137,36 @@ std::string MimeFromPath(const std::string& path) {
   if (ends_with(".jpg") || ends_with(".jpeg")) return "image/jpeg";
   if (ends_with(".png")) return "image/png";
   return "";  // The server detects it from the bytes.
+}
+
+// --selection_png: the request's image with the final message's selection overlaid.
+int WriteSelectionPng(const Args& args, const flexvqa::v1::GenerateFinal& final_message) {
+  if (!final_message.has_selection()) {
+    std::fprintf(stderr,
+                 "--selection_png: the final message has no selection (a flex model and "
+                 "an image are needed)\n");
+    return 1;
+  }
+  const flexvqa::v1::Image& image = args.request.images(0);
+  flexvqa::ImageLimits limits;  // The client reads its own file: no server limits to apply.
+  limits.max_encoded_bytes = static_cast<int64_t>(image.data().size());
+  limits.max_pixels = int64_t{1} << 40;
+  auto fail = [](const flexvqa::Status& status) {
+    std::fprintf(stderr, "--selection_png: %s\n", status.ToString().c_str());
+    return 1;
+  };
+  auto decoded = flexvqa::DecodeImage(image.data(), image.mime_type(), limits);
+  if (!decoded.ok()) return fail(decoded.status());
+  auto overlaid = flexvqa::client::OverlaySelection(*decoded, final_message.selection());
+  if (!overlaid.ok()) return fail(overlaid.status());
+  auto png = flexvqa::client::EncodePng(*overlaid);
+  if (!png.ok()) return fail(png.status());
+  std::ofstream out(args.selection_png, std::ios::binary);
+  if (!(out << *png) || !out.flush()) {
+    std::fprintf(stderr, "--selection_png: cannot write %s\n", args.selection_png.c_str());
+    return 1;
+  }
+  return 0;
 }
 
 }  // namespace
@@ -190,5 +233,6 @@ int main(int argc, char** argv) {
   grpc::Status status = reader->Finish();
   if (!status.ok()) return Fail(status);
   if (args.json) std::cout << ToJson(final_message) << std::endl;
+  if (!args.selection_png.empty()) return WriteSelectionPng(args, final_message);
   return 0;
 }

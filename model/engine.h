@@ -172,6 +172,9 @@ struct SelectionTrace {
   std::vector<uint8_t> masks;
   // [num_steps][num_fa_layers]: selected HR tokens (64 per block at 72x72).
   std::vector<int32_t> selected_tokens;
+  // The square of the request's image, in its pixels, that the grid covers (x, y < 0: the padding
+  // bands of a non-square image), set by the engine from the image's size and preprocessing.
+  int region_x = 0, region_y = 0, region_side = 0;
 };
 
 // Memory the engine holds for requests, for the service's gauges (bytes on the model's device).

@@ -300,7 +300,13 @@ SequenceReport LlavaEngine::Report(SequenceId sequence) const {
 SelectionTrace LlavaEngine::Selections(SequenceId sequence) const {
   auto it = sequences_.find(sequence);
   if (it == sequences_.end() || !it->second.state) return {};
-  return it->second.state->selections();
+  SelectionTrace trace = it->second.state->selections();
+  const ModeInput& input = it->second.request->mode;
+  const ImageSquare square = ViewSquare(input.image_width, input.image_height, mode().preprocess());
+  trace.region_x = square.x;
+  trace.region_y = square.y;
+  trace.region_side = square.side;
+  return trace;
 }
 
 std::unique_ptr<LayerHooks> LlavaEngine::Hooks(const std::vector<SequenceId>& batch) {

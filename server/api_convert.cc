@@ -124,6 +124,23 @@ StatusOr<GenerationRequest> FromProto(const v1::GenerateRequest& request) {
   return out;
 }
 
+void ToProto(const SelectionSummary& summary, v1::SelectionSummary* out) {
+  out->set_grid(summary.grid);
+  out->set_hr_side(summary.hr_side);
+  out->set_steps(summary.num_steps);
+  out->set_first_fa_layer(summary.first_fa_layer);
+  out->set_region_x(summary.region_x);
+  out->set_region_y(summary.region_y);
+  out->set_region_side(summary.region_side);
+  const size_t blocks = static_cast<size_t>(summary.grid) * summary.grid;
+  for (int layer = 0; layer < summary.num_fa_layers; ++layer) {
+    v1::FaLayerSelection* out_layer = out->add_layers();
+    const auto first = summary.block_steps.begin() + static_cast<std::ptrdiff_t>(layer * blocks);
+    out_layer->mutable_block_steps()->Add(first, first + static_cast<std::ptrdiff_t>(blocks));
+    out_layer->set_selected_tokens(summary.selected_tokens[layer]);
+  }
+}
+
 void ToProto(const StreamItem& final_item, const std::string& request_id, v1::GenerateFinal* out) {
   out->set_request_id(request_id);
   out->set_finish_reason(ToProto(final_item.reason));
@@ -145,6 +162,7 @@ void ToProto(const StreamItem& final_item, const std::string& request_id, v1::Ge
   by_phase->set_prefill(phase_total(FlopCount::kPrefill));
   by_phase->set_decode(phase_total(FlopCount::kDecode));
   out->set_flops(f.Total());
+  if (!final_item.selection.empty()) ToProto(final_item.selection, out->mutable_selection());
   const RequestTimings& t = final_item.timings;
   v1::Timings* timings = out->mutable_timings();
   timings->set_queue_ms(t.queue_ms);

@@ -25,6 +25,9 @@ Status CheckPromptBytes(const v1::GenerateRequest& request, int64_t max_prompt_b
 // INVALID_ARGUMENT naming the field when the request breaks the API's rules.
 StatusOr<GenerationRequest> FromProto(const v1::GenerateRequest& request);
 
+// A flex request's selection summary (GenerateFinal.selection).
+void ToProto(const SelectionSummary& summary, v1::SelectionSummary* out);
+
 // The final message of a request that reached the scheduler.
 void ToProto(const StreamItem& final_item, const std::string& request_id, v1::GenerateFinal* out);
 

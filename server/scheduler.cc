@@ -31,8 +31,9 @@ struct Scheduler::Sequence {
   SequenceId id = -1;  // Engine sequence id once admitted.
   int64_t prefill_step = -1;
   int generated = 0;
-  SequenceReport report;   // The engine's, taken just before Release.
-  SequenceReport counted;  // The part of the engine's report already in the metrics.
+  SequenceReport report;       // The engine's, taken just before Release.
+  SelectionSummary selection;  // Likewise (flex, with an image).
+  SequenceReport counted;      // The part of the engine's report already in the metrics.
   Clock::time_point prepare_start, prepare_end, admitted, first_token, last_token;
 };
 
@@ -264,8 +265,10 @@ void Scheduler::Retire(size_t index, Status status, FinishReason reason) {
   running_.erase(running_.begin() + static_cast<std::ptrdiff_t>(index));
   sequence->report = engine_->Report(sequence->id);  // Valid until Release.
   CountProgress(*sequence, sequence->report);
-  if (metrics_ != nullptr && sequence->prepared->image_tokens > 0) {
-    metrics_->ObserveSelection(engine_->Selections(sequence->id));  // Empty unless it selected.
+  if (sequence->prepared->image_tokens > 0) {
+    const SelectionTrace trace = engine_->Selections(sequence->id);  // Empty unless it selected.
+    sequence->selection = SummarizeSelections(trace);
+    if (metrics_ != nullptr) metrics_->ObserveSelection(trace);
   }
   engine_->Release(sequence->id);
   Finish(*sequence, std::move(status), reason);
@@ -318,6 +321,7 @@ void Scheduler::Finish(Sequence& sequence, Status status, FinishReason reason) {
   item.usage.selected_hr_tokens = sequence.report.selected_hr_tokens;
   item.usage.encoder_cache = sequence.report.encoder_cache;
   item.flops = sequence.report.flops;
+  item.selection = std::move(sequence.selection);
   RequestTimings& t = item.timings;
   if (IsSet(sequence.prepare_start)) {
     t.queue_ms = Ms(sequence.prepare_start - arrival);

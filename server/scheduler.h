@@ -23,6 +23,7 @@
 #include "model/engine.h"
 #include "model/status.h"
 #include "server/batch_policy.h"
+#include "server/selection_summary.h"
 #include "server/thread_pool.h"
 
 namespace flexvqa {
@@ -61,6 +62,7 @@ struct StreamItem {
   RequestUsage usage;
   RequestTimings timings;
   FlopCount flops;             // The engine's SequenceReport's; zeros when it does not count.
+  SelectionSummary selection;  // flex with an image: where it looked; empty otherwise.
   bool reached_model = false;  // Admitted into the batch (a final message is worth sending).
 };
 

@@ -211,6 +211,28 @@ std::vector<float> NormalizeToChw(const RgbImage& image, const std::array<float,
   return out;
 }
 
+ImageSquare ViewSquare(int width, int height, const PreprocessOptions& options) {
+  if (width <= 0 || height <= 0 || options.resize_shortest_edge <= 0) return {};
+  // The pipeline's geometry without its pixels: expand2square's paste offset, the resize's scale,
+  // CenterCrop's corner.
+  int pad_x = 0, pad_y = 0, w = width, h = height;
+  if (options.pad_to_square && width != height) {
+    const int side = std::max(width, height);
+    pad_x = (side - width) / 2;
+    pad_y = (side - height) / 2;
+    w = h = side;
+  }
+  const auto [resized_w, resized_h] = ShortestEdgeResizeSize(w, h, options.resize_shortest_edge);
+  const double scale = static_cast<double>(std::min(w, h)) / options.resize_shortest_edge;
+  const int left = (resized_w - options.crop_size) / 2;
+  const int top = (resized_h - options.crop_size) / 2;
+  ImageSquare out;
+  out.x = static_cast<int>(std::lround(left * scale)) - pad_x;
+  out.y = static_cast<int>(std::lround(top * scale)) - pad_y;
+  out.side = static_cast<int>(std::lround(options.crop_size * scale));
+  return out;
+}
+
 StatusOr<std::vector<float>> PreprocessLlava(const RgbImage& image,
                                              const PreprocessOptions& options) {
   if (image.width <= 0 || image.height <= 0 ||

@@ -48,6 +48,14 @@ RgbImage CenterCrop(const RgbImage& image, int crop_width, int crop_height);
 std::vector<float> NormalizeToChw(const RgbImage& image, const std::array<float, 3>& mean,
                                   const std::array<float, 3>& std);
 
+// The square of the original width x height image that PreprocessLlava's output covers, in the
+// original's pixels (the inverse of its pad, resize and crop, to the nearest pixel): x or y is
+// negative when padding bands were added. For drawing where the model looked.
+struct ImageSquare {
+  int x = 0, y = 0, side = 0;
+};
+ImageSquare ViewSquare(int width, int height, const PreprocessOptions& options);
+
 // The whole LLaVA-1.5 pipeline. Returns [3, crop_size, crop_size] floats. INVALID_ARGUMENT for an
 // empty image or options that cannot be applied (non-positive sizes, crop larger than the resize).
 StatusOr<std::vector<float>> PreprocessLlava(const RgbImage& image,

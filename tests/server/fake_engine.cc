@@ -307,6 +307,7 @@ StatusOr<DirectResult> GenerateDirect(Engine& engine, const GenerationRequest& r
       if (event.token_id >= 0) result.token_ids.push_back(event.token_id);
       result.text += event.text;
       if (event.finished) {
+        result.selections = engine.Selections(id);
         engine.Release(id);
         if (!event.status.ok()) return event.status;
         result.reason = event.reason;

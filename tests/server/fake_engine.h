@@ -95,6 +95,7 @@ struct DirectResult {
   std::string text;
   std::vector<int32_t> token_ids;
   FinishReason reason = FinishReason::kNone;
+  SelectionTrace selections;  // Engine::Selections just before Release.
 };
 StatusOr<DirectResult> GenerateDirect(Engine& engine, const GenerationRequest& request);
 

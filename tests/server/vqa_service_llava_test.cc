@@ -1,7 +1,8 @@
 // End to end over real gRPC on 127.0.0.1 with the REAL LLaVA engine on the tiny random checkpoint
 // (tests/support/tiny_model.h): the streamed answer equals a second engine's direct output for the
 // same seed, batching 64 requests changes no answer, real bad images and over-long prompts get
-// INVALID_ARGUMENT naming the problem, and the final message's usage is the engine's.
+// INVALID_ARGUMENT naming the problem, and the final message's usage is the engine's. On the tiny
+// flex checkpoint the final message's selection summary is the engine's trace, aggregated.
 #include <gmock/gmock.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
@@ -126,6 +127,7 @@ TEST_F(LlavaServiceTest, StreamedTextAndUsageEqualTheEngineDirectOutput) {
               request.images_size() > 0 ? engine_->Info().num_image_tokens : 0);
     EXPECT_EQ(usage.generated_tokens(), static_cast<int>(expected->token_ids.size()));
     EXPECT_EQ(usage.selected_hr_tokens(), 0);  // Not a flex model.
+    EXPECT_FALSE(result.final->has_selection());
     const v1::Timings& timings = result.final->timings();
     EXPECT_GT(timings.prefill_ms(), 0);
     EXPECT_EQ(timings.vision_ms() > 0, request.images_size() > 0);
@@ -222,6 +224,105 @@ TEST_F(LlavaServiceTest, PromptOverTheContextAndThresholdOnAFullModelAreRefused)
   EXPECT_EQ(full_model.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_THAT(full_model.status.error_message(), HasSubstr("selection_threshold"));
   EXPECT_EQ(server_->scheduler().Stats().steps, 0);
+}
+
+// The tiny FlexAttention checkpoint (paper geometry: 9x9 blocks of 8x8 HR tokens at 1008 px).
+class FlexServiceTest : public ::testing::Test {
+ protected:
+  static std::unique_ptr<Engine> FlexEngine() {
+    EngineOptions options;
+    options.model_dir = testing::TinyFlexModelDir();
+    options.max_sequences = 4;
+    auto engine = CreateLlavaEngine(options);
+    EXPECT_TRUE(engine.ok()) << engine.status().ToString();
+    return engine.ok() ? std::move(engine).value() : nullptr;
+  }
+  void SetUp() override {
+    engine_ = FlexEngine();
+    ASSERT_NE(engine_, nullptr);
+    ASSERT_EQ(engine_->Info().mode, "flex");
+    ServerOptions options;
+    options.listen_address = "127.0.0.1:0";
+    SchedulerConfig scheduler;
+    scheduler.max_running = 4;
+    auto server = VqaServer::Start(engine_.get(), options, scheduler);
+    ASSERT_TRUE(server.ok()) << server.status().ToString();
+    server_ = std::move(server).value();
+    stub_ = v1::VqaService::NewStub(grpc::CreateChannel(
+        "127.0.0.1:" + std::to_string(server_->port()), grpc::InsecureChannelCredentials()));
+  }
+  StreamResult Generate(const v1::GenerateRequest& request) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + 120s);
+    return testing::ReadGenerateStream(*stub_, &context, request);
+  }
+
+  std::unique_ptr<Engine> engine_;
+  std::unique_ptr<VqaServer> server_;
+  std::unique_ptr<v1::VqaService::Stub> stub_;
+};
+
+TEST_F(FlexServiceTest, SelectionSummaryIsTheEnginesTraceCountedPerBlock) {
+  std::unique_ptr<Engine> reference = FlexEngine();
+  ASSERT_NE(reference, nullptr);
+  // 300 x 200: padded to a 300 px square, 50 px bands above and below.
+  v1::GenerateRequest request = Question("What is in the picture?", 5, testing::MakePng(300, 200));
+  request.mutable_sampling()->set_ignore_eos(true);
+  auto direct = testing::GenerateDirect(*reference, ToEngine(request));
+  ASSERT_TRUE(direct.ok()) << direct.status().ToString();
+  const SelectionTrace& trace = direct->selections;
+  ASSERT_EQ(trace.num_steps, 5);
+  ASSERT_GT(trace.num_fa_layers, 0);
+
+  StreamResult result = Generate(request);
+  ASSERT_TRUE(result.status.ok()) << result.status.error_message();
+  EXPECT_EQ(result.ids, direct->token_ids);
+  ASSERT_TRUE(result.final.has_value() && result.final->has_selection());
+  const v1::SelectionSummary& summary = result.final->selection();
+  EXPECT_EQ(summary.grid(), 9);
+  EXPECT_EQ(summary.hr_side(), 72);
+  EXPECT_EQ(summary.steps(), 5);
+  EXPECT_EQ(summary.first_fa_layer(), trace.first_fa_layer);
+  EXPECT_EQ(summary.region_x(), 0);
+  EXPECT_EQ(summary.region_y(), -50);
+  EXPECT_EQ(summary.region_side(), 300);
+  ASSERT_EQ(summary.layers_size(), trace.num_fa_layers);
+  int64_t selected = 0, blocks_selected = 0;
+  for (int layer = 0; layer < trace.num_fa_layers; ++layer) {
+    const v1::FaLayerSelection& got = summary.layers(layer);
+    ASSERT_EQ(got.block_steps_size(), 81) << layer;
+    int64_t layer_blocks = 0;
+    for (int block = 0; block < 81; ++block) {
+      int steps = 0;
+      for (int step = 0; step < trace.num_steps; ++step) {
+        steps += trace.masks[(step * trace.num_fa_layers + layer) * 81 + block];
+      }
+      EXPECT_EQ(got.block_steps(block), static_cast<uint32_t>(steps)) << layer << " " << block;
+      layer_blocks += got.block_steps(block);
+    }
+    // 8 x 8 HR tokens per block: the counts and the token totals agree.
+    EXPECT_EQ(got.selected_tokens(), 64 * layer_blocks) << layer;
+    selected += got.selected_tokens();
+    blocks_selected += layer_blocks;
+  }
+  EXPECT_GT(blocks_selected, 0);  // The random model selects at the checkpoint's threshold.
+  EXPECT_EQ(selected, result.final->usage().selected_hr_tokens());
+
+  // Selection off: the summary is there and empty.
+  request.set_selection_threshold(255);
+  StreamResult off = Generate(request);
+  ASSERT_TRUE(off.status.ok()) << off.status.error_message();
+  ASSERT_TRUE(off.final->has_selection());
+  EXPECT_EQ(off.final->selection().steps(), 5);
+  for (const v1::FaLayerSelection& layer : off.final->selection().layers()) {
+    EXPECT_EQ(layer.selected_tokens(), 0);
+    for (uint32_t steps : layer.block_steps()) EXPECT_EQ(steps, 0u);
+  }
+
+  // No image: no summary.
+  StreamResult text_only = Generate(Question("What is a box?", 3));
+  ASSERT_TRUE(text_only.status.ok()) << text_only.status.error_message();
+  EXPECT_FALSE(text_only.final->has_selection());
 }
 
 }  // namespace

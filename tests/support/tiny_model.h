@@ -32,6 +32,18 @@ inline std::string TinyModelDir(CheckpointLayout layout = CheckpointLayout::kHfL
   return dir;
 }
 
+// The tiny FlexAttention checkpoint (TinyFlexLlavaOptions: the paper's 9x9 blocks of 8x8 HR tokens
+// at 1008 px), written once per process.
+inline std::string TinyFlexModelDir() {
+  static const std::string dir = [] {
+    const std::string flex = ::testing::TempDir() + "flexvqa_tiny_flex_" + std::to_string(getpid());
+    const Status status = WriteTinyLlava(flex, TinyFlexLlavaOptions());
+    EXPECT_TRUE(status.ok()) << status.ToString();
+    return flex;
+  }();
+  return dir;
+}
+
 // Reads a file of the source tree (fixtures) into a string.
 inline std::string ReadSourceFile(const std::string& relative) {
   std::ifstream in(std::string(FLEXVQA_SOURCE_DIR) + "/" + relative, std::ios::binary);

@@ -19,8 +19,11 @@ from flexnet import CLIP_MEAN, CLIP_STD
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests", "parity"))
 from flex_reference import expand2square  # noqa: E402
 
-SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. The assistant gives "
-          "helpful, detailed, and polite answers to the human's questions.")
+# conv_vicuna_v1's system prompt: the engine's default template for the original-LLaVA layout
+# (model/text/prompt.cc kVicunaV1System; test_demo.py checks they agree). Runs before 2026-12-02 used
+# conv_llava_v1's ("curious human ... human's questions"): their checkpoints need --chat-template llava_v1.
+SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives "
+          "helpful, detailed, and polite answers to the user's questions.")
 IMAGE_ID = -200  # llava/constants.py IMAGE_TOKEN_INDEX, as the original layout marks the image.
 
 

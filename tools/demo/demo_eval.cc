@@ -2,9 +2,13 @@
 // accuracy per question kind, FLOPs and selected high-resolution tokens per question. The file is
 // what tools/demo/make_split.py writes, one question per line:
 // IMAGE<TAB>KIND<TAB>QUESTION<TAB>ANSWER (IMAGE relative to the file's directory). Greedy decoding;
-// an answer is right when the generated text, trimmed, equals ANSWER.
+// an answer is right when the generated text, trimmed, equals ANSWER. With --expect FILE (lines
+// KIND<TAB>MIN_ACCURACY, '#' comments; tools/demo/evaluate.py --expect-out writes it) it exits 1
+// when a kind scores below its minimum or is missing: the CI accuracy test.
 //   flexvqa_demo_eval --model DIR --questions FILE [--threshold T] [--batch N] [--max-new-tokens N]
-//                     [--answers OUT.tsv]
+//                     [--answers OUT.tsv] [--expect FILE] [--chat-template NAME]
+// --chat-template: the prompt template (default: the checkpoint layout's, vicuna_v1 here); runs
+// before 2026-12-02 trained with llava_v1's system prompt (docs/demo_model.md).
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -56,11 +60,31 @@ flexvqa::StatusOr<std::vector<Question>> ReadQuestions(const std::string& path) 
   return out;
 }
 
+// KIND -> minimum accuracy.
+flexvqa::StatusOr<std::map<std::string, double>> ReadExpected(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return flexvqa::NotFoundError("cannot read " + path);
+  std::map<std::string, double> out;
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty() || line[0] == '#') continue;
+    const size_t tab = line.find('\t');
+    char* end = nullptr;
+    const double min = tab == std::string::npos ? -1 : std::strtod(line.c_str() + tab + 1, &end);
+    if (tab == std::string::npos || end == line.c_str() + tab + 1 || min < 0 || min > 1) {
+      return flexvqa::InvalidArgumentError(path + ": not KIND<TAB>ACCURACY in [0, 1]: " + line);
+    }
+    out[line.substr(0, tab)] = min;
+  }
+  if (out.empty()) return flexvqa::InvalidArgumentError(path + " expects nothing");
+  return out;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   flexvqa::EngineOptions options;
-  std::string questions_path, answers_path;
+  std::string questions_path, answers_path, expect_path;
   int batch = 8, max_new_tokens = 4, threshold = -1;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string arg = argv[i], v = argv[i + 1];
@@ -68,6 +92,10 @@ int main(int argc, char** argv) {
       options.model_dir = v;
     } else if (arg == "--questions") {
       questions_path = v;
+    } else if (arg == "--chat-template") {
+      options.chat_template = v;
+    } else if (arg == "--expect") {
+      expect_path = v;
     } else if (arg == "--answers") {
       answers_path = v;
     } else if (arg == "--threshold") {
@@ -88,6 +116,12 @@ int main(int argc, char** argv) {
   options.max_sequences = batch;
   auto questions = ReadQuestions(questions_path);
   if (!questions.ok()) return Fail(questions.status());
+  std::map<std::string, double> expected;
+  if (!expect_path.empty()) {
+    auto read = ReadExpected(expect_path);
+    if (!read.ok()) return Fail(read.status());
+    expected = std::move(read).value();
+  }
   auto engine = flexvqa::CreateLlavaEngine(options);
   if (!engine.ok()) return Fail(engine.status());
   std::ofstream answers;
@@ -149,5 +183,16 @@ int main(int argc, char** argv) {
                 static_cast<double>(t.right) / t.total, t.flops / t.total / 1e9,
                 t.selected / t.total);
   }
-  return 0;
+  int below = 0;
+  for (const auto& [kind, min] : expected) {
+    auto it = tally.find(kind);
+    const double accuracy =
+        it == tally.end() ? -1 : static_cast<double>(it->second.right) / it->second.total;
+    if (accuracy < min) {
+      std::fprintf(stderr, "flexvqa_demo_eval: %s: accuracy %.4f, below the expected %.4f\n",
+                   kind.c_str(), accuracy, min);
+      ++below;
+    }
+  }
+  return below > 0 ? 1 : 0;
 }

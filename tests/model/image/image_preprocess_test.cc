@@ -52,6 +52,25 @@ TEST(ImagePreprocessTest, PaddingColorIsLlavaMeanColour) {
   EXPECT_EQ(color, (std::array<uint8_t, 3>{122, 116, 104}));
 }
 
+TEST(ImagePreprocessTest, ViewSquareInvertsPadResizeAndCrop) {
+  PreprocessOptions flex;  // FlexAttention's high-resolution view: pad, then 1008 x 1008.
+  flex.resize_shortest_edge = flex.crop_size = 1008;
+  auto expect = [](ImageSquare got, int x, int y, int side) {
+    EXPECT_EQ(got.x, x);
+    EXPECT_EQ(got.y, y);
+    EXPECT_EQ(got.side, side);
+  };
+  expect(ViewSquare(300, 200, flex), 0, -50, 300);  // Bands of 50 px above and below.
+  expect(ViewSquare(200, 301, flex), -50, 0, 301);  // expand2square's offset rounds down.
+  expect(ViewSquare(640, 640, flex), 0, 0, 640);
+  PreprocessOptions crop;  // No padding: the short side resized to 336, the centre cropped.
+  crop.pad_to_square = false;
+  expect(ViewSquare(400, 200, crop), 100, 0, 200);  // Resized to 672 x 336, cropped at x = 168.
+  crop.crop_size = 168;                             // A crop inside the resized short side.
+  expect(ViewSquare(200, 200, crop), 50, 50, 100);
+  expect(ViewSquare(0, 10, flex), 0, 0, 0);
+}
+
 TEST(ImagePreprocessTest, ExpandToSquareCentresWithFloorOffsets) {
   const std::array<uint8_t, 3> bg = {1, 2, 3};
   // Landscape 5x2: side 5, pasted at y = (5 - 2) / 2 = 1, so one row above and two below.

@@ -68,6 +68,19 @@ class SceneTest(unittest.TestCase):
         self.assertIn(digit[2], [b["digit"] for b in sc["boxes"] if b["colour"] in digit[1]])
 
 
+class PromptTest(unittest.TestCase):
+    def test_system_prompt_is_the_engines_default_template(self):
+        """The trained prompt is the one the engine builds for the original layout (vicuna_v1): a drift
+        (as when the engine's vicuna_v1 was corrected and the demo kept llava_v1's text) changes what the
+        engine feeds the model, and its answers with it."""
+        import re
+        source = open(os.path.join(ROOT, "model", "text", "prompt.cc")).read()
+        m = re.search(r"kVicunaV1System\[\] =((?:\s*\"[^\"]*\")+);", source)
+        self.assertIsNotNone(m, "kVicunaV1System not found in model/text/prompt.cc")
+        engine = "".join(re.findall(r'"([^"]*)"', m.group(1)))
+        self.assertEqual(data.SYSTEM, engine)
+
+
 class ExportTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
