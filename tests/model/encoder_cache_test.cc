@@ -123,7 +123,8 @@ TEST(EncoderCacheTest, EntriesOwnTheirStorage) {
   EXPECT_EQ(cache.Find("row")->sequence.sum().item<float>(), 0.0f);
 }
 
-// Encodes image i of the batch as rows filled with 10 * i + 1 (sequence) and -(10 * i + 1) (highres).
+// Encodes image i of the batch as rows filled with 10 * i + 1 (sequence) and -(10 * i + 1)
+// (highres).
 std::pair<at::Tensor, at::Tensor> Encode(const std::vector<size_t>& which) {
   std::vector<at::Tensor> rows, highres;
   for (size_t i : which) {
