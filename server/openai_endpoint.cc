@@ -67,6 +67,7 @@ class ItemChannel {
         uint64_t count = 0;
         (void)!read(event_, &count, sizeof(count));
       }
+      if (watching_ && (fds[1].revents & POLLNVAL)) watching_ = false;  // Not a socket (any more).
       if (watching_ && (fds[1].revents & (POLLRDHUP | POLLHUP | POLLERR))) Cancel();
     }
   }

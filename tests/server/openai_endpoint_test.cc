@@ -51,6 +51,9 @@ Sse ParseSse(const std::string& body) {
   return sse;
 }
 
+// A response's HTTP status; -1 when there is none (connection error, read timeout).
+int StatusOf(const httplib::Result& result) { return result ? result->status : -1; }
+
 class OpenAiEndpointTest : public ServiceTest {
  protected:
   void Start(FakeEngineOptions options = {}, SchedulerConfig scheduler = {}) {
@@ -225,7 +228,7 @@ TEST_F(OpenAiEndpointTest, APromptOverTheByteLimitIsRefusedBeforeTokenising) {
   ASSERT_TRUE(big);
   EXPECT_EQ(big->status, 400);
   EXPECT_EQ(Json::parse(big->body)["error"]["param"], "messages");
-  EXPECT_EQ(Post(Request(std::string(100, 'a')))->status, 200);
+  EXPECT_EQ(StatusOf(Post(Request(std::string(100, 'a')))), 200);
 }
 
 TEST_F(OpenAiEndpointTest, BearerTokensAsGrpcChecksThem) {
@@ -235,13 +238,13 @@ TEST_F(OpenAiEndpointTest, BearerTokensAsGrpcChecksThem) {
   ASSERT_TRUE(missing);
   EXPECT_EQ(missing->status, 401);
   EXPECT_EQ(Json::parse(missing->body)["error"]["type"], "authentication_error");
-  EXPECT_EQ(http_->Get("/v1/models")->status, 401);
-  EXPECT_EQ(http_->Get("/health")->status, 200);  // Probes need no token.
+  EXPECT_EQ(StatusOf(http_->Get("/v1/models")), 401);
+  EXPECT_EQ(StatusOf(http_->Get("/health")), 200);  // Probes need no token.
   http_->set_bearer_token_auth("0123456789abcdef0124");
-  EXPECT_EQ(Post(Request("q"))->status, 401);
+  EXPECT_EQ(StatusOf(Post(Request("q"))), 401);
   http_->set_bearer_token_auth("0123456789abcdef0123");
-  EXPECT_EQ(Post(Request("q"))->status, 200);
-  EXPECT_EQ(http_->Get("/v1/models")->status, 200);
+  EXPECT_EQ(StatusOf(Post(Request("q"))), 200);
+  EXPECT_EQ(StatusOf(http_->Get("/v1/models")), 200);
   EXPECT_EQ(Requests("UNAUTHENTICATED"), 2);
 }
 
@@ -253,13 +256,13 @@ TEST_F(OpenAiEndpointTest, AFullQueueIs429WithRetryAfter) {
   scheduler.max_running = 1;
   scheduler.max_queued = 1;
   Start(options, scheduler);
-  std::thread running([&] { EXPECT_EQ(Post(Request("first"))->status, 200); });
+  std::thread running([&] { EXPECT_EQ(StatusOf(Post(Request("first"))), 200); });
   hold.WaitEntered();
   httplib::Client second("127.0.0.1", server_->openai_port());
   second.set_read_timeout(kWait);
   std::thread queued([&] {
     EXPECT_EQ(
-        second.Post("/v1/chat/completions", Request("second").dump(), "application/json")->status,
+        StatusOf(second.Post("/v1/chat/completions", Request("second").dump(), "application/json")),
         200);
   });
   ASSERT_TRUE(
@@ -289,7 +292,7 @@ TEST_F(OpenAiEndpointTest, OneClientsShareCountsItsCallsOnBothProtocols) {
   EXPECT_EQ(refused->status, 429);
   hold.Release();
   grpc_call.join();
-  EXPECT_EQ(Post(Request("third"))->status, 200);
+  EXPECT_EQ(StatusOf(Post(Request("third"))), 200);
 }
 
 TEST_F(OpenAiEndpointTest, ATimeoutHeaderIsTheRequestsDeadline) {
@@ -299,7 +302,7 @@ TEST_F(OpenAiEndpointTest, ATimeoutHeaderIsTheRequestsDeadline) {
   SchedulerConfig scheduler;
   scheduler.max_running = 1;
   Start(options, scheduler);
-  std::thread running([&] { EXPECT_EQ(Post(Request("first"))->status, 200); });
+  std::thread running([&] { EXPECT_EQ(StatusOf(Post(Request("first"))), 200); });
   hold.WaitEntered();
   httplib::Client late("127.0.0.1", server_->openai_port());
   late.set_read_timeout(kWait);
