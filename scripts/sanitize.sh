@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # scripts/sanitize.sh address|thread: the sanitizer stages of scripts/test.sh, each in its own
 # build tree (gcc, Release flags plus the sanitizer; cmake/FlexvqaSanitize.cmake).
-#   address  ASan + UBSan (a UBSan report aborts), in build-asan/: every unit and e2e test (the
-#            gtest binaries, the LibTorch engine's included, and the Python client tests against
-#            the ASan-built servers) but gpu, soak, the GPU check's dry run (label dryrun) and the
-#            deploy/ and tools/demo checks of configuration and Python (no code of ours under ASan
-#            there; the Release stage runs them). Only the test targets and the programs they start
-#            are built. ASAN_SCOPE=torch-free: the 22 binaries that need no LibTorch (quicker).
+#   address  ASan + UBSan (a UBSan report aborts), in build-asan/: by default (CI) the torch-free
+#            tests (the service over the fake engine, gRPC, TLS, HTTP, validation, tokenizer,
+#            images). ASAN_SCOPE=all: every unit and e2e test (the gtest binaries, the LibTorch
+#            engine's included, and the Python client tests against the ASan-built servers) but
+#            gpu, soak, the GPU check's dry run (label dryrun) and the deploy/ and tools/ checks of
+#            configuration and Python (no code of ours under ASan there; the Release stage runs
+#            them); only the test targets and the programs they start are built. Not yet CI's
+#            default: its build has not finished on the shared dev machine (bench/RESULTS.md).
 #   thread   TSan: the service's threaded tests over the fake engine that do not go through gRPC
 #            (scheduler, metrics, fake engine), in build-tsan/. LibTorch with its OpenMP pool and
 #            Debian's gRPC are not TSan-instrumented, and TSan reports races inside them on every
@@ -30,7 +32,7 @@ case "$mode" in
     BUILD_DIR=${ASAN_BUILD_DIR:-build-asan}
     cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release -DFLEXVQA_SANITIZE=address \
       "${LAUNCHER[@]}" >/dev/null
-    if [ "${ASAN_SCOPE:-all}" = all ]; then
+    if [ "${ASAN_SCOPE:-torch-free}" = all ]; then
       # Every gtest target (names *_test) and what the tests start (servers, the tiny checkpoint
       # writer, the Python stubs); not the benchmarks and tools nothing tests.
       mapfile -t targets < <(ninja -C "$BUILD_DIR" -t targets all |
@@ -42,8 +44,8 @@ case "$mode" in
       ctest --output-on-failure --label-exclude 'gpu|soak|dryrun' -E '^(deploy|tools)\.' \
         -j "$JOBS" --timeout 1200
     else
-      # ASAN_SCOPE=torch-free: the tests that need no LibTorch (the whole service over the fake
-      # engine, gRPC, TLS, HTTP, request validation, tokenizer, images).
+      # Default scope: the tests that need no LibTorch (the whole service over the fake engine,
+      # gRPC, TLS, HTTP, request validation, tokenizer, images).
       targets=(model_request_validation_test
                text_tokenizer_test text_prompt_test text_detokenizer_test
                image_image_decode_test image_image_preprocess_test
@@ -51,7 +53,7 @@ case "$mode" in
                server_client_limiter_test server_liveness_test server_http_server_test
                server_fake_engine_test server_scheduler_test server_metrics_test
                server_vqa_service_test server_vqa_service_hardening_test server_server_process_test
-               server_tls_test server_reflection_v1_test server_transport_test)
+               server_tls_test)
       cmake --build "$BUILD_DIR" -j "$JOBS" --target "${targets[@]}" flexvqa_fake_server
       cd "$BUILD_DIR"
       for t in "${targets[@]}"; do
