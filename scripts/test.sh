@@ -4,7 +4,8 @@
 # failing stage fails the whole run.
 #   build   Release build, every test but gpu and soak (build/)
 #   soak    the soak test (label soak, bench/soak), in build/
-#   asan    every test but gpu and soak under ASan + UBSan (scripts/sanitize.sh address, build-asan/)
+#   asan    the torch-free tests under ASan + UBSan (scripts/sanitize.sh address, build-asan/;
+#           ASAN_SCOPE=all: every unit and e2e test, the LibTorch engine's included)
 #   tsan    the scheduler and service tests under TSan (scripts/sanitize.sh thread, build-tsan/)
 #   fuzz    each libFuzzer target for a fixed number of inputs (scripts/fuzz.sh, build-fuzz/)
 # STAGES="build soak" runs a subset (default: all, in this order).

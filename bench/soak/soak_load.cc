@@ -309,7 +309,7 @@ void Load::StartNext() {
             violations.push_back(std::string("status ") +
                                  client::GrpcCodeName(status.error_code()) + " (" +
                                  status.error_message() + ")");
-          } else if (call->response.final().request_id() != id) {
+          } else if (status.ok() && call->response.final().request_id() != id) {
             violations.push_back("Answer echoes another request id");
           }
           delete call;

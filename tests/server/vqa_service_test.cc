@@ -292,6 +292,9 @@ TEST_F(ServiceTest, DeadlineEndsTheRequest) {
   StartServer(options);
   v1::GenerateRequest request = Question("talk forever", 1000);
   request.mutable_sampling()->set_ignore_eos(true);
+  // Connected first: on a loaded machine the 50 ms could pass while the channel connects, and the
+  // call would never reach the server (finished stays 0).
+  ASSERT_TRUE(channel_->WaitForConnected(std::chrono::system_clock::now() + kWait));
   StreamResult result = Generate(request, 50ms);
   EXPECT_EQ(result.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
   EXPECT_TRUE(server_->scheduler().WaitFor(
