@@ -266,9 +266,7 @@ void LlavaEngine::Release(SequenceId sequence) {
 EngineMemory LlavaEngine::Memory() const {
   EngineMemory memory;
   memory.kv_cache_pool_bytes = cache_->bytes();
-  const KvCacheShape& shape = cache_->shape();
-  const int64_t bytes_per_position =
-      memory.kv_cache_pool_bytes / (shape.num_slots * shape.max_context);
+  const int64_t bytes_per_position = cache_->bytes_per_position();
   for (const auto& [id, seq] : sequences_) {
     memory.kv_cache_used_bytes += bytes_per_position * cache_->length(seq.slot);
     if (seq.state) memory.hr_cache_bytes += seq.state->bytes();
