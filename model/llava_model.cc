@@ -52,8 +52,7 @@ at::Tensor LlavaModel::DecodeLogits(const std::vector<int32_t>& tokens,
   const DecoderBatch batch = PlanDecode(tokens, slots, config_.text.vocab_size, cache);
   const at::Tensor hidden = decoder_->Forward(decoder_->EmbedInVocabulary(batch.ids), batch, cache,
                                               hooks);  // [bucket, D]
-  // Every row of the bucket through lm_head (one shape per bucket); the caller's rows first.
-  return decoder_->Logits(hidden).narrow(0, 0, batch.real_rows);
+  return decoder_->Logits(hidden);  // Every row of the bucket: one shape per bucket.
 }
 
 at::Tensor LlavaModel::EmbedPrompt(const at::Tensor& token_ids, const at::Tensor& features) const {
