@@ -54,11 +54,6 @@ class LlavaModel {
   at::Tensor DecodeLogits(const std::vector<int32_t>& tokens, const std::vector<int>& slots,
                           KvCache& cache, LayerHooks* hooks = nullptr) const;
 
-  // token ids [T] (on the model's device) -> embeddings [T, D]; the rows whose id is the image
-  // token take `features` [image_tokens, D] in order (features may be undefined for text-only
-  // prompts).
-  at::Tensor EmbedPrompt(const at::Tensor& token_ids, const at::Tensor& features) const;
-
  private:
   LlavaConfig config_;
   at::ScalarType dtype_ = at::kFloat;
