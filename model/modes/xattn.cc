@@ -138,7 +138,7 @@ at::Tensor CrossAttentionWeights::Residual(int layer, const at::Tensor& x,
   // Every row attends to every HR token of its sequence: no mask (causal_offset -1).
   at::Tensor out = Attention(qc, at::stack(keys), at::stack(values), scale, /*causal_offset=*/-1)
                        .transpose(1, 2)
-                       .reshape({c * tq, width_});  // [C Tq, C]
+                       .reshape({c * tq, width_});  // [C Tq, Hc Dc]
   if (tq != 1) out = out.index_select(0, batch.unpad_rows);
   return Linear(out, l.o_proj);  // [N, D]
 }

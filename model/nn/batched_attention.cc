@@ -8,16 +8,13 @@ namespace flexvqa {
 
 at::Tensor CausalAttention(int layer, const at::Tensor& q, const DecoderBatch& batch,
                            at::Tensor* lse) {
-  const at::Tensor& pool = batch.cache->pool(layer);  // [S + 1, ctx, 2, KV, Dh]
+  const at::Tensor& pool = batch.cache->pool(layer);  // [2, S + 1, ctx, KV, Dh]
   const int64_t c = batch.sequences(), tq = batch.query_len, tk = batch.key_len;
   const int64_t kv = pool.size(3), dh = pool.size(4), h = q.size(1), g = h / kv;
   // One gather each for the batch's keys and values, into [C, KV, Tk, Dh] (head-major, so that
   // the batched matmuls below fold C and KV into one batch dimension without a copy).
   auto gather = [&](int64_t which) {
-    return pool.narrow(1, 0, tk)
-        .select(2, which)
-        .permute({0, 2, 1, 3})
-        .index_select(0, batch.slots);
+    return pool[which].narrow(1, 0, tk).permute({0, 2, 1, 3}).index_select(0, batch.slots);
   };
   const at::Tensor k = gather(0), v = gather(1);
   // [N, H, Dh] -> padded [C, Tq, KV, G, Dh] -> [C, KV, G Tq, Dh]: each KV head's query rows.

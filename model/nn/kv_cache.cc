@@ -21,7 +21,7 @@ StatusOr<KvCache> KvCache::Create(const KvCacheShape& shape, at::ScalarType dtyp
     for (int l = 0; l < shape.num_layers; ++l) {
       // Zeros, not empty: attention reads masked positions too, and 0 * garbage may be NaN.
       cache.pools_.push_back(
-          at::zeros({shape.num_slots + 1, shape.max_context, 2, shape.num_kv_heads, shape.head_dim},
+          at::zeros({2, shape.num_slots + 1, shape.max_context, shape.num_kv_heads, shape.head_dim},
                     options));
     }
     cache.key_positions_ =
@@ -65,16 +65,18 @@ void KvCache::Free(int slot) {
 
 void KvCache::Write(int layer, const at::Tensor& rows, const at::Tensor& index) {
   at::Tensor& pool = pools_[layer];
-  // [slots + 1, ctx, 2, KV, Dh] -> [(slots + 1) ctx, 2, KV, Dh]: a view, so the copy lands in it.
-  pool.view({-1, 2, shape_.num_kv_heads, shape_.head_dim}).index_copy_(0, index, rows);
+  // [2, slots + 1, ctx, KV, Dh] -> [2, (slots + 1) ctx, KV, Dh]: a view, so the copy lands in it;
+  // rows [N, 2, KV, Dh] -> [2, N, KV, Dh] (a view too).
+  pool.view({2, -1, shape_.num_kv_heads, shape_.head_dim})
+      .index_copy_(1, index, rows.transpose(0, 1));
 }
 
 at::Tensor KvCache::Keys(int layer, int slot, int64_t length) const {
-  return pools_[layer].select(0, slot).narrow(0, 0, length).select(1, 0).transpose(0, 1);
+  return pools_[layer][0][slot].narrow(0, 0, length).transpose(0, 1);
 }
 
 at::Tensor KvCache::Values(int layer, int slot, int64_t length) const {
-  return pools_[layer].select(0, slot).narrow(0, 0, length).select(1, 1).transpose(0, 1);
+  return pools_[layer][1][slot].narrow(0, 0, length).transpose(0, 1);
 }
 
 std::pair<at::Tensor, at::Tensor> KvCache::StepBuffers(int64_t rows, int64_t bucket) {

@@ -1,10 +1,11 @@
 // Key/value cache for many sequences of different lengths: a fixed pool of slots, each holding up
 // to `max_context` positions of every layer's keys and values, laid out per layer as
-// [slot, position, k|v, kv_head, Dh] so that the whole pool is one varlen tensor (a flash/varlen
-// kernel reads slot s's keys at rows s * max_context ...) and one indexed copy per layer writes a
-// step's keys and values for the whole batch. One slot beyond `num_slots` is scratch: the rows
-// that pad a batch to its bucket write there, and it is never handed out. A sequence takes a slot
-// at admission and gives it back at release; its length is tracked per slot on the host. The
+// [k|v, slot, position, kv_head, Dh]: the keys (and the values) are each one contiguous
+// [slots, max_context, kv_heads, Dh] tensor, what a flash/varlen kernel reads (slot s's keys at
+// rows s * max_context ...; model/nn/cuda/varlen_attention.h), and one indexed copy per layer
+// writes a step's keys and values for the whole batch. One slot beyond `num_slots` is scratch: the
+// rows that pad a batch to its bucket write there, and it is never handed out. A sequence takes a
+// slot at admission and gives it back at release; its length is tracked per slot on the host. The
 // pool and the decode step's per-bucket input buffers are allocated once (the buffers at a
 // bucket's first use): no allocation per request or per step. Not thread-safe (worker thread).
 #pragma once
@@ -49,8 +50,8 @@ class KvCache {
   // [max_context] int64 0, 1, 2, ...: the key positions attention masks against (built once).
   const at::Tensor& key_positions() const { return key_positions_; }
 
-  // Layer `layer`'s pool: [num_slots + 1, max_context, 2, kv_heads, Dh] (index 0 of the third
-  // dimension: keys after RoPE; 1: values).
+  // Layer `layer`'s pool: [2, num_slots + 1, max_context, kv_heads, Dh] (index 0 of the first
+  // dimension: keys after RoPE; 1: values; each contiguous).
   const at::Tensor& pool(int layer) const { return pools_[layer]; }
   // Writes rows [N, 2, kv_heads, Dh] (keys and values of N positions) of one layer at flat pool
   // rows `index` [N] int64 (slot * max_context + position), in one indexed copy.

@@ -28,10 +28,10 @@ namespace flexvqa {
 // the host chunks, and on the device the rows' slots, positions and flat KV-pool rows, each
 // sequence's length, the causal key mask, the padded bucket), so that a mode runs one attention
 // call per layer for the whole batch and stays free of host syncs and data-dependent shapes. The
-// layer's whole K/V pool is batch.cache->pool(layer) ([slots + 1, max_context, 2, KV, Dh]): one
-// index_select by batch.slots serves the batch. The defaults are LLaVA-1.5's plain decoder.
-// Rows are packed [N, ...] with N = batch.rows (padding rows included: whatever a hook computes
-// for them is discarded). Worker thread only.
+// layer's whole K/V pool is batch.cache->pool(layer) ([2, slots + 1, max_context, KV, Dh]): one
+// index_select by batch.slots of its keys (values) serves the batch. The defaults are LLaVA-1.5's
+// plain decoder. Rows are packed [N, ...] with N = batch.rows (padding rows included: whatever a
+// hook computes for them is discarded). Worker thread only.
 class LayerHooks {
  public:
   virtual ~LayerHooks() = default;

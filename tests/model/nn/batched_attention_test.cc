@@ -28,7 +28,7 @@ class BatchedAttentionTest : public ::testing::Test {
     // Random keys/values in every position of every slot (the scratch one too): masked positions
     // must not leak into the result.
     const at::Tensor& pool = cache_->pool(0);
-    const int64_t rows = pool.size(0) * pool.size(1);
+    const int64_t rows = pool.size(1) * pool.size(2);
     cache_->Write(0, at::randn({rows, 2, kKvHeads, kDh}), at::arange(rows, at::kLong));
   }
 
