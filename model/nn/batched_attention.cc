@@ -3,12 +3,49 @@
 #include <ATen/ATen.h>
 
 #include <limits>
+#include <vector>
+
+#include "model/nn/cuda/varlen_attention.h"
 
 namespace flexvqa {
+namespace {
+
+// The CUDA path: FlashAttention-2 varlen over the pool itself, each sequence reading only its
+// seq_lengths keys (no gather, no mask). Where its contract holds: a CUDA build with the entry
+// point, half or bf16, Dh % 8 == 0, no log-sum-exp asked for. Not yet run on a GPU (issue 9).
+bool UseVarlen(const at::Tensor& q, const at::Tensor& pool, const at::Tensor* lse) {
+  return VarlenAttentionCudaBuilt() && q.is_cuda() && lse == nullptr &&
+         (q.scalar_type() == at::kHalf || q.scalar_type() == at::kBFloat16) &&
+         pool.size(4) % 8 == 0 && pool.size(4) <= 256;
+}
+
+at::Tensor Varlen(const at::Tensor& q, const at::Tensor& pool, const DecoderBatch& batch) {
+  const int64_t c = batch.sequences(), slots = pool.size(1), ctx = pool.size(2);
+  const auto i32 = at::TensorOptions().dtype(at::kInt).device(q.device());
+  VarlenBatch varlen;
+  if (batch.query_len == 1) {
+    varlen.cu_seqlens_q = at::arange(c + 1, i32);  // One row per sequence.
+  } else {
+    std::vector<int32_t> starts;  // Prefill chunks are packed in row order, no padding.
+    for (const ChunkSpan& chunk : batch.chunks) starts.push_back(chunk.row_begin);
+    starts.push_back(static_cast<int32_t>(batch.rows));
+    varlen.cu_seqlens_q = at::tensor(starts, at::TensorOptions().dtype(at::kInt)).to(q.device());
+  }
+  varlen.k_start =
+      (at::cat({batch.slots, at::full({1}, slots, batch.slots.options())}) * ctx).to(at::kInt);
+  varlen.seqused_k = batch.seq_lengths.to(at::kInt);
+  varlen.max_q = batch.query_len;
+  varlen.max_k = ctx;
+  return VarlenAttentionCuda(q.contiguous(), pool[0], pool[1], varlen, batch.scale,
+                             /*causal=*/true);
+}
+
+}  // namespace
 
 at::Tensor CausalAttention(int layer, const at::Tensor& q, const DecoderBatch& batch,
                            at::Tensor* lse) {
   const at::Tensor& pool = batch.cache->pool(layer);  // [2, S + 1, ctx, KV, Dh]
+  if (UseVarlen(q, pool, lse)) return Varlen(q, pool, batch);
   const int64_t c = batch.sequences(), tq = batch.query_len, tk = batch.key_len;
   const int64_t kv = pool.size(3), dh = pool.size(4), h = q.size(1), g = h / kv;
   // One gather each for the batch's keys and values, into [C, KV, Tk, Dh] (head-major, so that
