@@ -23,50 +23,47 @@ StatusOr<std::unique_ptr<LlavaModel>> LlavaModel::Load(const LlavaConfig& config
 
 at::Tensor LlavaModel::PrefillLogits(const std::vector<PromptChunk>& prompts, KvCache& cache,
                                      LayerHooks* hooks, at::Tensor* all_logits) const {
-  // Embeddings of every prompt, packed row after row, image rows replaced by the features.
-  std::vector<at::Tensor> rows;
+  // Every prompt packed row after row: one upload of [ids (N) | last rows (B) | image rows (M)]
+  // (image rows found on the host: no nonzero sync), one embedding, one copy of all features.
   std::vector<ChunkSpan> chunks;
-  std::vector<int64_t> last_rows;
-  int64_t row = 0;
+  std::vector<int64_t> ids, last_rows, image_rows;
+  std::vector<at::Tensor> features;
   for (const PromptChunk& p : prompts) {
-    const at::Tensor ids = at::tensor(std::vector<int64_t>(p.tokens->begin(), p.tokens->end()),
-                                      at::TensorOptions().dtype(at::kLong))
-                               .to(device_);
-    rows.push_back(EmbedPrompt(ids, p.image_features));
+    const int64_t begin = static_cast<int64_t>(ids.size());
     const int64_t length = static_cast<int64_t>(p.tokens->size());
-    chunks.push_back({p.slot, 0, row, length});
-    row += length;
-    last_rows.push_back(row - 1);
+    for (int64_t i = 0; i < length; ++i) {
+      const int32_t t = (*p.tokens)[i];
+      ids.push_back(t);
+      if (p.image_features.defined() && t == config_.image_token_id)
+        image_rows.push_back(begin + i);
+    }
+    if (p.image_features.defined()) features.push_back(p.image_features);
+    chunks.push_back({p.slot, 0, begin, length});
+    last_rows.push_back(begin + length - 1);
   }
-  const at::Tensor hidden = decoder_->Forward(at::cat(rows, 0), chunks, cache, hooks);  // [N, D]
+  const int64_t n = static_cast<int64_t>(ids.size()), b = static_cast<int64_t>(prompts.size());
+  std::vector<int64_t> host = ids;
+  host.insert(host.end(), last_rows.begin(), last_rows.end());
+  host.insert(host.end(), image_rows.begin(), image_rows.end());
+  const at::Tensor all = at::tensor(host, at::TensorOptions().dtype(at::kLong)).to(device_);
+  at::Tensor embeds = decoder_->Embed(all.narrow(0, 0, n));  // [N, D]
+  if (!image_rows.empty()) {
+    embeds.index_copy_(0, all.narrow(0, n + b, static_cast<int64_t>(image_rows.size())),
+                       at::cat(features, 0).to(embeds.scalar_type()));
+  }
+  const DecoderBatch batch = PlanChunks(chunks, cache, device_);
+  const at::Tensor hidden = decoder_->Forward(embeds, batch, cache, hooks);  // [N, D]
   if (all_logits != nullptr) *all_logits = decoder_->Logits(hidden);
-  const at::Tensor last = hidden.index_select(
-      0, at::tensor(last_rows, at::TensorOptions().dtype(at::kLong)).to(device_));
-  return decoder_->Logits(last);
+  return decoder_->Logits(hidden.index_select(0, all.narrow(0, n, b)));  // [B, V]
 }
 
 at::Tensor LlavaModel::DecodeLogits(const std::vector<int32_t>& tokens,
                                     const std::vector<int>& slots, KvCache& cache,
                                     LayerHooks* hooks) const {
-  std::vector<ChunkSpan> chunks;
-  for (size_t i = 0; i < slots.size(); ++i) {
-    chunks.push_back({slots[i], cache.length(slots[i]), static_cast<int64_t>(i), 1});
-  }
-  const at::Tensor ids = at::tensor(std::vector<int64_t>(tokens.begin(), tokens.end()),
-                                    at::TensorOptions().dtype(at::kLong))
-                             .to(device_);
-  const at::Tensor hidden =
-      decoder_->Forward(decoder_->Embed(ids), chunks, cache, hooks);  // [B, D]
-  return decoder_->Logits(hidden);
-}
-
-at::Tensor LlavaModel::EmbedPrompt(const at::Tensor& token_ids, const at::Tensor& features) const {
-  at::Tensor embeds = decoder_->Embed(token_ids);  // [T, D]
-  if (features.defined()) {
-    const at::Tensor rows = (token_ids == config_.image_token_id).nonzero().view({-1});
-    embeds.index_copy_(0, rows, features.to(embeds.scalar_type()));
-  }
-  return embeds;
+  const DecoderBatch batch = PlanDecode(tokens, slots, config_.text.vocab_size, cache);
+  const at::Tensor hidden = decoder_->Forward(decoder_->EmbedInVocabulary(batch.ids), batch, cache,
+                                              hooks);  // [bucket, D]
+  return decoder_->Logits(hidden);  // Every row of the bucket: one shape per bucket.
 }
 
 }  // namespace flexvqa

@@ -49,14 +49,10 @@ class LlavaModel {
   // [N, V], computed apart so that the returned rows are the same numbers with or without it.
   at::Tensor PrefillLogits(const std::vector<PromptChunk>& prompts, KvCache& cache,
                            LayerHooks* hooks = nullptr, at::Tensor* all_logits = nullptr) const;
-  // One decode step: tokens[b] is appended to slots[b]. Returns fp32 logits [B, V].
+  // One decode step: tokens[b] is appended to slots[b], as one batch padded to its bucket
+  // (PlanDecode). Returns fp32 logits [bucket, V]: rows [0, B) are the tokens', the rest padding.
   at::Tensor DecodeLogits(const std::vector<int32_t>& tokens, const std::vector<int>& slots,
                           KvCache& cache, LayerHooks* hooks = nullptr) const;
-
-  // token ids [T] (on the model's device) -> embeddings [T, D]; the rows whose id is the image
-  // token take `features` [image_tokens, D] in order (features may be undefined for text-only
-  // prompts).
-  at::Tensor EmbedPrompt(const at::Tensor& token_ids, const at::Tensor& features) const;
 
  private:
   LlavaConfig config_;

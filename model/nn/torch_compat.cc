@@ -81,10 +81,10 @@ at::Tensor Attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
 }
 
 at::Tensor InterpolateBicubic(const at::Tensor& x, int64_t out_h, int64_t out_w) {
-  // No scale factors: the kernel uses in / out, as F.interpolate does when given a size.
+  // No scale factors (the defaults): the kernel uses in / out, as F.interpolate does when given a
+  // size.
   const std::vector<int64_t> size = {out_h, out_w};
-  return at::upsample_bicubic2d(x, at::IntArrayRef(size), /*align_corners=*/false, c10::nullopt,
-                                c10::nullopt);
+  return at::upsample_bicubic2d(x, at::IntArrayRef(size), /*align_corners=*/false);
 }
 
 Status StatusFromTorchError(const std::exception& error, const std::string& context) {

@@ -36,7 +36,7 @@ if [ "${1:-}" = "--stage" ]; then
   model_ok() { [ -f "$1/config.json" ] && ls "$1"/*.safetensors >/dev/null 2>&1; }
   case $stage in
     build)
-      targets="device_parity decode_bench flexvqa_server flexvqa_loadgen flexvqa_train_tokenizer"
+      targets="device_parity decode_bench graph_check flexvqa_server flexvqa_loadgen flexvqa_train_tokenizer"
       if [ "$DRY" = 0 ]; then
         BUILD_DIR=$BIN TARGETS=$targets scripts/gpu/build.sh
       else
@@ -65,6 +65,10 @@ memory_gib=round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1) if
           status=1
       done
       exit $status
+      ;;
+    graphs)  # StepGraphs capture/replay and varlen attention per bucket (bench/graph_check.cc).
+      [ -x "$BIN/bench/graph_check" ] || skip "graph_check is not built"
+      "$BIN/bench/graph_check" --device "$DEVICE" --buckets "$GRAPH_BUCKETS" --steps "$GRAPH_STEPS"
       ;;
     hf_tiny_fixture)  # Python only: overlaps the build.
       have_hf || skip "transformers is not installed here"
@@ -226,11 +230,12 @@ export DRY ROOT
 if [ "$DRY" = 1 ]; then
   export BUILD=$(realpath -m "${BUILD_ARG:-build}") DEVICE=cpu PYTHON=${PYTHON:-/usr/bin/python3}
   # 504 px for the all-HR-tokens run: 1008 px on a CPU takes minutes and checks nothing more.
-  export BATCHES=1,8 B1008=1 FULL_PX=504 STEPS=4 REPEATS=1 SCALE=3
+  export BATCHES=1,8 B1008=1 FULL_PX=504 STEPS=4 REPEATS=1 SCALE=3 GRAPH_BUCKETS=1,8 GRAPH_STEPS=3
   BUDGET=${BUDGET:-900}
 else
   export BUILD=$(realpath -m "${BUILD_ARG:-build-gpu}") DEVICE=cuda PYTHON=${PYTHON:-python3}
   export BATCHES=1,8,32,64 B1008=1,8 FULL_PX=1008 STEPS=24 REPEATS=2 SCALE=1
+  export GRAPH_BUCKETS=1,2,4,8,16,32,64 GRAPH_STEPS=20
   BUDGET=${BUDGET:-470}
   export ORIG_LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}
   . scripts/gpu/env.sh
@@ -309,6 +314,7 @@ run_stage derive 90
 run_stage info 30
 run_stage tokenizer 20
 run_stage parity_tiny 60
+run_stage graphs 45
 run_stage hf_tiny_check 30
 run_stage hf_7b_check 90
 run_stage decode_full 100

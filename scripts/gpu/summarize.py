@@ -118,6 +118,18 @@ def main():
                  f"{fmt((get(server, 'ttft_ms') or {}).get('p50'))} | {fmt((get(server, 'itl_ms') or {}).get('p50'))} |")
     lines.append(f"| engine alone (batch {get(alone, 'batch') or '-'}) | {fmt(get(alone, 'tokens_per_s'), 1)} | "
                  f"{fmt(get(alone, 'ttft_ms'))} | {fmt(get(alone, 'decode_ms_per_step'))} |")
+    graphs = [r for r in rows if r.get("check") in ("graph_sampler", "graph_varlen")]
+    if graphs:
+        lines += ["", "## CUDA graphs per batch bucket (bench/graph_check)", "",
+                  "| what | bucket | captured | correct | eager ms | through StepGraphs ms | note |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in graphs:
+            ok = r.get("match") if r["check"] == "graph_sampler" else (
+                r.get("ok") and r.get("replay_equal"))
+            note = r.get("error") or (f"max abs diff {fmt(r.get('max_abs_diff'), 4)}"
+                                      if r["check"] == "graph_varlen" else "")
+            lines.append(f"| {r['check'][6:]} | {r.get('bucket')} | {r.get('captured')} | {ok} | "
+                         f"{fmt(r.get('eager_ms'), 3)} | {fmt(r.get('graph_ms'), 3)} | {note} |")
     text = "\n".join(lines) + "\n"
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write(text)
