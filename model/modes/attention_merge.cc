@@ -14,8 +14,7 @@ PartSoftmax SoftmaxOneRow(const at::Tensor& q, const at::Tensor& keys, const at:
   // G rows of that head's matrix product.
   const at::Tensor qg = q.view({b, kv, h / kv, dh});  // [B, KV, G, Dh]
   at::Tensor scores = at::matmul(qg, keys.transpose(2, 3)).to(at::kFloat) * scale;  // [B, KV, G, M]
-  scores = scores.masked_fill(valid.logical_not().view({b, 1, 1, m}),
-                              -std::numeric_limits<double>::infinity());
+  scores = at::where(valid.view({b, 1, 1, m}), scores, -std::numeric_limits<double>::infinity());
   // With no valid key the row maximum is -inf; the lowest finite float keeps exp() at 0 instead of
   // exp(-inf + inf) = NaN.
   const at::Tensor max =

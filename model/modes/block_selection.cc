@@ -30,15 +30,18 @@ at::Tensor SelectBlocksBatched(const at::Tensor& image_attention, const at::Tens
   // Bands zeroed before min and max are taken (modeling_llama.py:548-558).
   const at::Tensor a = image_attention.masked_fill(band, 0.0);  // [B, n]
   const auto [min, max] = at::aminmax(a, 1, /*keepdim=*/true);  // [B, 1] each
-  // ((a - min) / (max - min)) * 255 in fp32, the order of modeling_llama.py:561-564 and of
-  // SelectHighResBlocks, so that both compare the same floats with the threshold.
-  const at::Tensor scores = (a - min) / (max - min) * 255.0;
-  const at::Tensor kept = (scores > threshold.view({b, 1})) & (max > min);  // [B, n]
-  // adaptive_max_pool2d(24 -> 9) over the 0/1 map (modeling_llama.py:566): PyTorch's overlapping
+  // adaptive_max_pool2d(24 -> 9) of the thresholded map (modeling_llama.py:566) keeps a window
+  // when any of its cells passes. The score below is a chain of correctly rounded IEEE operations,
+  // each non-decreasing in a, so some cell passes exactly when the window's largest a does: pooling
+  // a first gives the same blocks bit for bit, on 81 values instead of 576. PyTorch's overlapping
   // windows, as SelectHighResBlocks spells them out.
-  const at::Tensor pooled = std::get<0>(at::adaptive_max_pool2d(
-      kept.to(at::kFloat).view({b, 1, lr_side, lr_side}), {kSelectionGrid, kSelectionGrid}));
-  return pooled.view({b, kSelectionGrid * kSelectionGrid}) > 0.5;  // [B, 81]
+  const at::Tensor pooled = std::get<0>(at::adaptive_max_pool2d(a.view({b, 1, lr_side, lr_side}),
+                                                                {kSelectionGrid, kSelectionGrid}))
+                                .view({b, kSelectionGrid * kSelectionGrid});  // [B, 81]
+  // ((a - min) / (max - min)) * 255 in fp32, the order of modeling_llama.py:561-564 and of
+  // SelectHighResBlocks. A row whose max equals its min gives 0 / 0 = NaN, and NaN > t is false:
+  // nothing selected, as the host code decides explicitly.
+  return (pooled - min) / (max - min) * 255.0 > threshold.view({b, 1});  // [B, 81]
 }
 
 }  // namespace flexvqa

@@ -26,7 +26,8 @@ at::Tensor HeadSummedImageAttention(const at::Tensor& probs, const at::Tensor& i
 // HeadSummedImageAttention returns), band [B, lr^2] bool (PaddingBandMask per sequence), threshold
 // [B] fp32 on the 0-255 scale -> [B, 81] bool, row-major over the 9x9 pooled grid. Zero the bands,
 // min-max normalise, keep 255 * a > threshold, adaptive max pool to 9x9; a row whose max equals
-// its min selects nothing (where the reference divides 0 by 0).
+// its min selects nothing (where the reference divides 0 by 0), and so does a threshold of 255 (the
+// one to give a row without an image).
 at::Tensor SelectBlocksBatched(const at::Tensor& image_attention, const at::Tensor& band,
                                const at::Tensor& threshold, int lr_side);
 

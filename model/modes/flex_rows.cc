@@ -22,8 +22,7 @@ at::Tensor SelectForNextLayer(const at::Tensor& q, const at::Tensor& image_keys,
                               const at::Tensor& causal_lse, const FlexRowInputs& rows,
                               double scale) {
   const at::Tensor attention = ImageAttentionFromLse(q, image_keys, causal_lse, scale);
-  return SelectBlocksBatched(attention, rows.band, rows.threshold, rows.lr_side) &
-         rows.has_image.view({-1, 1});  // [C, 81]
+  return SelectBlocksBatched(attention, rows.band, rows.threshold, rows.lr_side);  // [C, 81]
 }
 
 at::Tensor HierarchicalRows(const at::Tensor& q, const at::Tensor& causal_out,

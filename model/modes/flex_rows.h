@@ -17,9 +17,10 @@ namespace flexvqa {
 
 // What a batch's sequences brought at admission, gathered by slot once per Forward.
 struct FlexRowInputs {
-  at::Tensor band;       // [C, n] bool: padding-band cells (PaddingBandMask).
-  at::Tensor threshold;  // [C] fp32, 0-255.
-  at::Tensor has_image;  // [C] bool: false rows select nothing (text-only or padding rows).
+  at::Tensor band;  // [C, n] bool: padding-band cells (PaddingBandMask).
+  // [C] fp32, 0-255; 255 for a row without an image (text only, or padding), which selects
+  // nothing.
+  at::Tensor threshold;
   int lr_side = 24;
 };
 

@@ -60,10 +60,9 @@ TEST(FlexRowsTest, SelectionFromTheCausalLseMatchesTheHostPath) {
       keys.gather(2, columns.view({c, 1, kN, 1}).expand({c, kKv, kN, kDh}));
   FlexRowInputs rows;
   rows.band = at::stack(bands);
-  rows.threshold = at::full({c}, 48.0f);
-  std::vector<uint8_t> has;
-  for (const Seq& s : seqs) has.push_back(s.image ? 1 : 0);
-  rows.has_image = at::tensor(at::ArrayRef<uint8_t>(has)).to(at::kBool);
+  std::vector<float> thresholds;
+  for (const Seq& s : seqs) thresholds.push_back(s.image ? 48.0f : 255.0f);
+  rows.threshold = at::tensor(thresholds);
   const at::Tensor selected = SelectForNextLayer(q, image_keys, lse, rows, scale);
   const at::Tensor attention = ImageAttentionFromLse(q, image_keys, lse, scale);
   int blocks = 0;
