@@ -1,6 +1,6 @@
 // step_ops: the structure of the engine's prefill and decode step, counted with LibTorch's
 // RecordFunction on tiny checkpoints it writes itself (tools/tiny), through the public Engine API.
-//   step_ops [--modes full,flex,hd,composite,xattn] [--batch 1,8,32,64] [--steps 4]
+//   step_ops [--modes full,flex,hd,composite,xattn,pooled] [--batch 1,8,32,64] [--steps 4]
 //            [--image FILE] [--work_dir DIR] [--ops MODE:BATCH]
 // Per mode and batch it prints: leaf ops per prefill and per decode step at the shallow depth,
 // leaf ops per layer per decode step ((deep - shallow) / layer difference; flex: N_SA = 2 at depths
@@ -34,10 +34,8 @@
 // has none today.
 //
 // decode_raw: every op with no child at all, views and no-op conversions included, for comparison
-// with counts made that way.
-#include <ATen/ATen.h>
-#include <ATen/record_function.h>
-
+// with counts made that way. The counting itself is bench/step_counter.{h,cc}, shared with the CI
+// test tests/bench/step_structure_test.
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -46,163 +44,16 @@
 #include <map>
 #include <sstream>
 #include <string>
-#include <thread>
-#include <unordered_set>
 #include <vector>
 
+#include "bench/step_counter.h"
 #include "model/engine.h"
 #include "tools/tiny/tiny_llava.h"
 
 namespace {
 
-const std::unordered_set<std::string> kNoLaunch = {"aten::view",
-                                                   "aten::reshape",
-                                                   "aten::_reshape_alias",
-                                                   "aten::as_strided",
-                                                   "aten::slice",
-                                                   "aten::select",
-                                                   "aten::narrow",
-                                                   "aten::transpose",
-                                                   "aten::t",
-                                                   "aten::permute",
-                                                   "aten::expand",
-                                                   "aten::unsqueeze",
-                                                   "aten::squeeze",
-                                                   "aten::alias",
-                                                   "aten::detach",
-                                                   "aten::_unsafe_view",
-                                                   "aten::unfold",
-                                                   "aten::diagonal",
-                                                   "aten::split",
-                                                   "aten::unbind",
-                                                   "aten::view_as",
-                                                   "aten::expand_as",
-                                                   "aten::lift_fresh",
-                                                   "aten::empty",
-                                                   "aten::empty_strided",
-                                                   "aten::empty_like",
-                                                   "aten::resize_",
-                                                   "aten::to",
-                                                   "aten::_to_copy",
-                                                   "aten::contiguous",
-                                                   "aten::type_as",
-                                                   "aten::item",
-                                                   "aten::_local_scalar_dense",
-                                                   "aten::resolve_conj",
-                                                   "aten::resolve_neg",
-                                                   "aten::result_type"};
-
-bool IsTo(const std::string& name) { return name == "aten::to" || name == "aten::_to_copy"; }
-
-// What one window of engine calls dispatched on the counted thread.
-struct Counts {
-  int64_t leaf_ops = 0;                // Kernel-launching leaves.
-  int64_t raw_leaf_ops = 0;            // Every op that dispatches no other op, exclusions included.
-  int64_t syncs = 0;                   // Host syncs (see the header).
-  int64_t other_threads = 0;           // Ops recorded on any other thread.
-  std::vector<std::string> signature;  // Name + input shapes + integer args per leaf.
-  std::map<std::string, int64_t> by_name;  // Leaf ops by name.
-  // Storages a kernel wrote in this window (weak: keeps the address from being reused).
-  std::unordered_set<const c10::StorageImpl*> written;
-  std::vector<c10::weak_intrusive_ptr<c10::StorageImpl>> written_refs;
-};
-
-struct Frame {
-  std::string name;
-  bool launches_below = false;  // A descendant was counted.
-  bool has_child = false;
-  std::string signature;
-};
-
-thread_local std::vector<Frame> t_stack;
-std::thread::id g_counted_thread;
-Counts* g_counts = nullptr;  // Null: not counting.
-
-std::string Signature(const at::RecordFunction& fn) {
-  std::ostringstream out;
-  out << fn.name();
-  for (const c10::IValue& v : fn.inputs()) {
-    if (v.isTensor()) {
-      out << " " << (v.toTensor().defined() ? v.toTensor().sizes() : c10::IntArrayRef{});
-    } else if (v.isTensorList()) {
-      out << " [";
-      for (const at::Tensor& t : v.toTensorList().vec()) out << t.sizes();
-      out << "]";
-    } else if (v.isInt() || v.isIntList() || v.isBool()) {
-      out << " " << v;
-    }
-  }
-  return out.str();
-}
-
-// A copy to the host of a tensor that a kernel of this window computed (not an upload of host
-// data, which on CPU has the same target device).
-bool IsDeviceToHost(const at::RecordFunction& fn) {
-  bool to_cpu = false;
-  for (const c10::IValue& v : fn.inputs())
-    to_cpu = to_cpu || (v.isDevice() && v.toDevice().is_cpu());
-  if (!to_cpu || fn.inputs().empty() || !fn.inputs()[0].isTensor()) return false;
-  const at::Tensor& source = fn.inputs()[0].toTensor();
-  return source.defined() && source.has_storage() &&
-         g_counts->written.count(source.storage().unsafeGetStorageImpl()) > 0;
-}
-
-void NoteWritten(const at::RecordFunction& fn) {
-  for (const c10::IValue& v : fn.outputs()) {
-    if (!v.isTensor() || !v.toTensor().defined() || !v.toTensor().has_storage()) continue;
-    c10::StorageImpl* impl = v.toTensor().storage().unsafeGetStorageImpl();
-    if (g_counts->written.insert(impl).second) {
-      g_counts->written_refs.emplace_back(
-          c10::weak_intrusive_ptr<c10::StorageImpl>(v.toTensor().storage().getWeakStorageImpl()));
-    }
-  }
-}
-
-std::unique_ptr<at::ObserverContext> OnStart(const at::RecordFunction& fn) {
-  if (g_counts == nullptr) return nullptr;
-  if (std::this_thread::get_id() != g_counted_thread) {
-    ++g_counts->other_threads;
-    return nullptr;
-  }
-  const std::string name = fn.name();
-  if (name == "aten::_local_scalar_dense" || name == "aten::nonzero" ||
-      (IsTo(name) && t_stack.empty() && IsDeviceToHost(fn))) {
-    ++g_counts->syncs;
-  }
-  if (!t_stack.empty()) t_stack.back().has_child = true;
-  t_stack.push_back({name, false, false, kNoLaunch.count(name) ? "" : Signature(fn)});
-  return nullptr;
-}
-
-void OnEnd(const at::RecordFunction& fn, at::ObserverContext*) {
-  if (g_counts == nullptr || std::this_thread::get_id() != g_counted_thread || t_stack.empty())
-    return;
-  Frame frame = std::move(t_stack.back());
-  t_stack.pop_back();
-  if (!frame.has_child) ++g_counts->raw_leaf_ops;
-  if (kNoLaunch.count(frame.name)) {
-    if (frame.launches_below && !t_stack.empty()) t_stack.back().launches_below = true;
-    return;
-  }
-  NoteWritten(fn);
-  if (!t_stack.empty()) t_stack.back().launches_below = true;
-  if (frame.launches_below) return;
-  ++g_counts->leaf_ops;
-  ++g_counts->by_name[frame.name];
-  g_counts->signature.push_back(std::move(frame.signature));
-}
-
-// Counts what `call` dispatches.
-template <typename F>
-Counts Count(F call) {
-  Counts counts;
-  t_stack.clear();
-  g_counted_thread = std::this_thread::get_id();
-  g_counts = &counts;
-  call();
-  g_counts = nullptr;
-  return counts;
-}
+using flexvqa::MeasuredSteps;
+using flexvqa::StepCounts;
 
 std::vector<std::string> Split(const std::string& s) {
   std::vector<std::string> out;
@@ -212,56 +63,10 @@ std::vector<std::string> Split(const std::string& s) {
   return out;
 }
 
-// One mode at one depth and batch: prefill, one uncounted decode step, then `steps` counted ones.
-struct Measured {
-  Counts prefill;
-  std::vector<Counts> decode;
-};
-
-bool Run(flexvqa::Engine& engine, const std::shared_ptr<const flexvqa::PreparedRequest>& request,
-         int batch, int steps, Measured* out) {
-  std::vector<flexvqa::SequenceId> ids;
-  for (int b = 0; b < batch; ++b) {
-    auto id = engine.Admit(request);
-    if (!id.ok()) {
-      std::fprintf(stderr, "step_ops: %s\n", id.status().ToString().c_str());
-      return false;
-    }
-    ids.push_back(*id);
-  }
-  std::vector<flexvqa::TokenEvent> events;
-  bool ok = true;
-  auto check = [&] {
-    for (const auto& e : events) {
-      if (!e.status.ok()) {
-        std::fprintf(stderr, "step_ops: %s\n", e.status.ToString().c_str());
-        ok = false;
-      }
-    }
-    events.clear();
-  };
-  out->prefill = Count([&] { engine.Prefill(ids, &events); });
-  check();
-  engine.Decode(ids, &events);
-  check();
-  for (int s = 0; s < steps && ok; ++s) {
-    out->decode.push_back(Count([&] { engine.Decode(ids, &events); }));
-    check();
-  }
-  for (auto id : ids) engine.Release(id);
-  return ok;
-}
-
-double Mean(const std::vector<Counts>& v, int64_t Counts::*field) {
-  double sum = 0;
-  for (const Counts& c : v) sum += static_cast<double>(c.*field);
-  return v.empty() ? 0 : sum / static_cast<double>(v.size());
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string modes = "full,flex,hd,composite,xattn", batches = "1,8,32,64";
+  std::string modes = "full,flex,hd,composite,xattn,pooled", batches = "1,8,32,64";
   std::string image_path = FLEXVQA_SOURCE_DIR "/client/examples/shapes.jpg";
   std::string work_dir = "/tmp/step_ops", ops_for;
   int steps = 4;
@@ -299,10 +104,7 @@ int main(int argc, char** argv) {
   request.sampling.max_new_tokens = steps + 2;  // Prefill's token, one warm step, `steps` counted.
   request.sampling.ignore_eos = true;           // Greedy (temperature 0) and never finished early.
 
-  at::addGlobalCallback(at::RecordFunctionCallback(&OnStart, &OnEnd)
-                            .needsInputs(true)
-                            .needsOutputs(true)
-                            .scopes({at::RecordScope::FUNCTION}));
+  flexvqa::InstallStepCounter();
 
   std::printf("%-9s %5s %6s %11s %10s %10s %13s %11s %6s %7s\n", "mode", "batch", "prompt",
               "prefill_ops", "decode_ops", "decode_raw", "ops/layer/step", "syncs/step", "static",
@@ -312,7 +114,7 @@ int main(int argc, char** argv) {
         mode == "flex" ? flexvqa::TinyFlexLlavaOptions() : flexvqa::TinyLlavaOptions();
     base.mode = mode;
     const int shallow = mode == "flex" ? 4 : 2, deep = shallow + 2;
-    std::map<int, std::vector<Measured>> by_depth;  // depth -> per batch size
+    std::map<int, std::vector<MeasuredSteps>> by_depth;  // depth -> per batch size
     int prompt_tokens = 0;
     for (int depth : {shallow, deep}) {
       flexvqa::TinyLlavaOptions o = base;
@@ -337,25 +139,25 @@ int main(int argc, char** argv) {
       }
       prompt_tokens = (*prepared)->prompt_tokens;
       for (int batch : batch_sizes) {
-        Measured m;
-        if (!Run(**engine, *prepared, batch, steps, &m)) return 1;
+        MeasuredSteps m;
+        if (!flexvqa::MeasureSteps(**engine, *prepared, batch, steps, &m)) return 1;
         by_depth[depth].push_back(std::move(m));
       }
     }
     for (size_t i = 0; i < batch_sizes.size(); ++i) {
-      const Measured& a = by_depth[shallow][i];
-      const Measured& b = by_depth[deep][i];
-      const double ops = Mean(a.decode, &Counts::leaf_ops);
-      const double per_layer = (Mean(b.decode, &Counts::leaf_ops) - ops) / (deep - shallow);
-      const bool is_static = a.decode.front().signature == a.decode.back().signature &&
-                             b.decode.front().signature == b.decode.back().signature;
+      const MeasuredSteps& a = by_depth[shallow][i];
+      const MeasuredSteps& b = by_depth[deep][i];
+      const double ops = flexvqa::MeanDecode(a, &StepCounts::leaf_ops);
+      const double per_layer =
+          (flexvqa::MeanDecode(b, &StepCounts::leaf_ops) - ops) / (deep - shallow);
+      const bool is_static = flexvqa::DecodeIsStatic(a) && flexvqa::DecodeIsStatic(b);
       int64_t other = a.prefill.other_threads;
-      for (const Counts& c : a.decode) other += c.other_threads;
+      for (const StepCounts& c : a.decode) other += c.other_threads;
       std::printf("%-9s %5d %6d %11lld %10.0f %10.0f %13.1f %11.1f %6s %3d/%d%s\n", mode.c_str(),
                   batch_sizes[i], prompt_tokens, static_cast<long long>(a.prefill.leaf_ops), ops,
-                  Mean(a.decode, &Counts::raw_leaf_ops), per_layer, Mean(a.decode, &Counts::syncs),
-                  is_static ? "yes" : "no", shallow, deep,
-                  other ? "  (ops on other threads!)" : "");
+                  flexvqa::MeanDecode(a, &StepCounts::raw_leaf_ops), per_layer,
+                  flexvqa::MeanDecode(a, &StepCounts::syncs), is_static ? "yes" : "no", shallow,
+                  deep, other ? "  (ops on other threads!)" : "");
       if (ops_for == mode + ":" + std::to_string(batch_sizes[i])) {
         std::vector<std::pair<int64_t, std::string>> hist;
         for (const auto& [name, n] : a.decode.back().by_name) hist.push_back({n, name});

@@ -1,8 +1,10 @@
 // LLaVA-1.5 behind the Engine interface of model/engine.h, in the attention mode its checkpoint
 // asks for (model/modes/mode.h; docs/modes.md). CLIP tower + mlp2x_gelu projector + LLaMA decoder,
-// a slot-per-sequence KV cache, per-sequence samplers, streaming detokenisation and stop strings.
-// Prefill packs every new sequence's prompt into one forward pass; decode packs one row per running
-// sequence (model/nn/llama.h). What the mode changes (image views and encoding, each sequence's
+// a slot-per-sequence KV cache, a batched device sampler (each sequence's own seeded stream),
+// streaming detokenisation and stop strings. Prefill packs every new sequence's prompt into one
+// forward pass; decode packs one row per running sequence, padded to its bucket
+// (model/nn/llama.h, decoder_batch.h): no host sync inside the step, and one after it (the
+// sampled token ids). What the mode changes (image views and encoding, each sequence's
 // state beside its slot, the decoder's hooks, the FLOPs) it does behind the Mode interface: no
 // per-mode branch here. A sequence's mode state is freed at Release.
 #include "model/llava_engine.h"
@@ -20,10 +22,11 @@
 #include "model/image/image_preprocess.h"
 #include "model/llava_model.h"
 #include "model/modes/mode.h"
+#include "model/nn/batch_sampler.h"
+#include "model/nn/decoder_batch.h"
 #include "model/nn/flop_counter.h"
 #include "model/nn/kv_cache.h"
 #include "model/nn/llama.h"
-#include "model/nn/sampler.h"
 #include "model/nn/torch_compat.h"
 #include "model/request_validation.h"
 #include "model/text/detokenizer.h"
@@ -49,7 +52,8 @@ struct Sequence {
   bool finished = false;
   int generated = 0;
   int32_t last_token = -1;
-  std::unique_ptr<SequenceSampler> sampler;
+  // Greedy without a repetition penalty: the argmax of the raw logits (no sampler state needed).
+  bool plain_greedy = true;
   std::unique_ptr<StreamingDetokenizer> detokenizer;
   std::unique_ptr<StopStringMatcher> stop;
   std::unique_ptr<SequenceState> state;  // The mode's (Mode::BeginSequence), from prefill on.
@@ -81,10 +85,10 @@ class LlavaEngine : public Engine {
   SelectionTrace Selections(SequenceId sequence) const override;
 
  private:
-  // Chooses each sequence's next token from fp32 logits [B, V] (rows in `batch` order) and emits
-  // it.
-  void SampleAndEmit(const at::Tensor& logits, const std::vector<SequenceId>& batch,
-                     std::vector<TokenEvent>* events);
+  // Chooses each sequence's next token from fp32 logits [R, V] (rows in `batch` order; rows past
+  // batch.size() pad a decode bucket) on the device and emits it: the step's one host sync.
+  Status SampleAndEmit(const at::Tensor& logits, const std::vector<SequenceId>& batch,
+                       std::vector<TokenEvent>* events);
   TokenEvent Emit(SequenceId id, Sequence& seq, int32_t token);
   void Fail(const std::vector<SequenceId>& batch, const Status& status,
             std::vector<TokenEvent>* events);
@@ -107,6 +111,7 @@ class LlavaEngine : public Engine {
   std::unique_ptr<Tokenizer> tokenizer_;
   std::unique_ptr<LlavaModel> model_;
   std::unique_ptr<KvCache> cache_;
+  std::unique_ptr<BatchSampler> sampler_;  // Per-slot sampling state, same slots as cache_.
   LogitsSink* sink_ = nullptr;
   std::unordered_map<SequenceId, Sequence> sequences_;
   SequenceId next_id_ = 1;
@@ -138,6 +143,10 @@ StatusOr<std::unique_ptr<Engine>> LlavaEngine::Create(const EngineOptions& optio
     FLEXVQA_ASSIGN_OR_RETURN(KvCache cache,
                              KvCache::Create(shape, engine->dtype_, engine->device_));
     engine->cache_ = std::make_unique<KvCache>(std::move(cache));
+    // Its rows: a prefill's sequences or a decode bucket (padding rows take the scratch slot).
+    engine->sampler_ = std::make_unique<BatchSampler>(
+        options.max_sequences, config.text.vocab_size,
+        static_cast<int>(DecodeBucket(options.max_sequences)), engine->device_);
   } catch (const std::exception& e) {
     return StatusFromTorchError(e, "loading " + options.model_dir);
   }
@@ -243,10 +252,20 @@ StatusOr<SequenceId> LlavaEngine::Admit(std::shared_ptr<const PreparedRequest> r
     return ResourceExhaustedError("all " + std::to_string(info_.max_sequences) +
                                   " sequence slots are in use");
   }
+  try {
+    if (Status s = sampler_->Admit(slot, prepared->sampling, prepared->tokens); !s.ok()) {
+      cache_->Free(slot);
+      return s;
+    }
+  } catch (const std::exception& e) {
+    cache_->Free(slot);
+    return StatusFromTorchError(e, "admitting a sequence");
+  }
   Sequence seq;
   seq.request = prepared;
   seq.slot = slot;
-  seq.sampler = std::make_unique<SequenceSampler>(prepared->sampling, prepared->tokens);
+  seq.plain_greedy =
+      prepared->sampling.temperature == 0.0f && prepared->sampling.repetition_penalty == 1.0f;
   seq.detokenizer = std::make_unique<StreamingDetokenizer>(*tokenizer_);
   seq.stop = std::make_unique<StopStringMatcher>(prepared->sampling.stop);
   seq.report.prompt_tokens = prepared->prompt_tokens;
@@ -266,9 +285,7 @@ void LlavaEngine::Release(SequenceId sequence) {
 EngineMemory LlavaEngine::Memory() const {
   EngineMemory memory;
   memory.kv_cache_pool_bytes = cache_->bytes();
-  const KvCacheShape& shape = cache_->shape();
-  const int64_t bytes_per_position =
-      memory.kv_cache_pool_bytes / (shape.num_slots * shape.max_context);
+  const int64_t bytes_per_position = cache_->bytes_per_position();
   for (const auto& [id, seq] : sequences_) {
     memory.kv_cache_used_bytes += bytes_per_position * cache_->length(seq.slot);
     if (seq.state) memory.hr_cache_bytes += seq.state->bytes();
@@ -405,7 +422,8 @@ void LlavaEngine::Prefill(const std::vector<SequenceId>& sequences,
     UpdateReports(batch, starts, lengths, FlopCount::kPrefill);
     for (SequenceId id : batch) sequences_.at(id).prefilled = true;
     Sink(logits, batch);
-    SampleAndEmit(logits, batch, events);  // Ends with token ids on the host: the device is done.
+    // Ends with token ids on the host: the device is done.
+    if (Status s = SampleAndEmit(logits, batch, events); !s.ok()) Fail(batch, s, events);
     const auto done = std::chrono::steady_clock::now();
     for (SequenceId id : batch) {
       SequenceReport& report = sequences_.at(id).report;
@@ -437,10 +455,11 @@ void LlavaEngine::Decode(const std::vector<SequenceId>& sequences,
     }
     const auto start = std::chrono::steady_clock::now();
     const std::unique_ptr<LayerHooks> hooks = Hooks(batch);
-    const at::Tensor logits = model_->DecodeLogits(tokens, slots, *cache_, hooks.get());  // [B, V]
+    // [bucket, V]: rows past B pad the bucket.
+    const at::Tensor logits = model_->DecodeLogits(tokens, slots, *cache_, hooks.get());
     UpdateReports(batch, starts, lengths, FlopCount::kDecode);
     Sink(logits, batch);
-    SampleAndEmit(logits, batch, events);
+    if (Status s = SampleAndEmit(logits, batch, events); !s.ok()) Fail(batch, s, events);
     const double ms = MsBetween(start, std::chrono::steady_clock::now());
     for (SequenceId id : batch) sequences_.at(id).report.decode_ms += ms;
   } catch (const std::exception& e) {
@@ -448,29 +467,29 @@ void LlavaEngine::Decode(const std::vector<SequenceId>& sequences,
   }
 }
 
-void LlavaEngine::SampleAndEmit(const at::Tensor& logits, const std::vector<SequenceId>& batch,
-                                std::vector<TokenEvent>* events) {
+Status LlavaEngine::SampleAndEmit(const at::Tensor& logits, const std::vector<SequenceId>& batch,
+                                  std::vector<TokenEvent>* events) {
   bool all_greedy = true;
-  for (SequenceId id : batch) all_greedy = all_greedy && sequences_.at(id).sampler->IsPlainGreedy();
-  const int vocab = static_cast<int>(logits.size(1));
+  std::vector<int> slots;
+  for (SequenceId id : batch) {
+    const Sequence& seq = sequences_.at(id);
+    all_greedy = all_greedy && seq.plain_greedy;
+    slots.push_back(seq.slot);
+  }
+  at::Tensor ids;  // [R] int64 on the device
   if (all_greedy) {
-    // Only B token ids cross to the host.
-    const at::Tensor chosen = logits.argmax(1).to(at::kCPU);
-    const int64_t* data = chosen.data_ptr<int64_t>();
-    for (size_t i = 0; i < batch.size(); ++i) {
-      Sequence& seq = sequences_.at(batch[i]);
-      seq.sampler->Accept(static_cast<int32_t>(data[i]));
-      events->push_back(Emit(batch[i], seq, static_cast<int32_t>(data[i])));
-    }
-    return;
+    ids = logits.argmax(1);  // Plain greedy needs no sampler state: its seen tokens never matter.
+  } else {
+    slots.resize(logits.size(0), sampler_->scratch_slot());  // Padding rows: greedy, no draw.
+    FLEXVQA_RETURN_IF_ERROR(sampler_->Stage(slots));
+    ids = sampler_->Sample(logits);
   }
-  at::Tensor host = logits.to(at::kCPU).contiguous();
-  float* data = host.data_ptr<float>();
+  const at::Tensor host = ids.to(at::kCPU);  // The one host sync of the step: R token ids.
+  const int64_t* data = host.data_ptr<int64_t>();
   for (size_t i = 0; i < batch.size(); ++i) {
-    Sequence& seq = sequences_.at(batch[i]);
-    const int32_t token = seq.sampler->Sample(data + i * vocab, vocab);
-    events->push_back(Emit(batch[i], seq, token));
+    events->push_back(Emit(batch[i], sequences_.at(batch[i]), static_cast<int32_t>(data[i])));
   }
+  return Status::Ok();
 }
 
 TokenEvent LlavaEngine::Emit(SequenceId id, Sequence& seq, int32_t token) {

@@ -38,7 +38,8 @@ at::Tensor LlavaModel::PrefillLogits(const std::vector<PromptChunk>& prompts, Kv
     row += length;
     last_rows.push_back(row - 1);
   }
-  const at::Tensor hidden = decoder_->Forward(at::cat(rows, 0), chunks, cache, hooks);  // [N, D]
+  const DecoderBatch batch = PlanChunks(chunks, cache, device_);
+  const at::Tensor hidden = decoder_->Forward(at::cat(rows, 0), batch, cache, hooks);  // [N, D]
   if (all_logits != nullptr) *all_logits = decoder_->Logits(hidden);
   const at::Tensor last = hidden.index_select(
       0, at::tensor(last_rows, at::TensorOptions().dtype(at::kLong)).to(device_));
@@ -48,16 +49,10 @@ at::Tensor LlavaModel::PrefillLogits(const std::vector<PromptChunk>& prompts, Kv
 at::Tensor LlavaModel::DecodeLogits(const std::vector<int32_t>& tokens,
                                     const std::vector<int>& slots, KvCache& cache,
                                     LayerHooks* hooks) const {
-  std::vector<ChunkSpan> chunks;
-  for (size_t i = 0; i < slots.size(); ++i) {
-    chunks.push_back({slots[i], cache.length(slots[i]), static_cast<int64_t>(i), 1});
-  }
-  const at::Tensor ids = at::tensor(std::vector<int64_t>(tokens.begin(), tokens.end()),
-                                    at::TensorOptions().dtype(at::kLong))
-                             .to(device_);
-  const at::Tensor hidden =
-      decoder_->Forward(decoder_->Embed(ids), chunks, cache, hooks);  // [B, D]
-  return decoder_->Logits(hidden);
+  const DecoderBatch batch = PlanDecode(tokens, slots, config_.text.vocab_size, cache);
+  const at::Tensor hidden = decoder_->Forward(decoder_->EmbedInVocabulary(batch.ids), batch, cache,
+                                              hooks);  // [bucket, D]
+  return decoder_->Logits(hidden);  // Every row of the bucket: one shape per bucket.
 }
 
 at::Tensor LlavaModel::EmbedPrompt(const at::Tensor& token_ids, const at::Tensor& features) const {

@@ -49,7 +49,8 @@ class LlavaModel {
   // [N, V], computed apart so that the returned rows are the same numbers with or without it.
   at::Tensor PrefillLogits(const std::vector<PromptChunk>& prompts, KvCache& cache,
                            LayerHooks* hooks = nullptr, at::Tensor* all_logits = nullptr) const;
-  // One decode step: tokens[b] is appended to slots[b]. Returns fp32 logits [B, V].
+  // One decode step: tokens[b] is appended to slots[b], as one batch padded to its bucket
+  // (PlanDecode). Returns fp32 logits [bucket, V]: rows [0, B) are the tokens', the rest padding.
   at::Tensor DecodeLogits(const std::vector<int32_t>& tokens, const std::vector<int>& slots,
                           KvCache& cache, LayerHooks* hooks = nullptr) const;
 

@@ -4,10 +4,12 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <vector>
 
 #include "model/modes/mode.h"
+#include "model/nn/batched_attention.h"
 #include "model/nn/flop_counter.h"
-#include "model/nn/torch_compat.h"
 
 namespace flexvqa {
 namespace {
@@ -24,36 +26,26 @@ class CompositeHooks final : public LayerHooks {
  public:
   explicit CompositeHooks(std::vector<const CompositeState*> states) : states_(std::move(states)) {}
 
+  // Text rows attend causally to everything before them, image keys included: the plain batched
+  // attention; the image rows' outputs are then zeroed. In decode no row is an image row, so the
+  // step is exactly the plain decoder's.
   at::Tensor SelfAttention(int layer, const at::Tensor& q, const DecoderBatch& batch) override {
-    std::vector<at::Tensor> outputs;
+    const at::Tensor out = CausalAttention(layer, q, batch);  // [N, H, Dh]
+    std::vector<uint8_t> image_row(batch.rows, 0);
+    bool any = false;
     for (size_t ci = 0; ci < batch.chunks.size(); ++ci) {
       const ChunkSpan& c = batch.chunks[ci];
       const CompositeState& s = *states_[ci];
-      // Rows [skip_begin, skip_end) of the chunk (its image tokens) attend to nothing.
-      const int64_t skip_begin = std::clamp(s.image_begin - c.start, int64_t{0}, c.length);
-      const int64_t skip_end =
-          std::clamp(s.image_begin + s.image_tokens - c.start, skip_begin, c.length);
-      if (skip_end == skip_begin) {
-        outputs.push_back(CausalChunkAttention(layer, q, batch, ci));
-        continue;
-      }
-      const auto [keys, values] = ChunkKeysValues(layer, batch, ci);  // [H, total, Dh]
-      const at::Tensor qc = q.narrow(1, c.row_begin, c.length);       // [H, T, Dh]
-      at::Tensor out = at::zeros_like(qc);
-      if (skip_begin > 0) {  // Rows before the image: causal over the keys up to theirs.
-        const int64_t seen = c.start + skip_begin;
-        out.narrow(1, 0, skip_begin)
-            .copy_(Attention(qc.narrow(1, 0, skip_begin), keys.narrow(1, 0, seen),
-                             values.narrow(1, 0, seen), batch.scale, c.start));
-      }
-      if (skip_end < c.length) {  // Rows after it: causal over everything, image keys included.
-        out.narrow(1, skip_end, c.length - skip_end)
-            .copy_(Attention(qc.narrow(1, skip_end, c.length - skip_end), keys, values, batch.scale,
-                             c.start + skip_end));
-      }
-      outputs.push_back(out);
+      const int64_t begin = std::clamp(s.image_begin - c.start, int64_t{0}, c.length);
+      const int64_t end = std::clamp(s.image_begin + s.image_tokens - c.start, begin, c.length);
+      for (int64_t r = begin; r < end; ++r) image_row[c.row_begin + r] = 1;
+      any = any || end > begin;
     }
-    return at::cat(outputs, 1);  // [H, N, Dh]
+    if (!any) return out;
+    // bool and uint8 have the same bytes; the copy leaves the host vector behind.
+    const at::Tensor mask = at::from_blob(image_row.data(), {batch.rows, 1, 1}, at::kBool)
+                                .to(q.device(), at::kBool, /*non_blocking=*/false, /*copy=*/true);
+    return out.masked_fill(mask, 0);
   }
 
  private:

@@ -162,15 +162,15 @@ void FlexAttention::BeginLayer(int layer) {
 }
 
 at::Tensor FlexAttention::SelfAttention(int layer, const at::Tensor& q, const DecoderBatch& batch) {
-  at::Tensor out = LayerHooks::SelfAttention(layer, q, batch);  // [H, N, Dh]
+  at::Tensor out = LayerHooks::SelfAttention(layer, q, batch);  // [N, H, Dh]
   for (size_t ci = 0; ci < batch.chunks.size(); ++ci) {
     if (sequences_[ci] == nullptr) continue;
     const ChunkSpan& c = batch.chunks[ci];
     const int64_t last = c.row_begin + c.length - 1;
     // The last row sees every key written so far, so the chunk's keys are exactly its causal set.
     const auto [keys, values] = ChunkKeysValues(layer, batch, ci);
-    const at::Tensor row = LastRow(layer, ci, q.select(1, last), keys, values, batch.scale);
-    if (row.defined()) out.select(1, last).copy_(row);  // [H, Dh]
+    const at::Tensor row = LastRow(layer, ci, q.select(0, last), keys, values, batch.scale);
+    if (row.defined()) out.select(0, last).copy_(row);  // [H, Dh]
   }
   return out;
 }

@@ -42,10 +42,11 @@ class CrossAttentionWeights {
   // features [M, D]: the raw HR features (projector outputs of the tiles, stitched row-major).
   std::unique_ptr<CrossKeyValues> KeysAndValues(const at::Tensor& features) const;
 
-  // The sub-block's residual for packed rows x [N, D] of `chunks`; memory[c] is chunk c's (null: no
-  // image, the residual is zero). Returns [N, D], or an undefined tensor when `layer` has no
-  // cross-attention.
-  at::Tensor Residual(int layer, const at::Tensor& x, const std::vector<ChunkSpan>& chunks,
+  // The sub-block's residual for packed rows x [N, D] of `batch`; memory[c] is chunk c's (null or
+  // empty: no image, the residual is zero). Returns [N, D], or an undefined tensor when `layer`
+  // has no cross-attention or no sequence of the batch has an image. One attention call for the
+  // whole batch.
+  at::Tensor Residual(int layer, const at::Tensor& x, const DecoderBatch& batch,
                       const std::vector<const CrossKeyValues*>& memory) const;
 
  private:
@@ -108,25 +109,38 @@ std::unique_ptr<CrossKeyValues> CrossAttentionWeights::KeysAndValues(
 }
 
 at::Tensor CrossAttentionWeights::Residual(int layer, const at::Tensor& x,
-                                           const std::vector<ChunkSpan>& chunks,
+                                           const DecoderBatch& batch,
                                            const std::vector<const CrossKeyValues*>& memory) const {
   const Layer& l = layers_[layer];
   if (!l.q_proj.defined()) return {};
-  const int64_t n = x.size(0), dc = width_ / heads_;
-  const at::Tensor q = Linear(RmsNorm(x, l.norm, eps_), l.q_proj)
-                           .view({n, heads_, dc})
-                           .transpose(0, 1);  // [Hc, N, Dc]
-  at::Tensor out =
-      at::zeros({heads_, n, dc}, q.options());  // Rows of chunks without an image stay zero.
-  const double scale = 1.0 / std::sqrt(static_cast<double>(dc));
-  for (size_t c = 0; c < chunks.size(); ++c) {
-    if (memory[c] == nullptr || memory[c]->keys.empty()) continue;
-    // Every row attends to every HR token: no mask (causal_offset -1).
-    out.narrow(1, chunks[c].row_begin, chunks[c].length)
-        .copy_(Attention(q.narrow(1, chunks[c].row_begin, chunks[c].length), memory[c]->keys[layer],
-                         memory[c]->values[layer], scale, /*causal_offset=*/-1));
+  auto has_image = [&](int64_t i) {
+    return i < static_cast<int64_t>(memory.size()) && memory[i] != nullptr &&
+           !memory[i]->keys.empty();
+  };
+  const int64_t c = batch.sequences(), tq = batch.query_len;
+  at::Tensor zeros;  // [Hc, M, Dc], for the sequences without an image and the padding.
+  for (int64_t i = 0; i < c && !zeros.defined(); ++i) {
+    if (has_image(i)) zeros = at::zeros_like(memory[i]->keys[layer]);
   }
-  return Linear(out.transpose(0, 1).reshape({n, width_}), l.o_proj);  // [N, D]
+  if (!zeros.defined()) return {};  // No image in the batch: every residual is zero.
+  std::vector<at::Tensor> keys, values;
+  for (int64_t i = 0; i < c; ++i) {
+    // Zero values make a row's output exactly zero whatever its scores: no mask needed.
+    keys.push_back(has_image(i) ? memory[i]->keys[layer] : zeros);
+    values.push_back(has_image(i) ? memory[i]->values[layer] : zeros);
+  }
+  const int64_t n = x.size(0), dc = width_ / heads_;
+  const at::Tensor q =
+      Linear(RmsNorm(x, l.norm, eps_), l.q_proj).view({n, heads_, dc});  // [N, Hc, Dc]
+  const at::Tensor padded = tq == 1 ? q : q.index_select(0, batch.pad_rows);
+  const at::Tensor qc = padded.view({c, tq, heads_, dc}).transpose(1, 2);  // [C, Hc, Tq, Dc]
+  const double scale = 1.0 / std::sqrt(static_cast<double>(dc));
+  // Every row attends to every HR token of its sequence: no mask (causal_offset -1).
+  at::Tensor out = Attention(qc, at::stack(keys), at::stack(values), scale, /*causal_offset=*/-1)
+                       .transpose(1, 2)
+                       .reshape({c * tq, width_});  // [C Tq, C]
+  if (tq != 1) out = out.index_select(0, batch.unpad_rows);
+  return Linear(out, l.o_proj);  // [N, D]
 }
 
 // The hook for one Forward over chunks: the cross-attention residual after self-attention.
@@ -136,7 +150,7 @@ class CrossAttention final : public LayerHooks {
       : weights_(weights), memory_(std::move(memory)) {}
   at::Tensor AfterSelfAttention(int layer, const at::Tensor& x,
                                 const DecoderBatch& batch) override {
-    return weights_.Residual(layer, x, batch.chunks, memory_);
+    return weights_.Residual(layer, x, batch, memory_);
   }
 
  private:

@@ -15,27 +15,35 @@ StatusOr<KvCache> KvCache::Create(const KvCacheShape& shape, at::ScalarType dtyp
   }
   KvCache cache;
   cache.shape_ = shape;
+  cache.device_ = device;
   try {
     const auto options = at::TensorOptions().dtype(dtype).device(device);
     for (int l = 0; l < shape.num_layers; ++l) {
-      cache.keys_.push_back(at::zeros(
-          {shape.num_slots, shape.num_kv_heads, shape.max_context, shape.head_dim}, options));
-      cache.values_.push_back(at::zeros_like(cache.keys_.back()));
+      // Zeros, not empty: attention reads masked positions too, and 0 * garbage may be NaN.
+      cache.pools_.push_back(
+          at::zeros({shape.num_slots + 1, shape.max_context, 2, shape.num_kv_heads, shape.head_dim},
+                    options));
     }
+    cache.key_positions_ =
+        at::arange(shape.max_context, at::TensorOptions().dtype(at::kLong).device(device));
   } catch (const std::exception& e) {
     return StatusFromTorchError(e, "allocating the KV cache (" + std::to_string(shape.num_slots) +
                                        " slots x " + std::to_string(shape.max_context) +
                                        " positions)");
   }
-  cache.lengths_.assign(shape.num_slots, 0);
+  cache.lengths_.assign(shape.num_slots + 1, 0);
   for (int s = shape.num_slots - 1; s >= 0; --s) cache.free_.push_back(s);
   return cache;
 }
 
 int64_t KvCache::bytes() const {
   int64_t total = 0;
-  for (const auto& t : keys_) total += t.numel() * t.element_size();
-  return 2 * total;
+  for (const auto& t : pools_) total += t.numel() * t.element_size();
+  return total;
+}
+
+int64_t KvCache::bytes_per_position() const {
+  return bytes() / ((static_cast<int64_t>(shape_.num_slots) + 1) * shape_.max_context);
 }
 
 int KvCache::Allocate() {
@@ -55,18 +63,29 @@ void KvCache::Free(int slot) {
   free_.push_back(slot);
 }
 
-void KvCache::Write(int layer, int slot, int64_t start, const at::Tensor& k, const at::Tensor& v) {
-  const int64_t t = k.size(1);
-  keys_[layer].select(0, slot).narrow(1, start, t).copy_(k);
-  values_[layer].select(0, slot).narrow(1, start, t).copy_(v);
+void KvCache::Write(int layer, const at::Tensor& rows, const at::Tensor& index) {
+  at::Tensor& pool = pools_[layer];
+  // [slots + 1, ctx, 2, KV, Dh] -> [(slots + 1) ctx, 2, KV, Dh]: a view, so the copy lands in it.
+  pool.view({-1, 2, shape_.num_kv_heads, shape_.head_dim}).index_copy_(0, index, rows);
 }
 
 at::Tensor KvCache::Keys(int layer, int slot, int64_t length) const {
-  return keys_[layer].select(0, slot).narrow(1, 0, length);
+  return pools_[layer].select(0, slot).narrow(0, 0, length).select(1, 0).transpose(0, 1);
 }
 
 at::Tensor KvCache::Values(int layer, int slot, int64_t length) const {
-  return values_[layer].select(0, slot).narrow(1, 0, length);
+  return pools_[layer].select(0, slot).narrow(0, 0, length).select(1, 1).transpose(0, 1);
+}
+
+std::pair<at::Tensor, at::Tensor> KvCache::StepBuffers(int64_t rows, int64_t bucket) {
+  auto it = step_buffers_.find(bucket);
+  if (it == step_buffers_.end() || it->second.first.size(0) != rows) {
+    const auto host = at::TensorOptions().dtype(at::kLong).pinned_memory(device_.is_cuda());
+    at::Tensor h = at::zeros({rows, bucket}, host);
+    at::Tensor d = device_.is_cpu() ? at::zeros({rows, bucket}, host) : h.to(device_);
+    it = step_buffers_.insert_or_assign(bucket, std::make_pair(h, d)).first;
+  }
+  return it->second;
 }
 
 }  // namespace flexvqa

@@ -43,6 +43,7 @@ RotaryTables BuildRotaryTables(int64_t max_positions, int64_t head_dim, double t
   RotaryTables tables;
   tables.cos = emb.cos().to(dtype).to(device);
   tables.sin = emb.sin().to(dtype).to(device);
+  tables.table = at::stack({tables.cos, tables.sin}, 1);
   return tables;
 }
 
@@ -52,6 +53,17 @@ at::Tensor ApplyRotary(const at::Tensor& x, const at::Tensor& cos, const at::Ten
   const at::Tensor x2 = x.narrow(-1, half, half);
   const at::Tensor rotated = at::cat({-x2, x1}, -1);
   return x * cos + rotated * sin;
+}
+
+void ApplyRotaryInPlace(const at::Tensor& x, const at::Tensor& rope) {
+  const int64_t half = x.size(-1) / 2;
+  const at::Tensor cos = rope.select(1, 0).unsqueeze(1);  // [N, 1, Dh]
+  const at::Tensor sin = rope.select(1, 1).unsqueeze(1);
+  // rotate_half(x) first: x is overwritten next. Then x * cos + rotate_half(x) * sin, as
+  // ApplyRotary computes it.
+  const at::Tensor rotated = at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+  at::Tensor out = x;
+  out.mul_(cos).addcmul_(rotated, sin);
 }
 
 }  // namespace flexvqa

@@ -28,13 +28,17 @@ bool IsKnownActivation(const std::string& name);
 // inv_freq[i] = theta^(-2i/Dh); cos/sin of pos * inv_freq, duplicated to width Dh ("rotate_half"
 // form).
 struct RotaryTables {
-  at::Tensor cos;  // [max_positions, Dh], model dtype
-  at::Tensor sin;  // [max_positions, Dh]
+  at::Tensor cos;    // [max_positions, Dh], model dtype
+  at::Tensor sin;    // [max_positions, Dh]
+  at::Tensor table;  // [max_positions, 2, Dh]: cos and sin side by side, one gather for both.
 };
 RotaryTables BuildRotaryTables(int64_t max_positions, int64_t head_dim, double theta,
                                at::ScalarType dtype, at::Device device);
 
 // x * cos + rotate_half(x) * sin, with x [.., T, Dh] and cos/sin [T, Dh] (rows for x's positions).
 at::Tensor ApplyRotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
+// The same in place on x [N, heads, Dh] with rope [N, 2, Dh] (RotaryTables::table rows): 4 ops
+// for queries and keys together.
+void ApplyRotaryInPlace(const at::Tensor& x, const at::Tensor& rope);
 
 }  // namespace flexvqa

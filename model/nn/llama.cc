@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "model/nn/batched_attention.h"
 #include "model/nn/torch_compat.h"
 
 namespace flexvqa {
@@ -68,12 +69,16 @@ at::Tensor LlamaDecoder::Embed(const at::Tensor& token_ids) const {
   return at::embedding(embed_tokens_, ids);  // [N, D]
 }
 
+at::Tensor LlamaDecoder::EmbedInVocabulary(const at::Tensor& token_ids) const {
+  return at::embedding(embed_tokens_, token_ids);  // [N, D]
+}
+
 std::pair<at::Tensor, at::Tensor> ChunkKeysValues(int layer, const DecoderBatch& batch,
                                                   size_t chunk) {
   const ChunkSpan& c = batch.chunks[chunk];
   const int64_t total = c.start + c.length;
-  at::Tensor keys = batch.cache.Keys(layer, c.slot, total);      // [KV, total, Dh]
-  at::Tensor values = batch.cache.Values(layer, c.slot, total);  // [KV, total, Dh]
+  at::Tensor keys = batch.cache->Keys(layer, c.slot, total);      // [KV, total, Dh]
+  at::Tensor values = batch.cache->Values(layer, c.slot, total);  // [KV, total, Dh]
   if (keys.size(0) != batch.heads) {  // Grouped-query attention: each KV head serves H / KV heads.
     keys = keys.repeat_interleave(batch.heads / keys.size(0), 0);
     values = values.repeat_interleave(batch.heads / values.size(0), 0);
@@ -81,71 +86,45 @@ std::pair<at::Tensor, at::Tensor> ChunkKeysValues(int layer, const DecoderBatch&
   return {keys, values};
 }
 
-at::Tensor CausalChunkAttention(int layer, const at::Tensor& q, const DecoderBatch& batch,
-                                size_t chunk) {
-  const ChunkSpan& c = batch.chunks[chunk];
-  const auto [keys, values] = ChunkKeysValues(layer, batch, chunk);
-  return Attention(q.narrow(1, c.row_begin, c.length), keys, values, batch.scale,
-                   /*causal_offset=*/c.start);  // [H, T, Dh]
-}
-
 at::Tensor LayerHooks::SelfAttention(int layer, const at::Tensor& q, const DecoderBatch& batch) {
-  std::vector<at::Tensor> outputs;
-  outputs.reserve(batch.chunks.size());
-  for (size_t c = 0; c < batch.chunks.size(); ++c) {
-    outputs.push_back(CausalChunkAttention(layer, q, batch, c));
-  }
-  return at::cat(outputs, 1);  // [H, N, Dh]
+  return CausalAttention(layer, q, batch);
 }
 
 at::Tensor LlamaDecoder::AttentionBlock(const Layer& layer, int layer_index, const at::Tensor& x,
-                                        const at::Tensor& positions, const DecoderBatch& batch,
-                                        KvCache& cache, LayerHooks& hooks) const {
+                                        const DecoderBatch& batch, KvCache& cache,
+                                        LayerHooks& hooks) const {
   const int64_t h = config_.num_attention_heads;
   const int64_t kv = config_.num_key_value_heads;
   const int64_t dh = config_.head_dim();
   const int64_t n = x.size(0);
   const at::Tensor qkv = Linear(x, layer.qkv_proj);  // [N, (H + 2 KV) Dh]
-  // [N, heads, Dh] -> [heads, N, Dh]
-  at::Tensor q = qkv.narrow(1, 0, h * dh).view({n, h, dh}).transpose(0, 1);
-  at::Tensor k = qkv.narrow(1, h * dh, kv * dh).view({n, kv, dh}).transpose(0, 1);
-  const at::Tensor v = qkv.narrow(1, (h + kv) * dh, kv * dh).view({n, kv, dh}).transpose(0, 1);
-  const at::Tensor cos = rotary_.cos.index_select(0, positions);  // [N, Dh]
-  const at::Tensor sin = rotary_.sin.index_select(0, positions);
-  q = ApplyRotary(q, cos, sin);
-  k = ApplyRotary(k, cos, sin);
-  for (const ChunkSpan& c : batch.chunks) {
-    cache.Write(layer_index, c.slot, c.start, k.narrow(1, c.row_begin, c.length),
-                v.narrow(1, c.row_begin, c.length));
-  }
-  // [H, N, Dh] -> [N, H Dh]
-  const at::Tensor attn =
-      hooks.SelfAttention(layer_index, q, batch).transpose(0, 1).reshape({n, h * dh});
+  // RoPE on the queries and keys together, in place: [N, H + KV, Dh].
+  ApplyRotaryInPlace(qkv.narrow(1, 0, (h + kv) * dh).view({n, h + kv, dh}), batch.rope);
+  // Keys and values are adjacent in qkv: [N, 2, KV, Dh], one indexed copy into the pool.
+  cache.Write(layer_index, qkv.narrow(1, h * dh, 2 * kv * dh).view({n, 2, kv, dh}),
+              batch.write_rows);
+  const at::Tensor q = qkv.narrow(1, 0, h * dh).view({n, h, dh});  // [N, H, Dh]
+  const at::Tensor attn = hooks.SelfAttention(layer_index, q, batch).reshape({n, h * dh});
   return Linear(attn, layer.o_proj);
 }
 
-at::Tensor LlamaDecoder::Forward(const at::Tensor& x_in, const std::vector<ChunkSpan>& chunks,
+at::Tensor LlamaDecoder::Forward(const at::Tensor& x_in, const DecoderBatch& batch_in,
                                  KvCache& cache, LayerHooks* hooks_in) const {
   LayerHooks plain;
   LayerHooks& hooks = hooks_in != nullptr ? *hooks_in : plain;
-  // Positions of every packed row, for RoPE.
-  std::vector<int64_t> pos;
-  pos.reserve(x_in.size(0));
-  for (const ChunkSpan& c : chunks) {
-    for (int64_t i = 0; i < c.length; ++i) pos.push_back(c.start + i);
-  }
-  const at::Tensor positions =
-      at::tensor(pos, at::TensorOptions().dtype(at::kLong)).to(x_in.device());
+  DecoderBatch batch = batch_in;
+  batch.rope = rotary_.table.index_select(0, batch.positions);  // [N, 2, Dh], once per Forward.
+  batch.cache = &cache;
+  batch.heads = config_.num_attention_heads;
+  batch.scale = 1.0 / std::sqrt(static_cast<double>(config_.head_dim()));
   const int64_t inter = config_.intermediate_size;
-  const double scale = 1.0 / std::sqrt(static_cast<double>(config_.head_dim()));
-  const DecoderBatch batch{chunks, cache, config_.num_attention_heads, scale};
   at::Tensor x = x_in;  // [N, D]
   for (size_t l = 0; l < layers_.size(); ++l) {
     const Layer& layer = layers_[l];
     const int li = static_cast<int>(l);
     const at::Tensor h = RmsNorm(x, layer.input_norm, config_.rms_norm_eps);
     hooks.BeginLayer(li);
-    x = x + AttentionBlock(layer, li, h, positions, batch, cache, hooks);
+    x = x + AttentionBlock(layer, li, h, batch, cache, hooks);
     const at::Tensor residual = hooks.AfterSelfAttention(li, x, batch);
     if (residual.defined()) x = x + residual;
     const at::Tensor h2 = RmsNorm(x, layer.post_attn_norm, config_.rms_norm_eps);
@@ -154,7 +133,9 @@ at::Tensor LlamaDecoder::Forward(const at::Tensor& x_in, const std::vector<Chunk
                            gate_up.narrow(1, inter, inter);
     x = x + Linear(act, layer.down_proj);
   }
-  for (const ChunkSpan& c : chunks) cache.set_length(c.slot, static_cast<int>(c.start + c.length));
+  for (const ChunkSpan& c : batch.chunks) {
+    cache.set_length(c.slot, static_cast<int>(c.start + c.length));
+  }
   return RmsNorm(x, norm_, config_.rms_norm_eps);
 }
 

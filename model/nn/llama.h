@@ -1,10 +1,11 @@
 // The LLaMA decoder of LLaVA-1.5 (HF LlamaForCausalLM): token embeddings, N pre-norm blocks of
 // (RMSNorm, RoPE self-attention, RMSNorm, SwiGLU MLP), final RMSNorm, lm_head. One forward entry
 // point serves prefill and decode alike: a packed batch of sequence chunks ([N, D] rows, each chunk
-// placed at its own start position in its own KV-cache slot), as vLLM's varlen batches. The
-// projections run as one GEMM over all rows; attention runs per chunk against that slot's cache.
-// What an attention mode changes comes in through LayerHooks, per layer for the whole batch.
-// Worker thread only.
+// placed at its own start position in its own KV-cache slot), as vLLM's varlen batches, described
+// by a DecoderBatch (model/nn/decoder_batch.h). The projections run as one GEMM over all rows, RoPE
+// rows are gathered once per Forward, keys/values are written with one indexed copy per layer and
+// attention is one batched call per layer (model/nn/batched_attention.h). What an attention mode
+// changes comes in through LayerHooks, per layer for the whole batch. Worker thread only.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -13,6 +14,7 @@
 #include <utility>
 #include <vector>
 
+#include "model/nn/decoder_batch.h"
 #include "model/nn/kv_cache.h"
 #include "model/nn/layers.h"
 #include "model/status.h"
@@ -21,34 +23,24 @@
 
 namespace flexvqa {
 
-// One sequence's chunk in a packed batch: rows [row_begin, row_begin + length) of the input go to
-// positions [start, start + length) of `slot`.
-struct ChunkSpan {
-  int slot = 0;
-  int64_t start = 0;
-  int64_t row_begin = 0;
-  int64_t length = 0;
-};
-
-// The packed batch of one Forward as the per-layer hooks see it: every chunk, the cache holding
-// each chunk's keys/values (this layer's already written), and the attention's geometry.
-struct DecoderBatch {
-  const std::vector<ChunkSpan>& chunks;
-  const KvCache& cache;
-  int64_t heads = 0;   // Query heads H.
-  double scale = 1.0;  // 1 / sqrt(Dh).
-};
-
 // What an attention mode changes in the decoder (model/modes/mode.h creates one per Forward).
-// Every hook sees the whole batch of one layer at once, so a mode can run one attention call per
-// layer for the whole batch. The defaults are LLaVA-1.5's plain decoder. Worker thread only.
+// Every hook sees the whole batch of one layer at once (DecoderBatch, model/nn/decoder_batch.h:
+// the host chunks, and on the device the rows' slots, positions and flat KV-pool rows, each
+// sequence's length, the causal key mask, the padded bucket), so that a mode runs one attention
+// call per layer for the whole batch and stays free of host syncs and data-dependent shapes. The
+// layer's whole K/V pool is batch.cache->pool(layer) ([slots + 1, max_context, 2, KV, Dh]): one
+// index_select by batch.slots serves the batch. The defaults are LLaVA-1.5's plain decoder.
+// Rows are packed [N, ...] with N = batch.rows (padding rows included: whatever a hook computes
+// for them is discarded). Worker thread only.
 class LayerHooks {
  public:
   virtual ~LayerHooks() = default;
   // Before layer `layer`'s attention.
   virtual void BeginLayer(int /*layer*/) {}
-  // Self-attention of every packed row: q [H, N, Dh] after RoPE -> output [H, N, Dh]. Each chunk's
-  // keys/values for this layer are in batch.cache up to start + length. Default: causal.
+  // Self-attention of every packed row: q [N, H, Dh] after RoPE -> output [N, H, Dh]. This
+  // layer's keys/values of the batch are already in the pool. Default: CausalAttention
+  // (model/nn/batched_attention.h), which a mode may call itself, with its log-sum-exp, to merge
+  // attention over other keys (MergeAttention).
   virtual at::Tensor SelfAttention(int layer, const at::Tensor& q, const DecoderBatch& batch);
   // After self-attention's residual: x [N, D] -> a second residual to add [N, D], or an undefined
   // tensor for none (the default).
@@ -59,12 +51,11 @@ class LayerHooks {
 };
 
 // Chunk `chunk`'s cached keys and values of `layer` up to its last row, with grouped KV heads
-// repeated to the query heads: {[H, start + length, Dh], [H, start + length, Dh]}.
+// repeated to the query heads: {[H, start + length, Dh], [H, start + length, Dh]}. A per-chunk
+// host view for code that has not moved to the batched calls (it is not static: its shapes follow
+// each sequence's length).
 std::pair<at::Tensor, at::Tensor> ChunkKeysValues(int layer, const DecoderBatch& batch,
                                                   size_t chunk);
-// Plain causal attention of one chunk's rows of q [H, N, Dh] -> [H, length, Dh].
-at::Tensor CausalChunkAttention(int layer, const at::Tensor& q, const DecoderBatch& batch,
-                                size_t chunk);
 
 class LlamaDecoder {
  public:
@@ -78,11 +69,14 @@ class LlamaDecoder {
   // Token embeddings: [N] int64 ids -> [N, D]. Ids outside the table (image placeholders) map to
   // row 0; their rows are overwritten by image features.
   at::Tensor Embed(const at::Tensor& token_ids) const;
+  // The same for ids known to be in the vocabulary (PlanDecode clamps them): one gather.
+  at::Tensor EmbedInVocabulary(const at::Tensor& token_ids) const;
 
-  // Runs the blocks over packed rows x [N, D], writing each chunk's keys/values into its slot and
-  // extending the slot's length. Returns the final-normed hidden states [N, D]. `hooks` (optional:
-  // null is the plain decoder) is the attention mode's (LayerHooks).
-  at::Tensor Forward(const at::Tensor& x, const std::vector<ChunkSpan>& chunks, KvCache& cache,
+  // Runs the blocks over packed rows x [batch.rows, D], writing every row's keys/values into the
+  // cache and extending the chunks' slot lengths. Returns the final-normed hidden states [N, D].
+  // `batch` comes from PlanChunks / PlanDecode over the same cache. `hooks` (optional: null is the
+  // plain decoder) is the attention mode's (LayerHooks).
+  at::Tensor Forward(const at::Tensor& x, const DecoderBatch& batch, KvCache& cache,
                      LayerHooks* hooks = nullptr) const;
 
   // Rows of the RoPE tables (model dtype), for keys placed by position outside the sequence.
@@ -102,8 +96,7 @@ class LlamaDecoder {
   };
 
   at::Tensor AttentionBlock(const Layer& layer, int layer_index, const at::Tensor& x,
-                            const at::Tensor& positions, const DecoderBatch& batch, KvCache& cache,
-                            LayerHooks& hooks) const;
+                            const DecoderBatch& batch, KvCache& cache, LayerHooks& hooks) const;
 
   TextConfig config_;
   at::Tensor embed_tokens_;  // [V, D]

@@ -74,6 +74,10 @@ int32_t DrawFromLogits(const float* logits, int vocab, double u) {
   return index;
 }
 
+double NextUniform(std::mt19937_64& rng) {
+  return static_cast<double>(rng() >> 11) * (1.0 / 9007199254740992.0);  // 2^-53
+}
+
 SequenceSampler::SequenceSampler(const SamplingParams& params, const std::vector<int32_t>& history)
     : params_(params), rng_(params.seed) {
   if (params_.repetition_penalty != 1.0f) {
@@ -100,9 +104,7 @@ int32_t SequenceSampler::Sample(float* logits, int vocab) {
     for (int i = 0; i < vocab; ++i) logits[i] /= params_.temperature;
     ApplyTopK(logits, vocab, params_.top_k);
     ApplyTopP(logits, vocab, params_.top_p);
-    // 53 random bits -> u in [0, 1).
-    const double u = static_cast<double>(rng_() >> 11) * (1.0 / 9007199254740992.0);
-    token = DrawFromLogits(logits, vocab, u);
+    token = DrawFromLogits(logits, vocab, NextUniform(rng_));
   }
   Accept(token);
   return token;

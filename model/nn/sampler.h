@@ -43,5 +43,8 @@ void ApplyTopP(float* logits, int vocab, float top_p);
 int32_t ArgMax(const float* logits, int vocab);
 // Draws from softmax(logits) by inverse CDF at uniform u in [0, 1).
 int32_t DrawFromLogits(const float* logits, int vocab, double u);
+// The next uniform number in [0, 1) of a sequence's stream: 53 random bits of one draw (the
+// stream BatchSampler reproduces).
+double NextUniform(std::mt19937_64& rng);
 
 }  // namespace flexvqa

@@ -202,9 +202,10 @@ TEST(LlavaEngineTest, SlotsAreLimitedAndReleased) {
 TEST(LlavaEngineTest, MemoryCountsResidentPositionsAndIsFreedAtRelease) {
   auto engine = MakeEngine(testing::TinyModelDir(), 2);
   const EngineMemory empty = engine->Memory();
-  // Tiny model: 2 layers x K and V x 4 KV heads x 16 Dh x 4 bytes per position; 2 slots x 512.
+  // Tiny model: 2 layers x K and V x 4 KV heads x 16 Dh x 4 bytes per position; 2 slots x 512,
+  // and the scratch slot that batch padding writes to.
   const int64_t per_position = 2 * 2 * 4 * 16 * 4;
-  EXPECT_EQ(empty.kv_cache_pool_bytes, per_position * 2 * 512);
+  EXPECT_EQ(empty.kv_cache_pool_bytes, per_position * (2 + 1) * 512);
   EXPECT_EQ(empty.kv_cache_used_bytes, 0);
   EXPECT_EQ(empty.hr_cache_bytes, 0);
   auto prepared = engine->Prepare(Request("What is in the picture?", true, 4));

@@ -1,0 +1,31 @@
+// Causal self-attention of a whole DecoderBatch in one call per layer, reading the layer's KV pool
+// (model/nn/kv_cache.h) with one gather for every sequence of the batch, lengths and causality as
+// a device mask (model/nn/decoder_batch.h): no host loop over sequences and no shape that follows
+// the data in decode. Grouped-query attention natively (query heads grouped under their KV head,
+// no repeat). Numbers as HF's eager attention: scores in the model dtype, softmax in fp32, cast
+// back; masked keys get exactly zero weight. The math path computes every key position it reads
+// (decode: the cache's max_context per row, masked), more than FlopCount reports (the keys each row
+// sees, what a varlen kernel reading only seq_lengths computes): on CPU a decode row costs
+// max_context / length times its attention FLOPs. On CUDA a flash/varlen kernel with the same
+// contract replaces the math (FLEXVQA_CUDA). Worker thread only.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include "model/nn/decoder_batch.h"
+
+namespace flexvqa {
+
+// q [N, H, Dh] (after RoPE; this layer's keys/values of the batch already in the pool) ->
+// [N, H, Dh]. lse (optional): receives each row's log-sum-exp of its scaled scores over the keys
+// it sees, [N, H] fp32, so that a caller can merge another attention over other keys exactly
+// (MergeAttention).
+at::Tensor CausalAttention(int layer, const at::Tensor& q, const DecoderBatch& batch,
+                           at::Tensor* lse = nullptr);
+
+// The exact softmax over the union of two disjoint key sets from each set's normalised output and
+// log-sum-exp: out_a, out_b [.., Dh], lse_a, lse_b [..] fp32 -> [.., Dh] in out_a's dtype.
+at::Tensor MergeAttention(const at::Tensor& out_a, const at::Tensor& lse_a, const at::Tensor& out_b,
+                          const at::Tensor& lse_b);
+
+}  // namespace flexvqa
