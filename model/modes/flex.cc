@@ -93,6 +93,7 @@ HighResSequence::HighResSequence(const HighResProjections& projections, at::Tens
 }
 
 void HighResSequence::BeginStep() {
+  ReadSummary(/*arrived=*/true);  // The previous step's ids were read: its copy has arrived.
   // Selections never carry over between steps: each step's layer N_SA - 1 starts afresh.
   ++trace_.num_steps;
   trace_.masks.resize(static_cast<size_t>(trace_.num_steps) * trace_.num_fa_layers *
@@ -205,24 +206,43 @@ at::Tensor FlexAttention::SelfAttention(int layer, const at::Tensor& q, const De
 
 void FlexAttention::Publish() {
   if (selected_.empty()) return;
-  // [C, FA, 81]: the step's one small host read of flex's state.
-  const at::Tensor host = at::stack(selected_, 1).to(at::kByte).to(at::kCPU).contiguous();
-  const int64_t grid = kSelectionGrid * kSelectionGrid;
-  const int block = projections_.hr_side() / kSelectionGrid;
+  const at::Tensor device = at::stack(selected_, 1).to(at::kByte);  // [C, FA, 81]
+  // Pinned on a GPU, so that the copy runs behind the step; the sampled ids' read waits for it.
+  at::Tensor host = at::empty(device.sizes(),
+                              at::TensorOptions().dtype(at::kByte).pinned_memory(device.is_cuda()));
+  host.copy_(device, /*non_blocking=*/true);
   for (size_t c = 0; c < sequences_.size(); ++c) {
-    HighResSequence* s = sequences_[c];
-    if (s == nullptr) continue;
-    SelectionTrace& t = s->trace_;
-    const size_t step = static_cast<size_t>(t.num_steps - 1) * t.num_fa_layers;
-    const uint8_t* rows = host[static_cast<int64_t>(c)].data_ptr<uint8_t>();
-    for (int fa = 0; fa < t.num_fa_layers; ++fa) {
-      const uint8_t* mask = rows + fa * grid;
-      std::copy(mask, mask + grid, t.masks.begin() + (step + fa) * grid);
-      const int tokens = static_cast<int>(std::count(mask, mask + grid, 1)) * block * block;
-      t.selected_tokens[step + fa] = tokens;
-      s->selected_total_ += tokens;
-    }
+    if (sequences_[c] == nullptr) continue;
+    sequences_[c]->summary_ = host;
+    sequences_[c]->summary_row_ = static_cast<int64_t>(c);
   }
+}
+
+void HighResSequence::ReadSummary(bool arrived) const {
+  if (!summary_.defined() || !arrived) return;
+  const int64_t grid = kSelectionGrid * kSelectionGrid;
+  const int block = projections_->hr_side() / kSelectionGrid;
+  const size_t step = static_cast<size_t>(trace_.num_steps - 1) * trace_.num_fa_layers;
+  const uint8_t* rows = summary_[summary_row_].contiguous().data_ptr<uint8_t>();
+  for (int fa = 0; fa < trace_.num_fa_layers; ++fa) {
+    const uint8_t* mask = rows + fa * grid;
+    std::copy(mask, mask + grid, trace_.masks.begin() + (step + fa) * grid);
+    const int tokens = static_cast<int>(std::count(mask, mask + grid, 1)) * block * block;
+    trace_.selected_tokens[step + fa] = tokens;
+    selected_total_ += tokens;
+  }
+  summary_ = at::Tensor();
+}
+
+SelectionTrace HighResSequence::selections() const {
+  ReadSummary(/*arrived=*/true);  // Called between steps: every copy has arrived.
+  return trace_;
+}
+
+int64_t HighResSequence::selected_tokens() const {
+  // Right after the Forward (the engine's reports), before the step's sync on a GPU.
+  ReadSummary(/*arrived=*/features_.device().is_cpu());
+  return selected_total_;
 }
 
 // flex's Mode: two views at zoom_ratio x the tower's side; LR features in the sequence, the raw HR

@@ -85,8 +85,10 @@ class HighResSequence final : public SequenceState {
                   int width, int height, int threshold);
 
   const SelectionTrace& trace() const { return trace_; }
-  SelectionTrace selections() const override { return trace_; }
-  int64_t selected_tokens() const override { return selected_total_; }
+  // Both include the last Forward's selections once they are on the host: at once on the CPU; on
+  // a GPU after that step's sampled ids were read (the next Forward, or selections()).
+  SelectionTrace selections() const override;
+  int64_t selected_tokens() const override;
   // HR tokens through k_proj_hd so far (every token of every FA layer, at admission).
   int64_t computed_rows() const { return computed_rows_; }
   // Device bytes this request holds: raw HR features, every FA layer's HR keys, the band mask.
@@ -96,6 +98,9 @@ class HighResSequence final : public SequenceState {
   friend class FlexAttention;
   friend class FlexMode;
   void BeginStep();
+  // Copies the last Forward's selections from the host summary into the trace, if they are there
+  // (`arrived`: the step that copied them has synchronised since).
+  void ReadSummary(bool arrived) const;
 
   const HighResProjections* projections_;
   at::Tensor features_;  // [hr^2, D]
@@ -103,8 +108,12 @@ class HighResSequence final : public SequenceState {
   at::Tensor band_;      // [lr^2] bool
   int64_t image_begin_;
   int threshold_;
-  SelectionTrace trace_;
-  int64_t selected_total_ = 0;
+  // The host copy of a Forward's selections [rows, FA, 81] (shared by its sequences), this
+  // sequence's row in it, and the step it belongs to; undefined once read.
+  mutable at::Tensor summary_;
+  int64_t summary_row_ = 0;
+  mutable SelectionTrace trace_;
+  mutable int64_t selected_total_ = 0;
   int64_t computed_rows_ = 0;
   // Work of the last-row hooks so far, for FLOPs: rows that selected (over lr^2 image keys each)
   // and rows that attended to the hr^2 HR keys (per FA layer).
@@ -117,8 +126,9 @@ class HighResSequence final : public SequenceState {
 // image: per layer, the batch's causal attention with its log-sum-exp (CausalAttention), then for
 // the last row of every sequence at once the hierarchical merge with its HR part and the selection
 // for the next layer, with fixed shapes (rows without an image, and a decode bucket's padding rows,
-// run the same ops and select nothing). After the last layer, one host copy of the Forward's
-// selections [rows, FA layers, 81] fills each sequence's trace.
+// run the same ops and select nothing). After the last layer, one non-blocking copy of the
+// Forward's selections [rows, FA layers, 81] into host memory, read once it has arrived (the
+// step's sampled ids are read after it, so their wait covers it): no host sync of its own.
 class FlexAttention final : public LayerHooks {
  public:
   // sequences[c]: chunk c's state, or null for a chunk without an image (plain attention).
@@ -129,7 +139,7 @@ class FlexAttention final : public LayerHooks {
  private:
   // The batch's per-Forward inputs (image key rows, bands, thresholds, features), once.
   void Gather(const DecoderBatch& batch);
-  // The Forward's selections to each sequence's trace (one device-to-host copy).
+  // Starts the copy of the Forward's selections to the host (HighResSequence::ReadSummary).
   void Publish();
 
   const HighResProjections& projections_;
