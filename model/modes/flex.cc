@@ -2,6 +2,11 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
+
+#include "model/modes/block_selection.h"
+#include "model/modes/highres_attention.h"
+#include "model/nn/batched_attention.h"
 #include "model/nn/flop_counter.h"
 #include "model/nn/layers.h"
 #include "model/nn/torch_compat.h"
@@ -36,8 +41,10 @@ StatusOr<std::unique_ptr<HighResProjections>> HighResProjections::Load(const Wei
     FLEXVQA_ASSIGN_OR_RETURN(
         at::Tensor v,
         weights.Get(WeightSection::kText, prefix + "v_proj_hd.weight", shape, dtype, device));
-    p->weights_.push_back(at::cat({k, v}, 0));
+    p->k_weights_.push_back(k);
+    p->v_weights_.push_back(ValueWeightsPerQueryHead(v, t.num_attention_heads, p->kv_heads_));
   }
+  p->token_blocks_ = TokenBlocks(p->hr_side_, device);
   return p;
 }
 
@@ -66,13 +73,19 @@ HighResSequence::HighResSequence(const HighResProjections& projections, at::Tens
     : projections_(&projections),
       features_(std::move(features)),
       image_begin_(image_begin),
-      width_(width),
-      height_(height),
       threshold_(threshold) {
-  std::tie(cos_, sin_) = projections.Rotary(image_begin);
+  // Every FA layer's HR keys: k_proj_hd of the RAW projector outputs, no RMSNorm
+  // (modeling_llama.py:436-441), under the interpolated RoPE rows (:442-443). One GEMM per layer.
+  const auto [cos, sin] = projections.Rotary(image_begin);
+  std::vector<at::Tensor> keys;
+  for (int l = projections.num_sa_layers(); l < projections.num_layers(); ++l) {
+    keys.push_back(HighResKeys(features_, projections.k_weight(l), cos, sin,
+                               projections.kv_heads()));  // [KV, hr^2, Dh]
+  }
+  keys_ = at::stack(keys);  // [FA, KV, hr^2, Dh]
+  computed_rows_ = static_cast<int64_t>(keys.size()) * features_.size(0);
+  band_ = PaddingBandMask(projections.lr_side(), width, height, features_.device());
   const int num_fa = projections.num_layers() - projections.num_sa_layers();
-  keys_.assign(num_fa, std::vector<at::Tensor>(kSelectionGrid * kSelectionGrid));
-  values_ = keys_;
   trace_.first_fa_layer = projections.num_sa_layers();
   trace_.num_fa_layers = num_fa;
   trace_.grid = kSelectionGrid;
@@ -80,159 +93,156 @@ HighResSequence::HighResSequence(const HighResProjections& projections, at::Tens
 }
 
 void HighResSequence::BeginStep() {
+  ReadSummary(/*arrived=*/true);  // The previous step's ids were read: its copy has arrived.
   // Selections never carry over between steps: each step's layer N_SA - 1 starts afresh.
-  active_.assign(kSelectionGrid * kSelectionGrid, 0);
-  pending_ = active_;
   ++trace_.num_steps;
-  trace_.masks.resize(
-      trace_.masks.size() + static_cast<size_t>(trace_.num_fa_layers) * active_.size(), 0);
-  trace_.selected_tokens.resize(trace_.selected_tokens.size() + trace_.num_fa_layers, 0);
+  trace_.masks.resize(static_cast<size_t>(trace_.num_steps) * trace_.num_fa_layers *
+                          kSelectionGrid * kSelectionGrid,
+                      0);
+  trace_.selected_tokens.resize(static_cast<size_t>(trace_.num_steps) * trace_.num_fa_layers, 0);
 }
 
-std::vector<int> HighResSequence::MissingBlocks(int fa) const {
-  std::vector<int> missing;
-  for (int b = 0; b < static_cast<int>(active_.size()); ++b) {
-    if (active_[b] && !keys_[fa][b].defined()) missing.push_back(b);
-  }
-  return missing;
+int64_t HighResSequence::bytes() const {
+  auto size = [](const at::Tensor& t) { return t.defined() ? t.numel() * t.element_size() : 0; };
+  return size(features_) + size(keys_) + size(band_);
 }
 
 FlexAttention::FlexAttention(const HighResProjections& projections,
                              std::vector<HighResSequence*> sequences)
     : projections_(projections), sequences_(std::move(sequences)) {
   for (HighResSequence* s : sequences_) {
-    if (s != nullptr) s->BeginStep();
+    if (s == nullptr) continue;
+    s->BeginStep();
+    if (first_image_ == nullptr) first_image_ = s;
   }
 }
 
-void FlexAttention::BeginLayer(int layer) {
-  if (layer < projections_.num_sa_layers()) return;
-  const int fa = layer - projections_.num_sa_layers();
-  const int hr = projections_.hr_side();
-  const int64_t block_tokens = static_cast<int64_t>(hr / kSelectionGrid) * (hr / kSelectionGrid);
-  // FA layer l uses the selection computed in layer l - 1 (modeling_llama.py:424-432).
-  std::vector<at::Tensor> rows, cos, sin;
-  std::vector<std::pair<HighResSequence*, std::vector<int>>> todo;
-  for (HighResSequence* s : sequences_) {
-    if (s == nullptr) continue;
-    s->active_ = s->pending_;
-    s->pending_.assign(s->active_.size(), 0);
-    const size_t grid = s->active_.size();
-    const size_t at = (static_cast<size_t>(s->trace_.num_steps - 1) * s->trace_.num_fa_layers + fa);
-    std::copy(s->active_.begin(), s->active_.end(), s->trace_.masks.begin() + at * grid);
-    const int tokens = CountBlocks(s->active_) * static_cast<int>(block_tokens);
-    s->trace_.selected_tokens[at] = tokens;
-    s->selected_total_ += tokens;
-    std::vector<int> missing = s->MissingBlocks(fa);
-    if (missing.empty()) continue;
-    std::vector<int64_t> index;
-    for (int b : missing) {
-      const std::vector<int64_t> block = BlockTokenIndices(b, hr);
-      index.insert(index.end(), block.begin(), block.end());
+void FlexAttention::Gather(const DecoderBatch& batch) {
+  if (gathered_) return;
+  gathered_ = true;
+  const int64_t c = batch.sequences(), n = int64_t{projections_.lr_side()} * projections_.lr_side();
+  const int64_t ctx = batch.cache->shape().max_context;
+  std::vector<int64_t> begins(c, 0), last(c, 0);
+  std::vector<float> thresholds(c, 255.0f);  // 255 selects nothing (block_selection.h).
+  std::vector<at::Tensor> bands, features;
+  keys_.clear();
+  for (int64_t i = 0; i < c; ++i) {
+    HighResSequence* s = i < static_cast<int64_t>(sequences_.size()) ? sequences_[i] : nullptr;
+    if (i < static_cast<int64_t>(batch.chunks.size())) {
+      last[i] = batch.chunks[i].row_begin + batch.chunks[i].length - 1;
     }
-    const at::Tensor idx =
-        at::tensor(index, at::TensorOptions().dtype(at::kLong)).to(s->features_.device());
-    rows.push_back(s->features_.index_select(0, idx));  // [m b^2, D]
-    cos.push_back(s->cos_.index_select(0, idx));        // [m b^2, Dh]
-    sin.push_back(s->sin_.index_select(0, idx));
-    todo.emplace_back(s, std::move(missing));
-  }
-  if (todo.empty()) return;
-  // HR keys/values: k_proj_hd / v_proj_hd of the RAW projector outputs, no RMSNorm
-  // (modeling_llama.py:436-441); the keys under the interpolated RoPE rows (:442-443). One GEMM for
-  // every block any chunk newly needs.
-  const int64_t kv = projections_.kv_heads(), dh = projections_.head_dim(),
-                kvd = projections_.kv_dim();
-  const at::Tensor x = at::cat(rows, 0);                         // [R, D]
-  const at::Tensor kvs = Linear(x, projections_.weight(layer));  // [R, 2 KV Dh]
-  const int64_t r = x.size(0);
-  const at::Tensor k = ApplyRotary(kvs.narrow(1, 0, kvd).view({r, kv, dh}).transpose(0, 1),
-                                   at::cat(cos, 0), at::cat(sin, 0));              // [KV, R, Dh]
-  const at::Tensor v = kvs.narrow(1, kvd, kvd).view({r, kv, dh}).transpose(0, 1);  // [KV, R, Dh]
-  int64_t offset = 0;
-  for (auto& [s, missing] : todo) {
-    for (int b : missing) {
-      s->keys_[fa][b] = k.narrow(1, offset, block_tokens);
-      s->values_[fa][b] = v.narrow(1, offset, block_tokens);
-      offset += block_tokens;
-      ++s->computed_blocks_;
-      s->computed_rows_ += block_tokens;
+    if (s != nullptr) {
+      begins[i] = s->image_begin_;
+      thresholds[i] = static_cast<float>(s->threshold_);
     }
+    // Rows without an image borrow an image's tensors (and select nothing): the same shapes.
+    const HighResSequence* from = s != nullptr ? s : first_image_;
+    bands.push_back(from->band_);
+    features.push_back(from->features_);
+    keys_.push_back(from->keys_);
   }
+  const at::TensorOptions longs = at::TensorOptions().dtype(at::kLong);
+  const at::Device device = first_image_->features_.device();
+  // Flat pool rows slot * max_context + image_begin + j of each row's LR image keys.
+  image_rows_ = ((batch.slots * ctx + at::tensor(begins, longs).to(device)).view({c, 1}) +
+                 at::arange(n, longs.device(device)))
+                    .view({c * n});
+  if (batch.query_len > 1) last_rows_ = at::tensor(last, longs).to(device);
+  inputs_.band = at::stack(bands);
+  inputs_.threshold = at::tensor(thresholds).to(device);
+  inputs_.lr_side = projections_.lr_side();
+  features_ = at::stack(features);  // [C, hr^2, D]
+  active_ = at::zeros({c, kSelectionGrid * kSelectionGrid},
+                      at::TensorOptions().dtype(at::kBool).device(device));
 }
 
 at::Tensor FlexAttention::SelfAttention(int layer, const at::Tensor& q, const DecoderBatch& batch) {
-  at::Tensor out = LayerHooks::SelfAttention(layer, q, batch);  // [N, H, Dh]
-  for (size_t ci = 0; ci < batch.chunks.size(); ++ci) {
-    if (sequences_[ci] == nullptr) continue;
-    const ChunkSpan& c = batch.chunks[ci];
-    const int64_t last = c.row_begin + c.length - 1;
-    // The last row sees every key written so far, so the chunk's keys are exactly its causal set.
-    const auto [keys, values] = ChunkKeysValues(layer, batch, ci);
-    const at::Tensor row = LastRow(layer, ci, q.select(0, last), keys, values, batch.scale);
-    if (row.defined()) out.select(0, last).copy_(row);  // [H, Dh]
+  at::Tensor lse;
+  at::Tensor out = CausalAttention(layer, q, batch, &lse);  // [N, H, Dh], [N, H]
+  const int n_sa = projections_.num_sa_layers(), num_layers = projections_.num_layers();
+  // Layers N_SA - 1 .. L - 2 select for the layer after them (modeling_llama.py:424-426, 523-572).
+  const bool selects = layer >= n_sa - 1 && layer <= num_layers - 2;
+  const bool hierarchical = layer >= n_sa;
+  if (first_image_ == nullptr || (!selects && !hierarchical)) return out;
+  Gather(batch);
+  // Each sequence's newest row: in decode the rows are the sequences.
+  const bool packed = last_rows_.defined();
+  const at::Tensor q_last = packed ? q.index_select(0, last_rows_) : q;        // [C, H, Dh]
+  const at::Tensor lse_last = packed ? lse.index_select(0, last_rows_) : lse;  // [C, H]
+  if (hierarchical) {
+    // modeling_llama.py:444-499: the newest row attends to its causal keys and the selected HR
+    // keys under one softmax, here as the exact merge of the two parts.
+    const int fa = layer - n_sa;
+    std::vector<at::Tensor> keys;
+    for (const at::Tensor& k : keys_) keys.push_back(k[fa]);
+    selected_.push_back(active_);
+    const at::Tensor rows = HierarchicalRows(
+        q_last, packed ? out.index_select(0, last_rows_) : out, lse_last, at::stack(keys),
+        features_, active_, projections_.token_blocks(), projections_.v_weights(layer),
+        batch.scale);  // [C, H, Dh]
+    out = packed ? out.index_copy(0, last_rows_, rows) : rows;
+    for (HighResSequence* s : sequences_) {
+      if (s != nullptr) ++s->hierarchical_rows_;
+    }
   }
+  if (selects) {
+    // The last row's causal probabilities over its LR image keys (the HR keys are masked out of
+    // this softmax in the reference, modeling_llama.py:455-470), read from the pool.
+    const at::Tensor& pool = batch.cache->pool(layer);  // [S + 1, ctx, 2, KV, Dh]
+    const int64_t c = batch.sequences(), n = image_rows_.size(0) / c;
+    const at::Tensor image_keys = pool.view({-1, 2, pool.size(3), pool.size(4)})
+                                      .index_select(0, image_rows_)
+                                      .view({c, n, 2, pool.size(3), pool.size(4)})
+                                      .select(2, 0)
+                                      .permute({0, 2, 1, 3});  // [C, KV, n, Dh]
+    active_ = SelectForNextLayer(q_last, image_keys, lse_last, inputs_, batch.scale);
+    for (HighResSequence* s : sequences_) {
+      if (s != nullptr) ++s->selecting_rows_;
+    }
+  }
+  if (layer == num_layers - 1) Publish();
   return out;
 }
 
-at::Tensor FlexAttention::LastRow(int layer, size_t chunk, const at::Tensor& q,
-                                  const at::Tensor& keys, const at::Tensor& values, double scale) {
-  HighResSequence* s = sequences_[chunk];
-  if (s == nullptr) return {};
-  const int n_sa = projections_.num_sa_layers();
-  // Layers N_SA - 1 .. L - 2 select for the layer after them (modeling_llama.py:424-426, 523-572).
-  const bool selects = layer >= n_sa - 1 && layer <= projections_.num_layers() - 2;
-  const bool hierarchical = layer >= n_sa && CountBlocks(s->active_) > 0;
-  if (!selects && !hierarchical) return {};
-  const at::Tensor scores =
-      at::matmul(q.unsqueeze(1), keys.transpose(1, 2)) * scale;  // [H, 1, total]
-  s->rescored_keys_ += keys.size(1);
-  if (selects) {
-    // The last row's probabilities over the ordinary (text + LR) keys only: HR keys are masked out
-    // of this softmax in the reference (modeling_llama.py:455-470), restricted to the LR image
-    // columns and summed over heads (:541).
-    const int64_t n = static_cast<int64_t>(projections_.lr_side()) * projections_.lr_side();
-    const at::Tensor probs = at::softmax(scores, -1, at::kFloat);  // [H, 1, total]
-    const at::Tensor image =
-        probs.narrow(2, s->image_begin_, n).sum(0).reshape({n}).to(at::kCPU).contiguous();
-    s->pending_ = SelectHighResBlocks(image.data_ptr<float>(), projections_.lr_side(), s->width_,
-                                      s->height_, s->threshold_);
+void FlexAttention::Publish() {
+  if (selected_.empty()) return;
+  const at::Tensor device = at::stack(selected_, 1).to(at::kByte);  // [C, FA, 81]
+  // Pinned on a GPU, so that the copy runs behind the step; the sampled ids' read waits for it.
+  at::Tensor host = at::empty(device.sizes(),
+                              at::TensorOptions().dtype(at::kByte).pinned_memory(device.is_cuda()));
+  host.copy_(device, /*non_blocking=*/true);
+  for (size_t c = 0; c < sequences_.size(); ++c) {
+    if (sequences_[c] == nullptr) continue;
+    sequences_[c]->summary_ = host;
+    sequences_[c]->summary_row_ = static_cast<int64_t>(c);
   }
-  if (!hierarchical) return {};
-  // Hierarchical attention (modeling_llama.py:444-499): the last row attends to its causal keys and
-  // every selected HR key under one softmax, in fp32.
-  const int fa = layer - n_sa;
-  std::vector<at::Tensor> hk, hv;
-  for (int b = 0; b < static_cast<int>(s->active_.size()); ++b) {
-    if (!s->active_[b]) continue;
-    hk.push_back(s->keys_[fa][b]);
-    hv.push_back(s->values_[fa][b]);
-  }
-  at::Tensor hr_keys = at::cat(hk, 1);    // [KV, M, Dh]
-  at::Tensor hr_values = at::cat(hv, 1);  // [KV, M, Dh]
-  const int64_t heads = q.size(0);
-  if (hr_keys.size(0) !=
-      heads) {  // Grouped-query attention: each KV head serves H / KV query heads.
-    hr_keys = hr_keys.repeat_interleave(heads / hr_keys.size(0), 0);
-    hr_values = hr_values.repeat_interleave(heads / hr_values.size(0), 0);
-  }
-  const at::Tensor hr_scores =
-      at::matmul(q.unsqueeze(1), hr_keys.transpose(1, 2)) * scale;  // [H, 1, M]
-  const at::Tensor probs = at::softmax(at::cat({scores, hr_scores}, 2), -1, at::kFloat)
-                               .to(q.scalar_type());                     // [H, 1, T + M]
-  return at::matmul(probs, at::cat({values, hr_values}, 1)).squeeze(1);  // [H, Dh]
 }
 
-int64_t HighResSequence::bytes() const {
-  auto size = [](const at::Tensor& t) { return t.defined() ? t.numel() * t.element_size() : 0; };
-  int64_t total = size(features_) + size(cos_) + size(sin_);
-  for (const auto& layer : keys_) {
-    for (const at::Tensor& t : layer) total += size(t);
+void HighResSequence::ReadSummary(bool arrived) const {
+  if (!summary_.defined() || !arrived) return;
+  const int64_t grid = kSelectionGrid * kSelectionGrid;
+  const int block = projections_->hr_side() / kSelectionGrid;
+  const size_t step = static_cast<size_t>(trace_.num_steps - 1) * trace_.num_fa_layers;
+  const uint8_t* rows = summary_[summary_row_].contiguous().data_ptr<uint8_t>();
+  for (int fa = 0; fa < trace_.num_fa_layers; ++fa) {
+    const uint8_t* mask = rows + fa * grid;
+    std::copy(mask, mask + grid, trace_.masks.begin() + (step + fa) * grid);
+    const int tokens = static_cast<int>(std::count(mask, mask + grid, 1)) * block * block;
+    trace_.selected_tokens[step + fa] = tokens;
+    selected_total_ += tokens;
   }
-  for (const auto& layer : values_) {
-    for (const at::Tensor& t : layer) total += size(t);
-  }
-  return total;
+  summary_ = at::Tensor();
+}
+
+SelectionTrace HighResSequence::selections() const {
+  ReadSummary(/*arrived=*/true);  // Called between steps: every copy has arrived.
+  return trace_;
+}
+
+int64_t HighResSequence::selected_tokens() const {
+  // Right after the Forward (the engine's reports), before the step's sync on a GPU.
+  ReadSummary(/*arrived=*/features_.device().is_cpu());
+  return selected_total_;
 }
 
 // flex's Mode: two views at zoom_ratio x the tower's side; LR features in the sequence, the raw HR
@@ -272,12 +282,24 @@ class FlexMode final : public Mode {
     Mode::AddForwardFlops(state, start, length, phase, count);
     auto* hr = dynamic_cast<HighResSequence*>(&state);
     if (hr == nullptr) return;
-    // flex's extra last-row work, from the state's counters since the last call.
-    AddFlexFlops(config_.text, hr->rescored_keys_ - hr->counted_rescored_keys_,
-                 hr->selected_total_ - hr->counted_selected_,
-                 hr->computed_rows_ - hr->counted_rows_, phase, count);
-    hr->counted_rescored_keys_ = hr->rescored_keys_;
-    hr->counted_selected_ = hr->selected_total_;
+    // flex's extra last-row work since the last call (what the device ran, not what it
+    // selected: the shapes are fixed). Selecting rows score lr^2 image keys; hierarchical rows
+    // score hr^2 HR keys and mix the raw features per head (highres_attention.h); k_proj_hd over
+    // every HR token of every FA layer once, at admission.
+    const TextConfig& t = config_.text;
+    const int64_t h = t.num_attention_heads, dh = t.head_dim(), d = t.hidden_size;
+    const int64_t n = int64_t{projections_->lr_side()} * projections_->lr_side();
+    const int64_t hr_tokens = int64_t{projections_->hr_side()} * projections_->hr_side();
+    double* f = count->flops[phase];
+    f[FlopCount::kAttention] +=
+        AttentionFlops(h, 1, n, dh) / 2 * (hr->selecting_rows_ - hr->counted_selecting_);
+    f[FlopCount::kAttention] += (AttentionFlops(h, 1, hr_tokens, dh) / 2 +
+                                 LinearFlops(h, hr_tokens, d) + LinearFlops(h, d, dh)) *
+                                (hr->hierarchical_rows_ - hr->counted_hierarchical_);
+    f[FlopCount::kHighResProjections] +=
+        LinearFlops(hr->computed_rows_ - hr->counted_rows_, d, projections_->kv_dim());
+    hr->counted_selecting_ = hr->selecting_rows_;
+    hr->counted_hierarchical_ = hr->hierarchical_rows_;
     hr->counted_rows_ = hr->computed_rows_;
   }
 

@@ -2,11 +2,12 @@
 // UMass-Foundation-Model/FlexAttention@f814be5), the mode of model/modes/mode.h. The image in two
 // views at 1008 px (§1); the LR tokens enter the sequence. HighResProjections holds the
 // checkpoint's k_proj_hd / v_proj_hd of the FA layers; HighResSequence is one request's state (its
-// raw HR features, their RoPE rows, the HR keys/values computed so far, the selection trace), owned
-// by the engine until Release; FlexAttention is the per-Forward hook (model/nn/llama.h) that
-// selects HR blocks from the last row's attention (§3) and lets that row attend to them (§4). The
-// header is the mode's test surface (flex_parity_test reads a state's counters). Worker thread
-// only.
+// raw HR features, every FA layer's HR keys, the selection trace), owned by the engine until
+// Release; FlexAttention is the per-Forward hook (model/nn/llama.h) that selects HR blocks from the
+// last row's attention (§3) and lets that row attend to them (§4), for the whole batch on the
+// device (flex_rows.h): no host read inside the Forward, one packed copy of its selections at its
+// end. The header is the mode's test surface (flex_parity_test reads a state's counters). Worker
+// thread only.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -16,6 +17,7 @@
 #include <vector>
 
 #include "model/engine.h"
+#include "model/modes/flex_rows.h"
 #include "model/modes/highres_selection.h"
 #include "model/modes/mode.h"
 #include "model/nn/llama.h"
@@ -40,8 +42,12 @@ class HighResProjections {
   int64_t kv_dim() const { return kv_heads_ * head_dim_; }
   int64_t kv_heads() const { return kv_heads_; }
   int64_t head_dim() const { return head_dim_; }
-  // Fused [k_proj_hd; v_proj_hd] of decoder layer `layer` (>= num_sa_layers): [2 KV Dh, D].
-  const at::Tensor& weight(int layer) const { return weights_[layer - num_sa_layers_]; }
+  // k_proj_hd of decoder layer `layer` (>= num_sa_layers): [KV Dh, D].
+  const at::Tensor& k_weight(int layer) const { return k_weights_[layer - num_sa_layers_]; }
+  // v_proj_hd of decoder layer `layer` per query head (ValueWeightsPerQueryHead): [H, Dh, D].
+  const at::Tensor& v_weights(int layer) const { return v_weights_[layer - num_sa_layers_]; }
+  // [hr^2] int64: each HR token's block (TokenBlocks).
+  const at::Tensor& token_blocks() const { return token_blocks_; }
 
   // RoPE rows of the HR tokens for an image whose LR tokens sit at positions
   // [image_begin, image_begin + lr_side^2): those rows' cos/sin as an lr x lr grid,
@@ -59,14 +65,17 @@ class HighResProjections {
   double rope_theta_ = 10000.0;
   at::ScalarType dtype_ = at::kFloat;
   at::Device device_ = at::Device(at::kCPU);
-  std::vector<at::Tensor> weights_;  // Per FA layer.
+  std::vector<at::Tensor> k_weights_, v_weights_;  // Per FA layer.
+  at::Tensor token_blocks_;
 };
 
-// One request's high-resolution state. HR keys/values depend only on the image (raw features, fixed
-// RoPE rows), never on the step, so each (FA layer, 8x8 block) is computed the first time a
-// selection needs it and kept until the request ends: the same numbers as the reference, which
-// recomputes the selected ones every step (modeling_llama.py:436-441), for the cost of the blocks
-// ever selected.
+// One request's high-resolution state. HR keys depend only on the image (raw features, fixed RoPE
+// rows), never on the step, so every FA layer's keys of every HR token are computed once, at
+// admission, and kept until the request ends (a fixed-shape buffer: no host decision about which
+// blocks a step needs); values are never stored (highres_attention.h: v_proj_hd applies to the
+// probability-weighted raw features). The same numbers as the reference, which recomputes the
+// selected keys and values every step (modeling_llama.py:436-441). bench/RESULTS.md ("flex on the
+// device") has the trade-off against lazy blocks and stored values.
 class HighResSequence final : public SequenceState {
  public:
   // features: [hr^2, D] raw projector outputs of the HR tiles, stitched row-major. image_begin:
@@ -76,62 +85,74 @@ class HighResSequence final : public SequenceState {
                   int width, int height, int threshold);
 
   const SelectionTrace& trace() const { return trace_; }
-  SelectionTrace selections() const override { return trace_; }
-  int64_t selected_tokens() const override { return selected_total_; }
-  // (FA layer, block) pairs whose HR keys/values were computed so far.
-  int64_t computed_blocks() const { return computed_blocks_; }
-  int64_t computed_rows() const { return computed_rows_; }  // HR tokens through k/v_proj_hd so far.
-  // Ordinary keys whose scores the hook recomputed for last rows so far (for FLOPs).
-  int64_t rescored_keys() const { return rescored_keys_; }
-  // Device bytes this request holds: raw HR features, their RoPE rows, the HR key/value blocks so
-  // far.
+  // Both include the last Forward's selections once they are on the host: at once on the CPU; on
+  // a GPU after that step's sampled ids were read (the next Forward, or selections()).
+  SelectionTrace selections() const override;
+  int64_t selected_tokens() const override;
+  // HR tokens through k_proj_hd so far (every token of every FA layer, at admission).
+  int64_t computed_rows() const { return computed_rows_; }
+  // Device bytes this request holds: raw HR features, every FA layer's HR keys, the band mask.
   int64_t bytes() const override;
 
  private:
   friend class FlexAttention;
   friend class FlexMode;
   void BeginStep();
-  // The blocks `active_` needs at FA layer `fa` that are not computed yet.
-  std::vector<int> MissingBlocks(int fa) const;
+  // Copies the last Forward's selections from the host summary into the trace, if they are there
+  // (`arrived`: the step that copied them has synchronised since).
+  void ReadSummary(bool arrived) const;
 
   const HighResProjections* projections_;
-  at::Tensor features_;   // [hr^2, D]
-  at::Tensor cos_, sin_;  // [hr^2, Dh]
+  at::Tensor features_;  // [hr^2, D]
+  at::Tensor keys_;      // [FA layers, KV, hr^2, Dh] (RoPE'd)
+  at::Tensor band_;      // [lr^2] bool
   int64_t image_begin_;
-  int width_, height_, threshold_;
-  std::vector<std::vector<at::Tensor>> keys_,
-      values_;         // [FA layer][block]: [KV, b^2, Dh] (RoPE'd keys)
-  BlockMask active_;   // Selection the current layer uses (computed by the layer before it).
-  BlockMask pending_;  // Selection computed by the current layer for the next.
-  SelectionTrace trace_;
-  int64_t selected_total_ = 0;
-  int64_t computed_blocks_ = 0;
+  int threshold_;
+  // The host copy of a Forward's selections [rows, FA, 81] (shared by its sequences), this
+  // sequence's row in it, and the step it belongs to; undefined once read.
+  mutable at::Tensor summary_;
+  int64_t summary_row_ = 0;
+  mutable SelectionTrace trace_;
+  mutable int64_t selected_total_ = 0;
   int64_t computed_rows_ = 0;
-  int64_t rescored_keys_ = 0;
+  // Work of the last-row hooks so far, for FLOPs: rows that selected (over lr^2 image keys each)
+  // and rows that attended to the hr^2 HR keys (per FA layer).
+  int64_t selecting_rows_ = 0, hierarchical_rows_ = 0;
   // The counters' values already turned into FLOPs (FlexMode::AddForwardFlops).
-  int64_t counted_rescored_keys_ = 0, counted_selected_ = 0, counted_rows_ = 0;
+  int64_t counted_selecting_ = 0, counted_hierarchical_ = 0, counted_rows_ = 0;
 };
 
-// The hook for one Forward (a prefill or a decode step) over chunks of which some carry an image.
-// Each chunk is handled on its own (ragged selections batch freely); the HR key/value blocks the
-// chunks newly need at a layer are computed in one GEMM.
+// The hook for one Forward (a prefill or a decode step) over a batch of which some rows carry an
+// image: per layer, the batch's causal attention with its log-sum-exp (CausalAttention), then for
+// the last row of every sequence at once the hierarchical merge with its HR part and the selection
+// for the next layer, with fixed shapes (rows without an image, and a decode bucket's padding rows,
+// run the same ops and select nothing). After the last layer, one non-blocking copy of the
+// Forward's selections [rows, FA layers, 81] into host memory, read once it has arrived (the
+// step's sampled ids are read after it, so their wait covers it): no host sync of its own.
 class FlexAttention final : public LayerHooks {
  public:
   // sequences[c]: chunk c's state, or null for a chunk without an image (plain attention).
   FlexAttention(const HighResProjections& projections, std::vector<HighResSequence*> sequences);
 
-  void BeginLayer(int layer) override;
-  // Causal attention for every row; each image chunk's last row is then replaced by LastRow's.
   at::Tensor SelfAttention(int layer, const at::Tensor& q, const DecoderBatch& batch) override;
 
  private:
-  // q [H, Dh]: chunk `chunk`'s last row after RoPE; keys/values [H, total, Dh]: the causal keys
-  // that row sees. Returns the row's attention output [H, Dh], or undefined to keep the causal one.
-  at::Tensor LastRow(int layer, size_t chunk, const at::Tensor& q, const at::Tensor& keys,
-                     const at::Tensor& values, double scale);
+  // The batch's per-Forward inputs (image key rows, bands, thresholds, features), once.
+  void Gather(const DecoderBatch& batch);
+  // Starts the copy of the Forward's selections to the host (HighResSequence::ReadSummary).
+  void Publish();
 
   const HighResProjections& projections_;
   std::vector<HighResSequence*> sequences_;
+  HighResSequence* first_image_ = nullptr;  // Stands in for rows without an image.
+  bool gathered_ = false;
+  at::Tensor last_rows_;   // [C] packed row of each sequence's newest token (prefill only).
+  at::Tensor image_rows_;  // [C lr^2] flat KV-pool rows of each sequence's LR image keys.
+  FlexRowInputs inputs_;
+  at::Tensor features_;               // [C, hr^2, D]
+  std::vector<at::Tensor> keys_;      // Per row: its sequence's [FA, KV, hr^2, Dh].
+  at::Tensor active_;                 // [C, 81] bool: the selection the next FA layer uses.
+  std::vector<at::Tensor> selected_;  // Per FA layer: [C, 81] bool, the selection it used.
 };
 
 }  // namespace flexvqa

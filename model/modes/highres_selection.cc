@@ -8,19 +8,12 @@
 namespace flexvqa {
 namespace {
 
-// The attention map with the square padding's bands zeroed (modeling_llama.py:548-558): the image
-// was pasted centred on a max(W, H) square, so m = int(margin / max(W, H) * side) rows (landscape)
-// or columns (portrait) on each side hold only padding.
+// The attention map with the square padding's bands zeroed (modeling_llama.py:548-558).
 std::vector<float> ZeroPaddingBands(const float* attention, int side, int width, int height) {
   std::vector<float> a(attention, attention + static_cast<size_t>(side) * side);
-  const int margin = std::abs(width - height) / 2;
-  const int m = static_cast<int>(static_cast<double>(margin) / std::max(width, height) * side);
-  if (m == 0) return a;
-  for (int r = 0; r < side; ++r) {
-    for (int c = 0; c < side; ++c) {
-      const bool band = width > height ? (r < m || r >= side - m) : (c < m || c >= side - m);
-      if (band) a[static_cast<size_t>(r) * side + c] = 0.0f;
-    }
+  const std::vector<uint8_t> band = PaddingBandCells(side, width, height);
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (band[i]) a[i] = 0.0f;
   }
   return a;
 }
@@ -38,6 +31,22 @@ std::vector<float> NormalisedScores(const std::vector<float>& a) {
 }
 
 }  // namespace
+
+std::vector<uint8_t> PaddingBandCells(int side, int width, int height) {
+  // The image was pasted centred on a max(W, H) square, so m rows or columns on each side hold
+  // only padding.
+  std::vector<uint8_t> band(static_cast<size_t>(side) * side, 0);
+  const int margin = std::abs(width - height) / 2;
+  const int m = static_cast<int>(static_cast<double>(margin) / std::max(width, height) * side);
+  if (m == 0) return band;
+  for (int r = 0; r < side; ++r) {
+    for (int c = 0; c < side; ++c) {
+      const bool in_band = width > height ? (r < m || r >= side - m) : (c < m || c >= side - m);
+      band[static_cast<size_t>(r) * side + c] = in_band ? 1 : 0;
+    }
+  }
+  return band;
+}
 
 BlockMask SelectHighResBlocks(const float* attention, int lr_side, int image_width,
                               int image_height, int threshold) {

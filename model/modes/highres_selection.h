@@ -33,6 +33,11 @@ double SelectionMargin(const float* attention, int lr_side, int image_width, int
 
 int CountBlocks(const BlockMask& mask);
 
+// The lr_side x lr_side cells (row-major, 1 = padding) that the square padding of a
+// image_width x image_height image covers: m = int(margin / max(W, H) * lr_side) rows (landscape)
+// or columns (portrait) on each side (modeling_llama.py:548-558). SelectHighResBlocks zeroes them.
+std::vector<uint8_t> PaddingBandCells(int lr_side, int image_width, int image_height);
+
 // Indices (row-major over hr_side x hr_side) of the high-resolution tokens of block `block`.
 std::vector<int64_t> BlockTokenIndices(int block, int hr_side);
 
