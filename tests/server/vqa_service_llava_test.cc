@@ -25,9 +25,10 @@ using ::testing::HasSubstr;
 
 using testing::StreamResult;
 
-std::unique_ptr<Engine> MakeEngine(int max_sequences) {
+std::unique_ptr<Engine> MakeEngine(int max_sequences,
+                                   const std::string& model_dir = testing::TinyModelDir()) {
   EngineOptions options;
-  options.model_dir = testing::TinyModelDir();
+  options.model_dir = model_dir;
   options.max_sequences = max_sequences;
   auto engine = CreateLlavaEngine(options);
   EXPECT_TRUE(engine.ok()) << engine.status().ToString();
@@ -36,8 +37,9 @@ std::unique_ptr<Engine> MakeEngine(int max_sequences) {
 
 class LlavaServiceTest : public ::testing::Test {
  protected:
+  virtual std::string ModelDir() const { return testing::TinyModelDir(); }
   void SetUp() override {
-    engine_ = MakeEngine(/*max_sequences=*/16);
+    engine_ = MakeEngine(/*max_sequences=*/16, ModelDir());
     ASSERT_NE(engine_, nullptr);
     ServerOptions options;
     options.listen_address = "127.0.0.1:0";
@@ -227,43 +229,14 @@ TEST_F(LlavaServiceTest, PromptOverTheContextAndThresholdOnAFullModelAreRefused)
 }
 
 // The tiny FlexAttention checkpoint (paper geometry: 9x9 blocks of 8x8 HR tokens at 1008 px).
-class FlexServiceTest : public ::testing::Test {
+class FlexServiceTest : public LlavaServiceTest {
  protected:
-  static std::unique_ptr<Engine> FlexEngine() {
-    EngineOptions options;
-    options.model_dir = testing::TinyFlexModelDir();
-    options.max_sequences = 4;
-    auto engine = CreateLlavaEngine(options);
-    EXPECT_TRUE(engine.ok()) << engine.status().ToString();
-    return engine.ok() ? std::move(engine).value() : nullptr;
-  }
-  void SetUp() override {
-    engine_ = FlexEngine();
-    ASSERT_NE(engine_, nullptr);
-    ASSERT_EQ(engine_->Info().mode, "flex");
-    ServerOptions options;
-    options.listen_address = "127.0.0.1:0";
-    SchedulerConfig scheduler;
-    scheduler.max_running = 4;
-    auto server = VqaServer::Start(engine_.get(), options, scheduler);
-    ASSERT_TRUE(server.ok()) << server.status().ToString();
-    server_ = std::move(server).value();
-    stub_ = v1::VqaService::NewStub(grpc::CreateChannel(
-        "127.0.0.1:" + std::to_string(server_->port()), grpc::InsecureChannelCredentials()));
-  }
-  StreamResult Generate(const v1::GenerateRequest& request) {
-    grpc::ClientContext context;
-    context.set_deadline(std::chrono::system_clock::now() + 120s);
-    return testing::ReadGenerateStream(*stub_, &context, request);
-  }
-
-  std::unique_ptr<Engine> engine_;
-  std::unique_ptr<VqaServer> server_;
-  std::unique_ptr<v1::VqaService::Stub> stub_;
+  std::string ModelDir() const override { return testing::TinyFlexModelDir(); }
 };
 
 TEST_F(FlexServiceTest, SelectionSummaryIsTheEnginesTraceCountedPerBlock) {
-  std::unique_ptr<Engine> reference = FlexEngine();
+  ASSERT_EQ(engine_->Info().mode, "flex");
+  std::unique_ptr<Engine> reference = MakeEngine(/*max_sequences=*/1, ModelDir());
   ASSERT_NE(reference, nullptr);
   // 300 x 200: padded to a 300 px square, 50 px bands above and below.
   v1::GenerateRequest request = Question("What is in the picture?", 5, testing::MakePng(300, 200));
