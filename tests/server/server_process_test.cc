@@ -262,7 +262,9 @@ TEST(ServerProcessTest, AListenerThatStoppedAcceptingTurnsHealthNotServing) {
   // --log_json: every line is JSON, gRPC's own "Failed accept4" included (it was plain text).
   std::istringstream lines(server.Log());
   for (std::string line; std::getline(lines, line);) {
-    if (!line.empty()) EXPECT_TRUE(line.front() == '{' && line.back() == '}') << line;
+    if (!line.empty()) {
+      EXPECT_TRUE(line.front() == '{' && line.back() == '}') << line;
+    }
   }
 }
 
@@ -293,7 +295,9 @@ TEST(ServerProcessTest, ProtobufErrorsAClientCausesAreThrottled) {
   EXPECT_EQ(lines, 1u) << log;
   std::istringstream each(log);
   for (std::string line; std::getline(each, line);) {
-    if (!line.empty()) EXPECT_TRUE(line.front() == '{' && line.back() == '}') << line;
+    if (!line.empty()) {
+      EXPECT_TRUE(line.front() == '{' && line.back() == '}') << line;
+    }
   }
 }
 
