@@ -188,12 +188,12 @@ at::Tensor FlexAttention::SelfAttention(int layer, const at::Tensor& q, const De
   if (selects) {
     // The last row's causal probabilities over its LR image keys (the HR keys are masked out of
     // this softmax in the reference, modeling_llama.py:455-470), read from the pool.
-    const at::Tensor& pool = batch.cache->pool(layer);  // [S + 1, ctx, 2, KV, Dh]
+    // Keys of layer `layer`: pool [0] is [S + 1, ctx, KV, Dh] (model/nn/kv_cache.h).
+    const at::Tensor pool_keys = batch.cache->pool(layer).select(0, 0);
     const int64_t c = batch.sequences(), n = image_rows_.size(0) / c;
-    const at::Tensor image_keys = pool.view({-1, 2, pool.size(3), pool.size(4)})
+    const at::Tensor image_keys = pool_keys.view({-1, pool_keys.size(2), pool_keys.size(3)})
                                       .index_select(0, image_rows_)
-                                      .view({c, n, 2, pool.size(3), pool.size(4)})
-                                      .select(2, 0)
+                                      .view({c, n, pool_keys.size(2), pool_keys.size(3)})
                                       .permute({0, 2, 1, 3});  // [C, KV, n, Dh]
     active_ = SelectForNextLayer(q_last, image_keys, lse_last, inputs_, batch.scale);
     for (HighResSequence* s : sequences_) {
