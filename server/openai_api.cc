@@ -351,6 +351,7 @@ Json Figures(const StreamItem& final_item) {
   const v1::Timings& t = final.timings();
   return {{"image_tokens", final_item.usage.image_tokens},
           {"selected_hr_tokens", final_item.usage.selected_hr_tokens},
+          {"encoder_cache_hit", final.usage().encoder_cache_hit()},
           {"flops", final.flops()},
           {"flops_by_phase",
            {{"vision", f.vision()},

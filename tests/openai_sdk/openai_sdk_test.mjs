@@ -89,7 +89,13 @@ try {
   check(completion.usage.completion_tokens > 0 &&
         completion.usage.total_tokens === completion.usage.prompt_tokens + completion.usage.completion_tokens,
         "usage adds up");
-  check(completion.flexvqa?.flops_by_phase?.vision > 0, "our figures ride along (vision FLOPs > 0)");
+  // The gRPC call above encoded the same image, so the server's encoder cache (on by default) serves
+  // this one: vision FLOPs 0 and the hit reported; prefill FLOPs are counted either way.
+  const figures = completion.flexvqa ?? {};
+  check(figures.flops_by_phase?.prefill > 0 &&
+        (figures.encoder_cache_hit === true ? figures.flops_by_phase.vision === 0
+                                            : figures.flops_by_phase?.vision > 0),
+        `our figures ride along (prefill FLOPs > 0; vision FLOPs 0 exactly on a cache hit): ${JSON.stringify(figures)}`);
 
   let streamed = "";
   let usage = null;
