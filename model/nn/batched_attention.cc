@@ -76,13 +76,4 @@ at::Tensor CausalAttention(int layer, const at::Tensor& q, const DecoderBatch& b
   return packed(at::matmul(probs, v), dh);  // [N, H, Dh]
 }
 
-at::Tensor MergeAttention(const at::Tensor& out_a, const at::Tensor& lse_a, const at::Tensor& out_b,
-                          const at::Tensor& lse_b) {
-  // softmax over A u B = w_a softmax_A + w_b softmax_B with w = exp(lse - lse_union).
-  const at::Tensor total = at::logaddexp(lse_a, lse_b);
-  const at::Tensor wa = at::exp(lse_a - total).unsqueeze(-1);
-  const at::Tensor wb = at::exp(lse_b - total).unsqueeze(-1);
-  return (out_a.to(at::kFloat) * wa + out_b.to(at::kFloat) * wb).to(out_a.scalar_type());
-}
-
 }  // namespace flexvqa

@@ -19,13 +19,8 @@ namespace flexvqa {
 // q [N, H, Dh] (after RoPE; this layer's keys/values of the batch already in the pool) ->
 // [N, H, Dh]. lse (optional): receives each row's log-sum-exp of its scaled scores over the keys
 // it sees, [N, H] fp32, so that a caller can merge another attention over other keys exactly
-// (MergeAttention).
+// (flex does: MergeAttentionParts in model/modes/attention_merge.h).
 at::Tensor CausalAttention(int layer, const at::Tensor& q, const DecoderBatch& batch,
                            at::Tensor* lse = nullptr);
-
-// The exact softmax over the union of two disjoint key sets from each set's normalised output and
-// log-sum-exp: out_a, out_b [.., Dh], lse_a, lse_b [..] fp32 -> [.., Dh] in out_a's dtype.
-at::Tensor MergeAttention(const at::Tensor& out_a, const at::Tensor& lse_a, const at::Tensor& out_b,
-                          const at::Tensor& lse_b);
 
 }  // namespace flexvqa

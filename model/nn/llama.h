@@ -40,7 +40,7 @@ class LayerHooks {
   // Self-attention of every packed row: q [N, H, Dh] after RoPE -> output [N, H, Dh]. This
   // layer's keys/values of the batch are already in the pool. Default: CausalAttention
   // (model/nn/batched_attention.h), which a mode may call itself, with its log-sum-exp, to merge
-  // attention over other keys (MergeAttention).
+  // attention over other keys (model/modes/attention_merge.h).
   virtual at::Tensor SelfAttention(int layer, const at::Tensor& q, const DecoderBatch& batch);
   // After self-attention's residual: x [N, D] -> a second residual to add [N, D], or an undefined
   // tensor for none (the default).

@@ -102,19 +102,5 @@ TEST_F(BatchedAttentionTest, DecodeBucketPadsWithScratchRowsAndReadsEveryPositio
   EXPECT_EQ(again.ids.data_ptr(), ids);
 }
 
-TEST_F(BatchedAttentionTest, MergeOfTwoDisjointKeySetsIsTheSoftmaxOverTheirUnion) {
-  const at::Tensor q = at::randn({3, kDh});
-  const at::Tensor keys = at::randn({10, kDh}), values = at::randn({10, kDh});
-  auto attend = [&](int64_t begin, int64_t count) {
-    const at::Tensor scores = at::matmul(q, keys.narrow(0, begin, count).t());  // [3, count]
-    return std::make_pair(at::matmul(at::softmax(scores, -1), values.narrow(0, begin, count)),
-                          at::logsumexp(scores, -1));
-  };
-  const auto [a, lse_a] = attend(0, 4);
-  const auto [b, lse_b] = attend(4, 6);
-  const auto [all, lse_all] = attend(0, 10);
-  EXPECT_TRUE(at::allclose(MergeAttention(a, lse_a, b, lse_b), all, 1e-5, 1e-6));
-}
-
 }  // namespace
 }  // namespace flexvqa
