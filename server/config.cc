@@ -78,6 +78,11 @@ void AddServerFlags(ServerConfig* c, FlagSet* f) {
          &c->scheduler.max_queue_wait);
   f->Add("preprocess_threads", "CPU threads for image decoding, preprocessing and tokenisation",
          &c->scheduler.preprocess_threads);
+  f->Add("release_heap_when_idle",
+         "when the worker goes idle, return freed heap pages to the kernel (malloc_trim)",
+         &c->scheduler.release_heap_when_idle);
+  f->Add("malloc_arena_max", "glibc malloc arenas the threads share; 0: glibc's default",
+         &c->server.malloc_arena_max);
 
   f->Add("model_dir",
          "checkpoint directory (config.json, *.safetensors, tokenizer.model); flexvqa_server's "
@@ -148,6 +153,7 @@ Status ValidateServerConfig(const ServerConfig& c) {
   FLEXVQA_RETURN_IF_ERROR(positive("max_queued", c.scheduler.max_queued));
   FLEXVQA_RETURN_IF_ERROR(positive("max_queue_wait_ms", c.scheduler.max_queue_wait.count()));
   FLEXVQA_RETURN_IF_ERROR(positive("preprocess_threads", c.scheduler.preprocess_threads));
+  FLEXVQA_RETURN_IF_ERROR(non_negative("malloc_arena_max", c.server.malloc_arena_max));
   FLEXVQA_RETURN_IF_ERROR(positive("max_sequences", c.engine.max_sequences));
   FLEXVQA_RETURN_IF_ERROR(non_negative("max_context", c.engine.max_context));
   FLEXVQA_RETURN_IF_ERROR(non_negative("encoder_cache_bytes", c.engine.encoder_cache_bytes));

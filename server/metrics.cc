@@ -13,6 +13,7 @@
 #include <utility>
 #include <vector>
 
+#include "server/heap.h"
 #include "server/logging.h"
 #include "server/metrics_endpoint.h"
 
@@ -276,6 +277,9 @@ struct ServerMetrics::Families {
         // The standard process_* names (Prometheus' client libraries export them; prometheus-cpp
         // does not), so that the usual dashboards and restart alerts apply.
         resident_bytes(Gauge(r, "process_resident_memory_bytes", "Resident memory size in bytes")),
+        heap_in_use_bytes(Gauge(r, "flexvqa_heap_in_use_bytes",
+                                "Bytes of live heap allocations (malloc's own count); resident "
+                                "memory above it is what the allocator keeps")),
         draining(Gauge(r, "flexvqa_draining", "1 while the server drains (SIGTERM received)")),
         start_time(Gauge(r, "process_start_time_seconds",
                          "Start time of the process since unix epoch in seconds")),
@@ -334,6 +338,7 @@ struct ServerMetrics::Families {
   prometheus::Counter& encoder_cache_hits;
   prometheus::Counter& encoder_cache_misses;
   prometheus::Gauge& resident_bytes;
+  prometheus::Gauge& heap_in_use_bytes;
   prometheus::Gauge& draining;
   prometheus::Gauge& start_time;
   prometheus::Family<prometheus::Gauge>& model_info;
@@ -496,6 +501,7 @@ void ServerMetrics::SetMemory(const EngineMemory& memory) {
 
 void ServerMetrics::Refresh() const {
   f_->resident_bytes.Set(ResidentBytes());
+  f_->heap_in_use_bytes.Set(HeapInUseBytes());
   std::lock_guard<std::mutex> lock(source_mu_);
   if (!stats_source_) return;
   const SchedulerStats stats = stats_source_();

@@ -4,6 +4,7 @@
 #include <string>
 #include <utility>
 
+#include "server/heap.h"
 #include "server/logging.h"
 #include "server/metrics.h"
 
@@ -116,12 +117,26 @@ Status Scheduler::EndReason(const Sequence& sequence, Clock::time_point now, boo
 }
 
 void Scheduler::WorkerLoop() {
+  bool worked_since_release = false;
   while (true) {
     {
       std::unique_lock<std::mutex> lock(mu_);
-      work_cv_.wait(lock, [this] { return stop_ || !queue_.empty() || !running_.empty(); });
+      const auto has_work = [this] { return stop_ || !queue_.empty() || !running_.empty(); };
+      if (worked_since_release && config_.release_heap_when_idle && !has_work()) {
+        // Once per burst, off the lock: a trim walks every arena (milliseconds).
+        lock.unlock();
+        const Clock::time_point start = Clock::now();
+        const bool released = ReleaseFreeHeap();
+        Logger("scheduler")
+            ->debug("idle: released free heap ({}) in {:.1f} ms", released,
+                    Ms(Clock::now() - start));
+        worked_since_release = false;
+        lock.lock();
+      }
+      work_cv_.wait(lock, has_work);
       if (stop_ && queue_.empty() && running_.empty()) return;
     }
+    worked_since_release = true;
     ++step_;
     step_started_.store(Clock::now().time_since_epoch().count());
     RetireRunning();

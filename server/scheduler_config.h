@@ -21,6 +21,10 @@ struct SchedulerConfig {
   std::chrono::milliseconds max_queue_wait{30'000};
   // Threads for Engine::Prepare (validation, tokenisation, image decoding). Default: 4.
   int preprocess_threads = 4;
+  // When the worker goes idle after work, hand the heap pages freed meanwhile back to the kernel
+  // (server/heap.h), so that resident memory returns to its idle level between bursts. Default:
+  // true.
+  bool release_heap_when_idle = true;
 };
 
 }  // namespace flexvqa

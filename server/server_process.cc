@@ -9,6 +9,7 @@
 #include <fstream>
 #include <string>
 
+#include "server/heap.h"
 #include "server/logging.h"
 #include "server/metrics.h"
 #include "server/transport.h"
@@ -54,6 +55,10 @@ int RunServerProcess(int argc, char** argv, ServerConfig config,
   }
   auto log = Logger("server");
   log->info("configuration:\n{}", flags.Describe());
+  // Before the first thread: arenas are made per thread on demand.
+  if (!LimitMallocArenas(config.server.malloc_arena_max)) {
+    log->warn("malloc refused malloc_arena_max={}", config.server.malloc_arena_max);
+  }
   // Idle connections each hold a descriptor; gRPC 1.51 stops accepting for good after EMFILE.
   log->info("file descriptor limit: {}", RaiseFileLimit());
 

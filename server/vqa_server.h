@@ -59,6 +59,9 @@ struct ServerOptions {
   int max_calls_per_client = 48;
   // The OpenAI-compatible HTTP endpoint (server/openai_endpoint.h). Default: off.
   OpenAiOptions openai;
+  // glibc malloc arenas, set by main before any thread starts (server/heap.h); 0: glibc's default
+  // (8 per core), whose per-thread arenas each keep what a burst freed. Default: 2.
+  int malloc_arena_max = 2;
 };
 
 // Name under which the health service reports VqaService (the empty name reports the whole server).

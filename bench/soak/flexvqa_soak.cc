@@ -8,7 +8,11 @@
 //     before any response, which may never have reached it);
 //   - once idle, nothing is held: flexvqa_requests_running/waiting, the KV-cache and the
 //     high-resolution cache memory gauges are 0 and the free KV slots back to their idle value;
-//   - resident memory is flat: growth over the second half of the run below --max_rss_growth_mb.
+//   - memory is flat: once idle, resident memory is within --max_rss_growth_mb of its level before
+//     the load (the server hands freed heap back when idle: server/heap.h), and the live heap
+//     (flexvqa_heap_in_use_bytes, malloc's count, which allocator retention does not inflate)
+//     within --max_heap_growth_mb: a leak fails the second whatever the allocator keeps.
+//     Reported: start (before the load), steady state (half-way), max and end.
 // With --server_bin it starts the server itself (port 0, --port_file) and stops it with SIGTERM
 // (exit status 0 required). Exit status: 0 when every check holds, 1 otherwise (each violation is
 // printed), 2 for bad flags. bench/RESULTS.md ("Soak") has the CI and the one-hour commands.
@@ -46,7 +50,8 @@ using Clock = std::chrono::steady_clock;
 constexpr char kUsage[] =
     "usage: flexvqa_soak (--server=host:port --metrics=host:port | --server_bin=PATH\n"
     "         [--server_arg=ARG ...]) [--duration_s=S] [--concurrency=C] [--images=a.jpg,b.png]\n"
-    "         [--killed_clients_every_s=S] [--max_rss_growth_mb=M] [--seed=N]\n";
+    "         [--killed_clients_every_s=S] [--max_rss_growth_mb=M] [--max_heap_growth_mb=M]\n"
+    "         [--seed=N]\n";
 
 struct Options {
   std::string server, metrics;
@@ -56,7 +61,8 @@ struct Options {
   int concurrency = 8;
   std::vector<std::string> images;
   double killed_clients_every_s = 10;
-  double max_rss_growth_mb = 64;
+  double max_rss_growth_mb = 96;
+  double max_heap_growth_mb = 16;
   uint64_t seed = 1;
   // Child mode (internal): open this many streams against --server, print "ready" after the first
   // token, then wait to be killed.
@@ -87,6 +93,8 @@ bool Parse(int argc, char** argv, Options* o) {
         o->killed_clients_every_s = std::stod(value);
       } else if (name == "max_rss_growth_mb") {
         o->max_rss_growth_mb = std::stod(value);
+      } else if (name == "max_heap_growth_mb") {
+        o->max_heap_growth_mb = std::stod(value);
       } else if (name == "seed") {
         o->seed = std::stoull(value);
       } else if (name == "child_streams") {
@@ -249,6 +257,7 @@ struct Scrape {
   bool ok = false;
   double requests_total = 0;  // Generate and Answer, every code.
   double running = 0, waiting = 0, free_slots = 0, kv_bytes = 0, hr_bytes = 0, rss_bytes = 0;
+  double heap_bytes = -1;  // -1: the server does not export flexvqa_heap_in_use_bytes.
 };
 
 Scrape ScrapeMetrics(const std::string& address) {
@@ -282,6 +291,8 @@ Scrape ScrapeMetrics(const std::string& address) {
       s.hr_bytes = value;
     } else if (name == "process_resident_memory_bytes") {
       s.rss_bytes = value;
+    } else if (name == "flexvqa_heap_in_use_bytes") {
+      s.heap_bytes = value;
     }
   }
   s.ok = true;
@@ -368,13 +379,15 @@ int RunSoak(const Options& o, const std::string& self) {
   const Clock::time_point begin = Clock::now();
   const Clock::time_point end = begin + std::chrono::duration_cast<Clock::duration>(
                                             std::chrono::duration<double>(o.duration_s));
-  // Warm-up: the first half (allocator arenas, LibTorch's caches for every image shape).
-  const Clock::time_point warm = begin + (end - begin) / 2;
+  // Steady state: half-way (allocator arenas and LibTorch's buffers for every image shape are in
+  // use by then); reported, and the end is judged against the start.
+  const Clock::time_point half_way = begin + (end - begin) / 2;
   std::vector<std::string> violations;
   // Streams of killed clients: seen by the server before the kill, or not confirmed (the server may
   // count them late, or never if the kill came first).
   int killed_streams = 0, killed_unconfirmed = 0, killed_clients = 0;
-  double rss_warm = 0, rss_max = 0;
+  Scrape steady;
+  double rss_max = 0;
   Clock::time_point next_kill = begin + std::chrono::seconds(1);
   while (Clock::now() < end) {
     if (o.killed_clients_every_s > 0 && Clock::now() >= next_kill) {
@@ -392,7 +405,7 @@ int RunSoak(const Options& o, const std::string& self) {
     // The sampling period (the load runs on gRPC's threads meanwhile), not synchronisation.
     std::this_thread::sleep_for(std::chrono::seconds(1));
     const Scrape s = ScrapeMetrics(metrics_address);
-    if (s.ok && rss_warm == 0 && Clock::now() >= warm) rss_warm = s.rss_bytes;
+    if (s.ok && !steady.ok && Clock::now() >= half_way) steady = s;
     if (s.ok) rss_max = std::max(rss_max, s.rss_bytes);
   }
   if (!load.StopAndWait(std::chrono::seconds(120))) {
@@ -402,14 +415,16 @@ int RunSoak(const Options& o, const std::string& self) {
   violations.insert(violations.end(), report.violations.begin(), report.violations.end());
 
   // Idle: the server must count every request once and hold nothing. The gauges settle once the
-  // killed clients' streams are noticed; wait for that, bounded.
+  // killed clients' streams are noticed, and resident memory once the idle worker has handed the
+  // freed heap back; wait for that, bounded.
+  const double rss_limit = before.rss_bytes + o.max_rss_growth_mb * (1 << 20);
   const double expected_total =
       before.requests_total + report.started + killed_streams + killed_unconfirmed;
   const double least_total = expected_total - report.maybe_unseen - killed_unconfirmed;
   Scrape after;
   WaitForMetrics(metrics_address, std::chrono::seconds(60), &after, [&](const Scrape& s) {
     return s.requests_total >= least_total && s.running == 0 && s.waiting == 0 && s.kv_bytes == 0 &&
-           s.hr_bytes == 0 && s.free_slots == before.free_slots;
+           s.hr_bytes == 0 && s.free_slots == before.free_slots && s.rss_bytes <= rss_limit;
   });
   char buf[256];
   if (after.requests_total < least_total || after.requests_total > expected_total) {
@@ -429,10 +444,15 @@ int RunSoak(const Options& o, const std::string& self) {
                   before.free_slots);
     violations.push_back(buf);
   }
-  const double growth_mb = Mb(after.rss_bytes - rss_warm);
-  if (rss_warm == 0 || growth_mb > o.max_rss_growth_mb) {
-    std::snprintf(buf, sizeof(buf), "RSS grew %.1f MB after warm-up (limit %.1f)", growth_mb,
-                  o.max_rss_growth_mb);
+  if (!steady.ok || after.rss_bytes > rss_limit) {
+    std::snprintf(buf, sizeof(buf), "RSS once idle %.1f MB above its start (limit %.1f)",
+                  Mb(after.rss_bytes - before.rss_bytes), o.max_rss_growth_mb);
+    violations.push_back(buf);
+  }
+  if (before.heap_bytes >= 0 &&
+      after.heap_bytes > before.heap_bytes + o.max_heap_growth_mb * (1 << 20)) {
+    std::snprintf(buf, sizeof(buf), "live heap once idle %.1f MB above its start (limit %.1f)",
+                  Mb(after.heap_bytes - before.heap_bytes), o.max_heap_growth_mb);
     violations.push_back(buf);
   }
 
@@ -446,8 +466,10 @@ int RunSoak(const Options& o, const std::string& self) {
       after.requests_total - before.requests_total, expected_total - before.requests_total,
       after.running, after.waiting, after.kv_bytes, after.hr_bytes, after.free_slots,
       before.free_slots);
-  std::printf("soak: RSS start %.1f MB, after warm-up %.1f MB, max %.1f MB, end %.1f MB\n",
-              Mb(before.rss_bytes), Mb(rss_warm), Mb(rss_max), Mb(after.rss_bytes));
+  std::printf("soak: RSS start %.1f MB, steady (half-way) %.1f MB, max %.1f MB, end %.1f MB\n",
+              Mb(before.rss_bytes), Mb(steady.rss_bytes), Mb(rss_max), Mb(after.rss_bytes));
+  std::printf("soak: live heap start %.1f MB, steady %.1f MB, end %.1f MB\n", Mb(before.heap_bytes),
+              Mb(steady.heap_bytes), Mb(after.heap_bytes));
   if (!o.server_bin.empty()) {
     const int exit_status = server_process.Stop();
     if (exit_status != 0) {

@@ -13,5 +13,5 @@ exec "$soak" --server_bin="$server" --server_arg=--model_dir="$dir/model" \
   --server_arg=--max_sequences=4 --server_arg=--max_queued=64 --server_arg=--max_queue_wait_ms=120000 \
   --server_arg=--log_level=warn \
   --duration_s="${SOAK_DURATION_S:-90}" --concurrency="${SOAK_CONCURRENCY:-8}" \
-  --killed_clients_every_s=10 --max_rss_growth_mb="${SOAK_MAX_RSS_GROWTH_MB:-64}" \
+  --killed_clients_every_s=10 --max_rss_growth_mb="${SOAK_MAX_RSS_GROWTH_MB:-96}" \
   --images="$fixtures/photo_64x48.jpg,$fixtures/landscape_37x23.png,$fixtures/portrait_21x44.png"

@@ -84,6 +84,8 @@ TEST(ConfigTest, BadValuesNameTheFlag) {
   EXPECT_EQ(Parse({"--no_such_flag=1"}).status.code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(Parse({"--max_running=0"}).status.code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(Parse({"--max_image_bytes=100000000"}).status.code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(Parse({"--malloc_arena_max=-1"}).status.code(), StatusCode::kInvalidArgument);
+  EXPECT_TRUE(Parse({"--malloc_arena_max=0", "--release_heap_when_idle=false"}).status.ok());
 }
 
 TEST(ConfigTest, HelpListsEveryFlagWithItsEnvironmentVariable) {

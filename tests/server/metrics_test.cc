@@ -172,6 +172,7 @@ TEST(MetricsTest, KnownObservationsAppearInTheExposition) {
   EXPECT_EQ(Value(s, "flexvqa_max_running_requests"), 4);
   EXPECT_EQ(Value(s, "flexvqa_kv_cache_slots"), 4);
   EXPECT_GT(Value(s, "process_resident_memory_bytes"), 0);
+  EXPECT_EQ(s.count("flexvqa_heap_in_use_bytes"), 1u);  // Its value: tests/server/heap_test.cc.
   EXPECT_GT(Value(s, "process_start_time_seconds"), 1.7e9);
   EXPECT_EQ(Value(s, "flexvqa_kv_cache_memory_bytes"), 1 << 18);
   EXPECT_EQ(Value(s, "flexvqa_kv_cache_capacity_bytes"), 1 << 20);
