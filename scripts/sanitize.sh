@@ -8,7 +8,9 @@
 #            gpu, soak, the GPU check's dry run (label dryrun) and the deploy/ and tools/ checks of
 #            configuration and Python (no code of ours under ASan there; the Release stage runs
 #            them); only the test targets and the programs they start are built. Not yet CI's
-#            default: its build has not finished on the shared dev machine (bench/RESULTS.md).
+#            default: its build (223 steps, LibTorch's headers in every engine file) has never
+#            finished on the shared dev machine, where these builds get half a core
+#            (bench/RESULTS.md, "Sanitizers"), so its CI time is not measured.
 #   thread   TSan: the service's threaded tests over the fake engine that do not go through gRPC
 #            (scheduler, metrics, fake engine), in build-tsan/. LibTorch with its OpenMP pool and
 #            Debian's gRPC are not TSan-instrumented, and TSan reports races inside them on every
