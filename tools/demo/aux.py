@@ -20,6 +20,8 @@ import scene as scenes
 
 COLOUR_CLASSES = ["none"] + sorted(scenes.COLOURS)
 SHAPE_CLASSES = ["none", "circle", "triangle"]
+QUADRANTS = 4  # scene.POSITIONS, row-major: the picture's quadrants (padding is symmetric, so the square's).
+MAX_CIRCLES = scenes.CIRCLES[1]
 DIGIT_CLASSES = ["none"] + list("0123456789")
 IGNORE = -100
 
@@ -56,11 +58,16 @@ def colour_grid(sc, side):
 
 
 def lr_targets(sc, side):
-    """(colour [side^2], shape [side^2]) class indices for the LR grid."""
+    """(colour, shape, quadrant, count), each [side^2] class indices for the LR grid: the box colour under
+    the cell's centre, the shape centred in it, the cell's quadrant, and the scene's number of circles
+    (the same at every cell)."""
     shape = torch.zeros(side * side, dtype=torch.long)
     for sh in sc["shapes"]:
         shape[_cell_of(sh["centre"], sc["size"], side)] = SHAPE_CLASSES.index(sh["kind"])
-    return colour_grid(sc, side), shape
+    cells = torch.arange(side * side)
+    quadrant = (cells // side >= side // 2).long() * 2 + (cells % side >= side // 2).long()
+    circles = sum(1 for sh in sc["shapes"] if sh["kind"] == "circle")
+    return colour_grid(sc, side), shape, quadrant, torch.full((side * side,), circles, dtype=torch.long)
 
 
 def hr_targets(sc, side):
@@ -95,18 +102,28 @@ class Heads(torch.nn.Module):
         super().__init__()
         self.lr_colour = torch.nn.Linear(width, len(COLOUR_CLASSES))
         self.lr_shape = torch.nn.Linear(width, len(SHAPE_CLASSES))
+        self.lr_quadrant = torch.nn.Linear(width, QUADRANTS)
+        self.lr_count = torch.nn.Linear(width, MAX_CIRCLES + 1)
         self.hr_digit = torch.nn.Linear(width, len(DIGIT_CLASSES))
         self.hr_colour = torch.nn.Linear(width, len(COLOUR_CLASSES))
 
-    def lr_loss(self, feats, colour, shape):
-        """feats [N, n, D], targets [N, n] -> (loss, right colours, right shape cells that hold a shape)."""
+    def lr_loss(self, feats, colour, shape, quadrant, count):
+        """feats [N, n, D], targets [N, n] -> (loss, right colours, right shape cells that hold a shape,
+        right circle counts). The quadrant keeps where a token is in it (a colour question names a
+        quadrant; the first two-stage run learnt digits but not colours without it), the count makes
+        every token carry the scene's number of circles (counting by attention is what a 4-layer
+        decoder learns last)."""
         lc, ls = self.lr_colour(feats), self.lr_shape(feats)
+        ln = self.lr_count(feats)
         # Most cells hold no shape: weight the classes so that shapes are not drowned.
         loss = F.cross_entropy(lc.flatten(0, 1), colour.flatten()) + \
-            F.cross_entropy(ls.flatten(0, 1), shape.flatten(), weight=torch.tensor([0.05, 1.0, 1.0]))
+            F.cross_entropy(ls.flatten(0, 1), shape.flatten(), weight=torch.tensor([0.05, 1.0, 1.0])) + \
+            F.cross_entropy(self.lr_quadrant(feats).flatten(0, 1), quadrant.flatten()) + \
+            F.cross_entropy(ln.flatten(0, 1), count.flatten())
         held = shape > 0
         return loss, float((lc.argmax(-1) == colour).float().mean()), \
-            float((ls.argmax(-1)[held] == shape[held]).float().mean()) if held.any() else 0.0
+            float((ls.argmax(-1)[held] == shape[held]).float().mean()) if held.any() else 0.0, \
+            float((ln.argmax(-1) == count).float().mean())
 
     def hr_loss(self, feats, digit, colour):
         """feats [M, D] HR tokens, targets [M] -> (loss, right digits at digit cells)."""

@@ -79,7 +79,7 @@ def make_batch(prompter, net, seeds, training=False):
     out = dict(images=(torch.stack(highs), torch.stack(lows)), ids=ids, rows=rows, targets=targets,
                image_of=torch.tensor([s["image"] for s in seqs]), bands=[s["band"] for s in seqs], seqs=seqs)
     if training:
-        out["aux_lr"] = tuple(torch.stack(x) for x in zip(*targets_lr))  # colour, shape [N, lr*lr]
+        out["aux_lr"] = tuple(torch.stack(x) for x in zip(*targets_lr))  # colour, shape, quadrant, count [N, lr*lr]
         out["aux_hr"] = tuple(torch.stack(x) for x in zip(*targets_hr))  # digit, colour [N, hr*hr]
     return out
 
@@ -171,7 +171,7 @@ def evaluate(net, prompter, seeds, device="cpu", **kw):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", required=True)
-    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--images", type=int, default=4, help="scenes per step (9 questions each)")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--warmup", type=int, default=50)

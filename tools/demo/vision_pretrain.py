@@ -41,21 +41,19 @@ def stitch(feats, n, z, lr):
 def make_batch(cfg, seeds, sheet_seeds):
     lr = cfg["image_size"] // cfg["patch_size"]
     hr = lr * cfg["zoom"]
-    highs, lows, lc, ls, hd, hc = [], [], [], [], [], []
+    highs, lows, lr_t, hd, hc = [], [], [], [], []
     for seed in seeds:
         sc = scenes.make_scene(seed)
         high, low, _ = data.preprocess(sc["image"], cfg["zoom"] * cfg["image_size"], cfg["image_size"])
         highs.append(high[0])
         lows.append(low[0])
-        c, s = aux.lr_targets(sc, lr)
+        lr_t.append(aux.lr_targets(sc, lr))
         d, c2 = aux.hr_targets(sc, hr)
-        lc.append(c)
-        ls.append(s)
         hd.append(d)
         hc.append(c2)
     st = torch.stack
     sheets, sheet_digit, sheet_colour = digit_sheet.make_sheets(sheet_seeds)
-    return dict(high=st(highs), low=st(lows), lr_colour=st(lc), lr_shape=st(ls), hr_digit=st(hd), hr_colour=st(hc),
+    return dict(high=st(highs), low=st(lows), lr=tuple(st(x) for x in zip(*lr_t)), hr_digit=st(hd), hr_colour=st(hc),
                 sheets=sheets, sheet_digit=sheet_digit, sheet_colour=sheet_colour)
 
 
@@ -78,12 +76,12 @@ def losses(net, heads, batch):
     c = net.cfg
     lr = net.lr_side
     n = batch["low"].shape[0]
-    lo, lr_col, lr_shape = heads.lr_loss(net.clip_features(batch["low"]), batch["lr_colour"], batch["lr_shape"])
+    lo, lr_col, lr_shape, lr_count = heads.lr_loss(net.clip_features(batch["low"]), *batch["lr"])
     hr = stitch(net.clip_features(hr_tiles(batch["high"], c["zoom"], c["image_size"])), n, c["zoom"], lr)
     hi, hr_digit = heads.hr_loss(hr.flatten(0, 1), batch["hr_digit"].flatten(), batch["hr_colour"].flatten())
     sh, sheet_digit = heads.hr_loss(net.clip_features(batch["sheets"]).flatten(0, 1), batch["sheet_digit"].flatten(),
                                     batch["sheet_colour"].flatten())
-    return lo + hi + sh, dict(lr_colour=lr_col, lr_shape=lr_shape, hr_digit=hr_digit, sheet_digit=sheet_digit)
+    return lo + hi + sh, dict(lr_colour=lr_col, lr_shape=lr_shape, lr_count=lr_count, hr_digit=hr_digit, sheet_digit=sheet_digit)
 
 
 def train(net, heads, args, say):

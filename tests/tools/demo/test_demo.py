@@ -94,13 +94,15 @@ class AuxTargetTest(unittest.TestCase):
     def test_lr_targets_mark_each_box_and_every_shape(self):
         for seed in range(5):
             sc = scenes.make_scene(seed)
-            colour, shape = aux.lr_targets(sc, 12)
-            for b in sc["boxes"]:
+            colour, shape, quadrant, count = aux.lr_targets(sc, 12)
+            for q, b in enumerate(sc["boxes"]):
                 cx, cy = (b["rect"][0] + b["rect"][2]) / 2, (b["rect"][1] + b["rect"][3]) / 2
                 cell = aux._cell_of((cx, cy), sc["size"], 12)
                 self.assertEqual(aux.COLOUR_CLASSES[int(colour[cell])], b["colour"], seed)
+                self.assertEqual(scenes.POSITIONS[int(quadrant[cell])], b["position"], seed)
             circles = sum(1 for sh in sc["shapes"] if sh["kind"] == "circle")
             self.assertEqual(circles, int(sc["questions"][1][2]))
+            self.assertTrue(bool((count == circles).all()))
             self.assertLessEqual(int((shape == 1).sum()), circles)
             self.assertGreaterEqual(int((shape > 0).sum()), 1)
 
