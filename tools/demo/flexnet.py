@@ -204,13 +204,17 @@ class FlexNet(torch.nn.Module):
             torch.stack([F.linear(tiles[(n, ti)], weight) if (n, ti) in tiles else zero for ti in range(z * z)])
             .reshape(z, z, lr, lr, d).permute(0, 2, 1, 3, 4).reshape(-1, d) for n in range(n_img)])
 
-    def forward(self, ids, begin, images, image_of, flex_rows, bands, threshold=None, random_blocks=None):
+    def forward(self, ids, begin, images, image_of, flex_rows, bands, threshold=None, random_blocks=None,
+                collect=None):
         """ids [B, T]: full sequences (image positions hold any id; pads after each sequence's last flex row
         are ignored), all with the same text before the image at 0..begin-1; images: (high [N, 3, HS, HS],
         low [N, 3, S, S]); image_of [B]: image index per sequence; flex_rows [B, R] row indices (after the
         image); bands [B] (m, landscape) per sequence; random_blocks: {selecting layer: [B*R, 9, 9]}.
         Returns logits [B, R, V] of the flex rows, the selecting layers' head-summed LR probabilities
-        [B, R, lr*lr] (for the attention loss) and the masks [B, R, hr*hr] per FA layer.
+        [B, R, lr*lr] (for the attention loss) and the masks [B, R, hr*hr] per FA layer. collect (a dict,
+        training only) receives what the auxiliary losses read: "lr_features" [N, lr*lr, D], "tiles" (the
+        HR tiles' projector outputs that were computed, {(image, tile): [lr*lr, D]}) and "hr_probs" (per FA
+        layer, the flex rows' head-summed probabilities on the HR keys [B, R, hr*hr]).
 
         The rows before the question (text + image, P of them) are the same for every question of an
         image and never attend to HR keys, so they run once per image ([N, P, D]); the question rows
@@ -228,7 +232,8 @@ class FlexNet(torch.nn.Module):
         S = t - P
         assert torch.equal(ids[:, :begin], ids[:1, :begin].expand(b, -1)), "the text before the image differs"
         table = W("m.embed_tokens.weight")
-        xp = torch.cat([table[ids[0, :begin]].expand(n_img, -1, -1), self.clip_features(low)], 1)  # [N, P, D]
+        lr_features = self.clip_features(low)
+        xp = torch.cat([table[ids[0, :begin]].expand(n_img, -1, -1), lr_features], 1)  # [N, P, D]
         xs = table[ids[:, P:].clamp(min=0)]  # [B, S, D]
         cos, sin = (r.to(dev) for r in self.rope(t))
         hr_cos, hr_sin = (r.to(dev) for r in self.hr_rope(begin))
@@ -270,6 +275,8 @@ class FlexNet(torch.nn.Module):
                 s_hr = torch.einsum("brhd,bhmd->brhm", qs[bi, :, fr], kh) / math.sqrt(dh)
                 s_hr = s_hr.masked_fill(~mask[:, :, None, :], float("-inf"))
                 pr = torch.softmax(torch.cat([scores[bi, :, fr], s_hr], -1), -1)  # [B, R, H, T + M]
+                if collect is not None:
+                    collect.setdefault("hr_probs", []).append(pr[..., t:].sum(2))
                 o_r = torch.einsum("brht,bhtd->brhd", pr[..., :t], v) + \
                     torch.einsum("brhm,bhmd->brhd", pr[..., t:], vh)
                 out = out.clone()
@@ -278,6 +285,8 @@ class FlexNet(torch.nn.Module):
             if i + 1 < c["layers"]:  # The prefix rows' last outputs feed nothing.
                 xp = self.block(i, xp, out_p.transpose(1, 2).reshape(n_img, P, d))
             xs = self.block(i, xs, out.transpose(1, 2).reshape(b, S, d))
+        if collect is not None:
+            collect["lr_features"], collect["tiles"] = lr_features, tiles
         xr = self.rms(xs[bi, fr], W("m.norm.weight"))
         return F.linear(xr, W("lm_head.weight")), probs_out, masks_out
 

@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw, ImageFont
 FONT_PATH = "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"
 HIGHRES = 1008  # The model's high-resolution side; model pixels are pixels of that view.
 LOWRES = 336
+PATCH_PX = 28  # The demo tower's patch (flexnet.DEFAULT_CONFIG): one HR token covers 28 model pixels.
 
 COLOURS = {  # Saturated and far apart, so a 336 px view tells them apart.
     "red": (220, 30, 30), "green": (30, 160, 40), "blue": (30, 60, 220),
@@ -62,6 +63,21 @@ def font_size_for(height):
     return size
 
 
+def snap_to_patch(x, y, w, h, patch=None):
+    """The centre of the HR patch (PATCH_PX model pixels of the 1008 px view) nearest to file point
+    (x, y) of a w x h picture: labels sit on the patch grid, so a token sees its whole glyph. Why: the
+    demo tower embeds a patch linearly (as CLIP does) and is trained from scratch on a CPU budget; a glyph
+    at a random offset needs translation-invariant features it cannot learn in that budget (measured:
+    docs/demo_model.md), while the question we ask of it is one of resolution (13 px glyphs in the
+    1008 px view, 4 px at 336)."""
+    s = max(w, h)
+    k = s / HIGHRES
+    ox, oy = (s - w) / 2, (s - h) / 2
+    patch = patch or PATCH_PX
+    snap = lambda v, o: ((int((v + o) / k / patch) + 0.5) * patch) * k - o
+    return snap(x, ox), snap(y, oy)
+
+
 def make_scene(seed):
     rng = random.Random(seed)
     aw, ah = rng.choice(ASPECTS)
@@ -99,7 +115,7 @@ def make_scene(seed):
         glyph = rng.uniform(*GLYPH_PX) * k
         fsize = font_size_for(glyph)
         gx0, gy0, gx1, gy1 = font(fsize).getbbox(digits[q])
-        cx, cy = (rect[0] + rect[2]) / 2, (rect[1] + rect[3]) / 2
+        cx, cy = snap_to_patch((rect[0] + rect[2]) / 2, (rect[1] + rect[3]) / 2, w, h)
         pad = 0.5 * glyph
         label = (cx - (gx1 - gx0) / 2 - pad, cy - (gy1 - gy0) / 2 - pad,
                  cx + (gx1 - gx0) / 2 + pad, cy + (gy1 - gy0) / 2 + pad)
@@ -110,18 +126,20 @@ def make_scene(seed):
                           glyph_px=(gy1 - gy0) / k))
     n_circles = rng.randint(*CIRCLES)
     shapes = [("circle", i) for i in range(n_circles)] + [("triangle", i) for i in range(rng.randint(0, 3))]
-    placed = 0
+    placed, drawn = 0, []
     for shape, _ in shapes:
         for _attempt in range(200):
             r = rng.uniform(22, 38) * k
-            x, y = rng.uniform(r, w - r), rng.uniform(r, h - r)
+            # Centred on an LR patch (3 HR patches, 84 model pixels), as labels sit on HR patches.
+            x, y = snap_to_patch(rng.uniform(r, w - r), rng.uniform(r, h - r), w, h, 3 * PATCH_PX)
             rect = (x - r, y - r, x + r, y + r)
-            if not _overlaps(rect, taken, 6 * k):
+            if r <= x <= w - r and r <= y <= h - r and not _overlaps(rect, taken, 6 * k):
                 break
         else:
             raise RuntimeError(f"seed {seed}: no room for a {shape}")
         taken.append(rect)
         fill = COLOURS[rng.choice(sorted(COLOURS))]
+        drawn.append(dict(kind=shape, centre=(x, y), radius=r))
         if shape == "circle":
             draw.ellipse(rect, fill=fill)
             placed += 1
@@ -141,7 +159,8 @@ def make_scene(seed):
     every += [questions[1]]
     every += [("digit", f"What digit is in the {b['colour']} box?", b["digit"], b["rect"]) for b in boxes]
     # questions: one of each kind (the evaluation's); every: all nine the scene can answer (training's).
-    return dict(image=img, questions=questions, every=every, boxes=boxes, size=(w, h))
+    # shapes: the circles and triangles as drawn (file pixels), for training's per-cell targets (aux.py).
+    return dict(image=img, questions=questions, every=every, boxes=boxes, shapes=drawn, size=(w, h))
 
 
 def rect_to_cells(rect, size, side):

@@ -8,9 +8,14 @@ Writes WORK/tokenizer.model, WORK/state.pt (every --save-every steps; a rerun re
 WORK/train.log (one line per step, an evaluation every --eval-every steps) and, at the end, the checkpoint
 in the original-LLaVA flex layout under --export, with a copy of the log. Deterministic by --seed (the data of step s is a
 function of the seed and s, so a resumed run sees the same data).
-Loss: cross-entropy on the answer token and the end of sequence, plus --attn-weight times an attention
-loss on the selecting layers (the flex rows' head-summed LR attention should fall on the box the question
-names), which teaches the selection where to look; it adds no term to the forward.
+Two stages. Stage 1 (vision_pretrain.py, --vision-steps): the tower and projector learn to read the scenes
+from dense per-token labels (aux.py: box colour and shape per LR cell, digit and box colour per HR cell).
+Stage 2 (--steps): the whole network on the questions. Loss: cross-entropy on the answer token and the end
+of sequence, plus --attn-weight times an attention loss on the selecting layers (the answer rows'
+head-summed LR attention should fall on the box the question names: it teaches the selection where to
+look), --hr-attn-weight times the same on the FA layers' HR keys for digit questions (their attention
+should fall on the named box's label), and --aux-weight times stage 1's label losses (so the tokens keep
+saying what they show). None adds a term to the forward; the auxiliary heads are not exported.
 """
 import argparse
 import math
@@ -25,8 +30,10 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import aux  # noqa: E402
 import data  # noqa: E402
 import scene as scenes  # noqa: E402
+import vision_pretrain  # noqa: E402
 from flexnet import DEFAULT_CONFIG, FlexNet, bands_of, export  # noqa: E402
 
 TRAIN_SEED_BASE = 1_000_000
@@ -34,26 +41,31 @@ HELDOUT_SEED_BASE = 9_000_000
 
 
 def training_questions(sc, seed):
-    """Four of the scene's nine questions: two digit questions, one colour, one count (by seed)."""
-    rng = random.Random(seed)
-    every = sc["every"]
-    return rng.sample(every[:4], 1) + [every[4]] + rng.sample(every[5:], 2)
+    """All nine questions a scene answers (four colour, one count, four digit): the image's prefix rows run
+    once for all of them (FlexNet.forward), so each extra question costs only its own ~15 rows."""
+    return sc["every"]
 
 
 def make_batch(prompter, net, seeds, training=False):
     """Scenes of `seeds`, with their evaluation questions (one per kind) or their training questions."""
-    highs, lows, seqs = [], [], []
+    highs, lows, seqs, targets_lr, targets_hr = [], [], [], [], []
     lr = net.lr_side
+    hr = lr * net.cfg["zoom"]
     for n, seed in enumerate(seeds):
         sc = scenes.make_scene(seed)
         high, low, size = data.preprocess(sc["image"], net.cfg["zoom"] * net.cfg["image_size"],
                                           net.cfg["image_size"])
         highs.append(high[0])
         lows.append(low[0])
+        if training:
+            targets_lr.append(aux.lr_targets(sc, lr))
+            targets_hr.append(aux.hr_targets(sc, hr))
         for kind, question, answer, rect in (training_questions(sc, seed) if training else sc["questions"]):
             cells = scenes.rect_to_cells(rect, size, lr) if rect is not None else None
+            label = [aux.label_cells(b, size, hr) for b in sc["boxes"] if b["rect"] == rect and kind == "digit"]
             seqs.append(dict(image=n, kind=kind, prompt=prompter.prompt(question), answer=prompter.answer(answer),
-                             cells=cells, band=bands_of(size, lr), question=question, text=answer, seed=seed))
+                             cells=cells, label_cells=label[0] if label else None, band=bands_of(size, lr),
+                             question=question, text=answer, seed=seed))
     t = max(len(s["prompt"]) + 1 for s in seqs)
     ids = torch.zeros(len(seqs), t, dtype=torch.long)
     rows = torch.zeros(len(seqs), 2, dtype=torch.long)
@@ -64,8 +76,12 @@ def make_batch(prompter, net, seeds, training=False):
         p = len(s["prompt"])
         rows[j] = torch.tensor([p - 1, p])
         targets[j] = torch.tensor(s["answer"])
-    return dict(images=(torch.stack(highs), torch.stack(lows)), ids=ids, rows=rows, targets=targets,
-                image_of=torch.tensor([s["image"] for s in seqs]), bands=[s["band"] for s in seqs], seqs=seqs)
+    out = dict(images=(torch.stack(highs), torch.stack(lows)), ids=ids, rows=rows, targets=targets,
+               image_of=torch.tensor([s["image"] for s in seqs]), bands=[s["band"] for s in seqs], seqs=seqs)
+    if training:
+        out["aux_lr"] = tuple(torch.stack(x) for x in zip(*targets_lr))  # colour, shape, quadrant, count [N, lr*lr]
+        out["aux_hr"] = tuple(torch.stack(x) for x in zip(*targets_hr))  # digit, colour [N, hr*hr]
+    return out
 
 
 class Batches(torch.utils.data.IterableDataset):
@@ -104,6 +120,36 @@ def attention_loss(probs, seqs):
     return torch.cat(terms).mean() if terms else torch.zeros(())
 
 
+def hr_attention_loss(hr_probs, masks, seqs, heads):
+    """-log of the share of the answer row's HR attention (of all its attention, mean over heads) on the
+    named box's label, per FA layer, over the digit questions whose selection holds part of the label."""
+    terms = []
+    for pr, m in zip(hr_probs, masks):  # [B, R, M], [B, R, M]
+        for j, s in enumerate(seqs):
+            cells = s["label_cells"]
+            if cells and bool(m[j, 0, cells].any()):
+                terms.append(-torch.log(pr[j, 0, cells].sum() / heads + 1e-6))
+    return torch.stack(terms).mean() if terms else torch.zeros(())
+
+
+def aux_loss(heads, net, batch, collect):
+    """Stage 1's label losses on what this forward computed: every image's LR tokens, the HR tiles that
+    some selection needed."""
+    lo, *_ = heads.lr_loss(collect["lr_features"], *batch["aux_lr"])
+    tiles = collect["tiles"]
+    if not tiles:
+        return lo
+    z, lr = net.cfg["zoom"], net.lr_side
+    keys = sorted(tiles)
+    feats = torch.cat([tiles[k] for k in keys])
+
+    def of_tile(grid):  # [N, hr*hr] -> the computed tiles' cells, in `keys` order.
+        g = grid.reshape(-1, z, lr, z, lr)
+        return torch.cat([g[n, ti // z, :, ti % z, :].reshape(-1) for n, ti in keys])
+    hi, _ = heads.hr_loss(feats, *(of_tile(g) for g in batch["aux_hr"]))
+    return lo + hi
+
+
 @torch.no_grad()
 def evaluate(net, prompter, seeds, device="cpu", **kw):
     """Greedy two-token answers (answer, end of sequence) of every question of the scenes `seeds`:
@@ -125,11 +171,13 @@ def evaluate(net, prompter, seeds, device="cpu", **kw):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", required=True)
-    ap.add_argument("--steps", type=int, default=1500)
-    ap.add_argument("--images", type=int, default=8, help="scenes per step (3 questions each)")
-    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--images", type=int, default=4, help="scenes per step (9 questions each)")
+    ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--warmup", type=int, default=50)
     ap.add_argument("--attn-weight", type=float, default=0.5)
+    ap.add_argument("--hr-attn-weight", type=float, default=0.5)
+    ap.add_argument("--aux-weight", type=float, default=0.3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu", help="cpu | cuda (the GPU machine, when lent)")
@@ -138,6 +186,7 @@ def main():
     ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--eval-images", type=int, default=48)
     ap.add_argument("--export", help="write the final checkpoint here")
+    vision_pretrain.add_arguments(ap)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     os.makedirs(args.work, exist_ok=True)
@@ -151,12 +200,15 @@ def main():
     net = FlexNet(cfg, vocab)
     geometry = types.SimpleNamespace(cfg=net.cfg, lr_side=net.lr_side)  # All make_batch needs of net.
     prompter = data.Prompter(tok, net.lr_side ** 2)
-    opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
+    heads = aux.Heads(cfg["hidden"])
+    params = list(net.parameters()) + list(heads.parameters())
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
     state_path = os.path.join(args.work, "state.pt")
     step = 0
     if os.path.exists(state_path):
         state = torch.load(state_path, map_location="cpu")
         net.load_state_dict(state["net"])
+        heads.load_state_dict(state["heads"])
         opt.load_state_dict(state["opt"])
         step = state["step"]
     net = net.to(args.device)
@@ -172,6 +224,8 @@ def main():
         print(text, flush=True)
 
     say(f"# start at step {step} of {args.steps}: {vars(args)} config {cfg} vocab {vocab}")
+    if step == 0:
+        vision_pretrain.train(net, heads, args, say)
     heldout = [HELDOUT_SEED_BASE + args.seed * 10_000 + i for i in range(args.eval_images)]
     t0, c0 = time.time(), time.process_time()
     loader = iter(torch.utils.data.DataLoader(Batches(prompter, geometry, args, step), batch_size=None,
@@ -182,23 +236,28 @@ def main():
             g["lr"] = lr
         batch = to_device(next(loader), args.device)
         t_data = time.time()
-        logits, probs, _ = run(net, batch, prompter.begin)
+        collect = {}
+        logits, probs, masks = run(net, batch, prompter.begin, collect=collect)
         ce = F.cross_entropy(logits.reshape(-1, vocab), batch["targets"].reshape(-1))
         att = attention_loss(probs, batch["seqs"])
-        loss = ce + args.attn_weight * att
+        att_hr = hr_attention_loss(collect.get("hr_probs", []), masks, batch["seqs"], cfg["heads"])
+        ax = aux_loss(heads, net, batch, collect)
+        loss = ce + args.attn_weight * att + args.hr_attn_weight * att_hr + args.aux_weight * ax
         opt.zero_grad()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         step += 1
         ok = (logits.argmax(-1) == batch["targets"]).all(-1)
         acc = {k: [bool(ok[j]) for j, s in enumerate(batch["seqs"]) if s["kind"] == k] for k in scenes.KINDS}
-        say(f"step {step} lr {lr:.2e} loss {loss.item():.4f} ce {ce.item():.4f} attn {att.item():.4f} " +
+        say(f"step {step} lr {lr:.2e} loss {loss.item():.4f} ce {ce.item():.4f} attn {att.item():.4f} "
+            f"attn_hr {att_hr.item():.4f} aux {ax.item():.4f} " +
             " ".join(f"{k} {sum(v)}/{len(v)}" for k, v in acc.items()) +
             f" data_s {t_data - t0:.2f} total_s {time.time() - t0:.2f} cpu_s {time.process_time() - c0:.2f}")
         t0, c0 = time.time(), time.process_time()
         if step % args.save_every == 0 or step == args.steps:
-            torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "step": step}, state_path + ".tmp")
+            torch.save({"net": net.state_dict(), "heads": heads.state_dict(), "opt": opt.state_dict(), "step": step},
+                       state_path + ".tmp")
             os.replace(state_path + ".tmp", state_path)
         if step % args.eval_every == 0 or step == args.steps:
             acc, sel = evaluate(net, prompter, heldout, args.device)

@@ -15,8 +15,11 @@ import torch
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..")
 sys.path.insert(0, os.path.join(ROOT, "tools", "demo"))
 sys.path.insert(0, os.path.join(ROOT, "tests", "parity"))
+import aux  # noqa: E402
 import data  # noqa: E402
+import digit_sheet  # noqa: E402
 import scene as scenes  # noqa: E402
+import vision_pretrain  # noqa: E402
 from flexnet import DEFAULT_CONFIG, FlexNet, bands_of, export  # noqa: E402
 
 
@@ -56,6 +59,23 @@ class SceneTest(unittest.TestCase):
                 self.assertGreaterEqual(h_hi, 10, (seed, views))  # Readable: >= 10 px of ink at 1008.
                 self.assertLessEqual(h_lo, 6, (seed, views))  # <= 6 rows of ink at 336: a blob.
 
+    def test_labels_on_hr_patches_and_shapes_on_lr_patches(self):
+        """Each label's centre is an HR patch centre of the 1008 px view (28 model px), each shape's an LR
+        patch centre (84): scene.snap_to_patch."""
+        for seed in range(8):
+            sc = scenes.make_scene(seed)
+            w, h = sc["size"]
+            s = max(w, h)
+            k = s / scenes.HIGHRES
+            model = lambda v, pad: (v + (s - pad) / 2) / k
+            for b in sc["boxes"]:
+                x0, y0, x1, y1 = b["label"]
+                for v, pad in (((x0 + x1) / 2, w), ((y0 + y1) / 2, h)):
+                    self.assertAlmostEqual(model(v, pad) % 28, 14, delta=1e-6)
+            for sh in sc["shapes"]:
+                for v, pad in zip(sh["centre"], (w, h)):
+                    self.assertAlmostEqual(model(v, pad) % 84, 42, delta=1e-6)
+
     def test_questions_of_both_levels_and_answers_in_range(self):
         sc = scenes.make_scene(3)
         kinds = [q[0] for q in sc["questions"]]
@@ -66,6 +86,56 @@ class SceneTest(unittest.TestCase):
         self.assertIn(colour[2], scenes.COLOURS)
         self.assertIn(int(count[2]), range(scenes.CIRCLES[0], scenes.CIRCLES[1] + 1))
         self.assertIn(digit[2], [b["digit"] for b in sc["boxes"] if b["colour"] in digit[1]])
+
+
+class AuxTargetTest(unittest.TestCase):
+    """Stage 1's per-token labels (aux.py, digit_sheet.py) say what lies under each token."""
+
+    def test_lr_targets_mark_each_box_and_every_shape(self):
+        for seed in range(5):
+            sc = scenes.make_scene(seed)
+            colour, shape, quadrant, count = aux.lr_targets(sc, 12)
+            for q, b in enumerate(sc["boxes"]):
+                cx, cy = (b["rect"][0] + b["rect"][2]) / 2, (b["rect"][1] + b["rect"][3]) / 2
+                cell = aux._cell_of((cx, cy), sc["size"], 12)
+                self.assertEqual(aux.COLOUR_CLASSES[int(colour[cell])], b["colour"], seed)
+                self.assertEqual(scenes.POSITIONS[int(quadrant[cell])], b["position"], seed)
+            circles = sum(1 for sh in sc["shapes"] if sh["kind"] == "circle")
+            self.assertEqual(circles, int(sc["questions"][1][2]))
+            self.assertTrue(bool((count == circles).all()))
+            self.assertLessEqual(int((shape == 1).sum()), circles)
+            self.assertGreaterEqual(int((shape > 0).sum()), 1)
+
+    def test_digit_target_sits_on_the_ink(self):
+        """The cell holding a digit target shows dark ink in the 1008 px view (scenes) or the sheet."""
+        pixels, digit, _ = digit_sheet.make_sheet(3)
+        grey = pixels.mean(0)  # Normalised: ink is far below the white label and the colours.
+        held = (digit > 0).nonzero().flatten().tolist()
+        self.assertGreater(len(held), 20)
+        for cell in held:
+            r, c = divmod(cell, 12)
+            self.assertLess(float(grey[r * 28:(r + 1) * 28, c * 28:(c + 1) * 28].min()), -1.5, cell)
+        sc = scenes.make_scene(4)
+        high, _, _ = data.preprocess(sc["image"], 1008, 336)
+        digit, _ = aux.hr_targets(sc, 36)
+        held = (digit > 0).nonzero().flatten().tolist()
+        self.assertEqual(sorted(aux.DIGIT_CLASSES[int(digit[c])] for c in held), sorted(b["digit"] for b in sc["boxes"]))
+        for cell in held:
+            r, c = divmod(cell, 36)
+            self.assertLess(float(high[0].mean(0)[r * 28:(r + 1) * 28, c * 28:(c + 1) * 28].min()), -1.5, cell)
+
+    def test_stage_one_tiles_are_the_forwards_hr_grid(self):
+        """vision_pretrain cuts and stitches the HR tiles in FlexNet.hr_features/hr_grid's order."""
+        torch.manual_seed(0)
+        net = FlexNet(DEFAULT_CONFIG, 64)
+        high = torch.randn(2, 3, 1008, 1008)
+        with torch.no_grad():
+            tiles = {}
+            net.hr_features(tiles, [(n, t) for n in range(2) for t in range(9)], high)
+            eye = torch.eye(DEFAULT_CONFIG["hidden"])
+            want = net.hr_grid(tiles, eye, 2)
+            got = vision_pretrain.stitch(net.clip_features(vision_pretrain.hr_tiles(high, 3, 336)), 2, 3, 12)
+        self.assertLess(float((want - got).abs().max()), 1e-5)
 
 
 class PromptTest(unittest.TestCase):
