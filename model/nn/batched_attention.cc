@@ -56,11 +56,10 @@ CausalScores CausalAttentionScores(int layer, const at::Tensor& q, const Decoder
   const at::Tensor padded = tq == 1 ? q : q.index_select(0, batch.pad_rows);
   const at::Tensor qg =
       padded.view({c, tq, kv, g, dh}).permute({0, 2, 3, 1, 4}).reshape({c, kv, g * tq, dh});
-  const at::Tensor scores =
-      (at::matmul(qg, k.transpose(-1, -2)) * batch.scale)
-          .view({c, kv, g, tq, tk})
-          .masked_fill(batch.key_mask, -std::numeric_limits<float>::infinity())
-          .view({c, kv, g * tq, tk});  // [C, KV, G Tq, Tk]
+  // Masked in place: the product is this call's own temporary (one kernel, not a copy and a fill).
+  const at::Tensor scores = at::matmul(qg, k.transpose(-1, -2)) * batch.scale;
+  scores.view({c, kv, g, tq, tk})
+      .masked_fill_(batch.key_mask, -std::numeric_limits<float>::infinity());  // [C, KV, G Tq, Tk]
   return {scores, gather(1)};
 }
 
