@@ -280,8 +280,9 @@ SelectionTrace HighResSequence::selections() const {
 }
 
 int64_t HighResSequence::selected_tokens() const {
-  // Right after the Forward (the engine's reports), before the step's sync on a GPU.
-  ReadSummary(/*arrived=*/features_.device().is_cpu());
+  // The engine reads it after the step's sampled ids reached the host (UpdateReports after
+  // EmitIds): the summary's copy, ordered before them, has arrived on any device.
+  ReadSummary(/*arrived=*/true);
   return selected_total_;
 }
 
@@ -302,6 +303,13 @@ class FlexMode final : public Mode {
   }
 
   bool supports_selection_threshold() const override { return true; }
+
+  Status DecodeCapturable() const override {
+    return FailedPreconditionError(
+        "flex uploads each step's image offsets, bands and thresholds from the host and stacks "
+        "each request's own HR keys and features (not slot-indexed pools): a replay would read "
+        "the captured requests' tensors");
+  }
 
   std::unique_ptr<SequenceState> BeginSequence(const SequenceStart& start) const override {
     if (!start.highres.defined()) return std::make_unique<SequenceState>();  // Text only.

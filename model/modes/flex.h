@@ -89,8 +89,8 @@ class HighResSequence final : public SequenceState {
                   int width, int height, int threshold);
 
   const SelectionTrace& trace() const { return trace_; }
-  // Both include the last Forward's selections once they are on the host: at once on the CPU; on
-  // a GPU after that step's sampled ids were read (the next Forward, or selections()).
+  // Both include the last Forward's selections: call them after that step's sampled ids were
+  // read (the summary's non-blocking copy was queued before them), as the engine does.
   SelectionTrace selections() const override;
   int64_t selected_tokens() const override;
   // HR tokens through k_proj_hd so far (every token of every FA layer, at admission).
