@@ -139,6 +139,8 @@ void OnEnd(const at::RecordFunction& fn, at::ObserverContext*) {
   if (frame.launches_below) return;
   ++g_counts->leaf_ops;
   ++g_counts->by_name[frame.name];
+  g_counts->trace.push_back((t_stack.empty() ? std::string("-") : t_stack.front().name) + " > " +
+                            frame.signature);
   g_counts->signature.push_back(std::move(frame.signature));
 }
 

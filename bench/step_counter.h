@@ -25,6 +25,8 @@ struct StepCounts {
   int64_t other_threads = 0;           // Ops recorded on any other thread.
   std::vector<std::string> signature;  // Name + input shapes + integer args per leaf.
   std::map<std::string, int64_t> by_name;  // Leaf ops by name.
+  // Per leaf, in order: the outermost op that dispatched it, then its signature (step_ops --trace).
+  std::vector<std::string> trace;
 };
 
 // Registers the global RecordFunction callback (idempotent).

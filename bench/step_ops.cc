@@ -1,14 +1,15 @@
 // step_ops: the structure of the engine's prefill and decode step, counted with LibTorch's
 // RecordFunction on tiny checkpoints it writes itself (tools/tiny), through the public Engine API.
 //   step_ops [--modes full,flex,hd,composite,xattn,pooled] [--batch 1,8,32,64] [--steps 4]
-//            [--image FILE] [--work_dir DIR] [--ops MODE:BATCH]
+//            [--image FILE] [--work_dir DIR] [--ops MODE:BATCH] [--trace MODE:BATCH]
 // Per mode and batch it prints: leaf ops per prefill and per decode step at the shallow depth,
 // leaf ops per layer per decode step ((deep - shallow) / layer difference; flex: N_SA = 2 at depths
 // 4 and 6, so per FlexAttention layer; xattn: cross attention every 2nd layer, so the average of
 // one plain and one cross-attention layer), host syncs per decode step, and "static": whether the
 // first and last measured decode step (different context lengths, same batch) dispatch the same
 // leaf ops with the same input shapes and integer arguments. --ops prints the decode step's leaf
-// op histogram for one mode and batch.
+// op histogram for one mode and batch; --trace its leaf ops in order, each after the outermost op
+// that dispatched it.
 //
 // A leaf op is an ATen op (RecordScope::FUNCTION) that dispatches no other counted op on its
 // thread (tracked with a per-thread stack): on CUDA, one kernel launch. An op that dispatches only
@@ -68,7 +69,7 @@ std::vector<std::string> Split(const std::string& s) {
 int main(int argc, char** argv) {
   std::string modes = "full,flex,hd,composite,xattn,pooled", batches = "1,8,32,64";
   std::string image_path = FLEXVQA_SOURCE_DIR "/client/examples/shapes.jpg";
-  std::string work_dir = "/tmp/step_ops", ops_for;
+  std::string work_dir = "/tmp/step_ops", ops_for, trace_for;
   int steps = 4;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i], v = argv[i + 1];
@@ -84,6 +85,8 @@ int main(int argc, char** argv) {
       work_dir = v;
     else if (flag == "--ops")
       ops_for = v;
+    else if (flag == "--trace")
+      trace_for = v;
     else {
       std::fprintf(stderr, "unknown flag %s\n", flag.c_str());
       return 2;
@@ -164,6 +167,9 @@ int main(int argc, char** argv) {
         std::sort(hist.rbegin(), hist.rend());
         for (const auto& [n, name] : hist)
           std::printf("    %6lld %s\n", (long long)n, name.c_str());
+      }
+      if (trace_for == mode + ":" + std::to_string(batch_sizes[i])) {
+        for (const std::string& line : a.decode.back().trace) std::printf("    %s\n", line.c_str());
       }
     }
     std::fflush(stdout);

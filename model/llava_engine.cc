@@ -10,11 +10,14 @@
 #include "model/llava_engine.h"
 
 #include <ATen/ATen.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
+#include <functional>
 #include <unordered_map>
 
 #include "model/encoder_cache.h"
@@ -24,6 +27,7 @@
 #include "model/llava_model.h"
 #include "model/modes/mode.h"
 #include "model/nn/batch_sampler.h"
+#include "model/nn/cuda/step_graph.h"
 #include "model/nn/decoder_batch.h"
 #include "model/nn/flop_counter.h"
 #include "model/nn/kv_cache.h"
@@ -66,6 +70,15 @@ double MsBetween(std::chrono::steady_clock::time_point a, std::chrono::steady_cl
   return std::chrono::duration<double, std::milli>(b - a).count();
 }
 
+// The engine's named logger (lifecycle and fallbacks; nothing per token).
+std::shared_ptr<spdlog::logger> Logger() {
+  static const std::shared_ptr<spdlog::logger> logger = [] {
+    std::shared_ptr<spdlog::logger> existing = spdlog::get("engine");
+    return existing ? existing : spdlog::stderr_color_mt("engine");
+  }();
+  return logger;
+}
+
 class LlavaEngine : public Engine {
  public:
   static StatusOr<std::unique_ptr<Engine>> Create(const EngineOptions& options, LogitsSink* sink);
@@ -91,6 +104,20 @@ class LlavaEngine : public Engine {
   // batch.size() pad a decode bucket) on the device and emits it: the step's one host sync.
   Status SampleAndEmit(const at::Tensor& logits, const std::vector<SequenceId>& batch,
                        std::vector<TokenEvent>* events);
+  // SampleAndEmit in three parts. Host, before the step: true when every row is plain greedy (the
+  // argmax of the logits, no sampler state), else the sampler's R rows staged (padding rows
+  // greedy).
+  StatusOr<bool> StageSampling(const std::vector<SequenceId>& batch, int64_t rows);
+  // Device: the chosen ids [R] int64 (no host read: part of a captured step).
+  at::Tensor ChooseIds(const at::Tensor& logits, bool greedy);
+  // Host: reads the ids (the sync) and emits batch.size() of them.
+  void EmitIds(const at::Tensor& ids, const std::vector<SequenceId>& batch,
+               std::vector<TokenEvent>* events);
+  // A decode step's device work: captured as a CUDA graph once per (bucket of `rows`, greedy or
+  // sampled) and replayed where the build, the device and the mode allow (StepGraphs), else
+  // eager; a fallback's reason is logged once. Returns the body's {logits, ids}.
+  std::vector<at::Tensor> RunDecodeStep(int64_t rows, bool greedy,
+                                        const std::function<std::vector<at::Tensor>()>& body);
   TokenEvent Emit(SequenceId id, Sequence& seq, int32_t token);
   void Fail(const std::vector<SequenceId>& batch, const Status& status,
             std::vector<TokenEvent>* events);
@@ -117,6 +144,9 @@ class LlavaEngine : public Engine {
   std::unique_ptr<LlavaModel> model_;
   std::unique_ptr<KvCache> cache_;
   std::unique_ptr<BatchSampler> sampler_;  // Per-slot sampling state, same slots as cache_.
+  std::unique_ptr<StepGraphs> graphs_;     // The decode step's graphs per bucket (CUDA builds).
+  Status capturable_;                      // Mode::DecodeCapturable, once.
+  bool logged_eager_ = false;              // The mode's reason for eager steps, logged once.
   LogitsSink* sink_ = nullptr;
   std::unique_ptr<EncoderCache> encoder_cache_;  // Its bound is read by Prepare (const).
   std::string pipeline_;                         // PipelineId of the mode, for the cache keys.
@@ -158,6 +188,8 @@ StatusOr<std::unique_ptr<Engine>> LlavaEngine::Create(const EngineOptions& optio
     engine->sampler_ = std::make_unique<BatchSampler>(
         options.max_sequences, config.text.vocab_size,
         static_cast<int>(DecodeBucket(options.max_sequences)), engine->device_);
+    engine->graphs_ = std::make_unique<StepGraphs>(engine->device_, StepGraphs::Options());
+    engine->capturable_ = engine->mode().DecodeCapturable();
   } catch (const std::exception& e) {
     return StatusFromTorchError(e, "loading " + options.model_dir);
   }
@@ -456,11 +488,12 @@ void LlavaEngine::Prefill(const std::vector<SequenceId>& sequences,
         mode().AddVisionFlops(&seq.report.flops);
       }
     }
-    UpdateReports(batch, starts, lengths, FlopCount::kPrefill);
     for (SequenceId id : batch) sequences_.at(id).prefilled = true;
     Sink(logits, batch);
     // Ends with token ids on the host: the device is done.
     if (Status s = SampleAndEmit(logits, batch, events); !s.ok()) Fail(batch, s, events);
+    // After the ids were read: on an async device, this step's values have arrived.
+    UpdateReports(batch, starts, lengths, FlopCount::kPrefill);
     const auto done = std::chrono::steady_clock::now();
     for (SequenceId id : batch) {
       SequenceReport& report = sequences_.at(id).report;
@@ -494,11 +527,23 @@ void LlavaEngine::Decode(const std::vector<SequenceId>& sequences,
     }
     const auto start = std::chrono::steady_clock::now();
     const std::unique_ptr<LayerHooks> hooks = Hooks(batch);
-    // [bucket, V]: rows past B pad the bucket.
-    const at::Tensor logits = model_->DecodeLogits(tokens, slots, *cache_, hooks.get());
+    // Host: the step's inputs into the bucket's fixed buffers, the sampler's rows staged.
+    const DecoderBatch plan = model_->PlanDecodeStep(tokens, slots, *cache_);
+    const StatusOr<bool> greedy = StageSampling(batch, plan.rows);
+    if (!greedy.ok()) {
+      Fail(batch, greedy.status(), events);
+      return;
+    }
+    // Device: from those buffers to the chosen ids, the logits [bucket, V] beside them.
+    const std::vector<at::Tensor> step = RunDecodeStep(plan.rows, *greedy, [&] {
+      const at::Tensor logits = model_->DecodeStepLogits(plan, *cache_, hooks.get());
+      return std::vector<at::Tensor>{logits, ChooseIds(logits, *greedy)};
+    });
+    LlamaDecoder::CommitLengths(plan, *cache_);
+    Sink(step[0], batch);
+    EmitIds(step[1], batch, events);
+    // After the ids were read: on an async device, this step's values have arrived.
     UpdateReports(batch, starts, lengths, FlopCount::kDecode);
-    Sink(logits, batch);
-    if (Status s = SampleAndEmit(logits, batch, events); !s.ok()) Fail(batch, s, events);
     const double ms = MsBetween(start, std::chrono::steady_clock::now());
     for (SequenceId id : batch) sequences_.at(id).report.decode_ms += ms;
   } catch (const std::exception& e) {
@@ -508,6 +553,12 @@ void LlavaEngine::Decode(const std::vector<SequenceId>& sequences,
 
 Status LlavaEngine::SampleAndEmit(const at::Tensor& logits, const std::vector<SequenceId>& batch,
                                   std::vector<TokenEvent>* events) {
+  FLEXVQA_ASSIGN_OR_RETURN(const bool greedy, StageSampling(batch, logits.size(0)));
+  EmitIds(ChooseIds(logits, greedy), batch, events);
+  return Status::Ok();
+}
+
+StatusOr<bool> LlavaEngine::StageSampling(const std::vector<SequenceId>& batch, int64_t rows) {
   bool all_greedy = true;
   std::vector<int> slots;
   for (SequenceId id : batch) {
@@ -515,20 +566,42 @@ Status LlavaEngine::SampleAndEmit(const at::Tensor& logits, const std::vector<Se
     all_greedy = all_greedy && seq.plain_greedy;
     slots.push_back(seq.slot);
   }
-  at::Tensor ids;  // [R] int64 on the device
-  if (all_greedy) {
-    ids = logits.argmax(1);  // Plain greedy needs no sampler state: its seen tokens never matter.
-  } else {
-    slots.resize(logits.size(0), sampler_->scratch_slot());  // Padding rows: greedy, no draw.
-    FLEXVQA_RETURN_IF_ERROR(sampler_->Stage(slots));
-    ids = sampler_->Sample(logits);
-  }
+  if (all_greedy) return true;
+  slots.resize(rows, sampler_->scratch_slot());  // Padding rows: greedy, no draw.
+  FLEXVQA_RETURN_IF_ERROR(sampler_->Stage(slots));
+  return false;
+}
+
+at::Tensor LlavaEngine::ChooseIds(const at::Tensor& logits, bool greedy) {
+  // Plain greedy needs no sampler state: its seen tokens never matter.
+  return greedy ? logits.argmax(1) : sampler_->Sample(logits);  // [R] int64 on the device
+}
+
+void LlavaEngine::EmitIds(const at::Tensor& ids, const std::vector<SequenceId>& batch,
+                          std::vector<TokenEvent>* events) {
   const at::Tensor host = ids.to(at::kCPU);  // The one host sync of the step: R token ids.
   const int64_t* data = host.data_ptr<int64_t>();
   for (size_t i = 0; i < batch.size(); ++i) {
     events->push_back(Emit(batch[i], sequences_.at(batch[i]), static_cast<int32_t>(data[i])));
   }
-  return Status::Ok();
+}
+
+std::vector<at::Tensor> LlavaEngine::RunDecodeStep(
+    int64_t rows, bool greedy, const std::function<std::vector<at::Tensor>()>& body) {
+  if (!graphs_->Supported()) return body();  // CPU, or a build without graphs: nothing to log.
+  if (!capturable_.ok()) {
+    if (!logged_eager_) Logger()->info("decode steps run eagerly: {}", capturable_.ToString());
+    logged_eager_ = true;
+    return body();
+  }
+  const std::string before = graphs_->last_error();
+  const std::vector<at::Tensor> out =
+      graphs_->Run(static_cast<int>(rows) * 2 + (greedy ? 0 : 1), body);
+  if (graphs_->last_error() != before) {
+    Logger()->warn("decode step of bucket {} ({}) runs eagerly from now on: {}", rows,
+                   greedy ? "greedy" : "sampled", graphs_->last_error());
+  }
+  return out;
 }
 
 TokenEvent LlavaEngine::Emit(SequenceId id, Sequence& seq, int32_t token) {

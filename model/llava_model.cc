@@ -60,9 +60,21 @@ at::Tensor LlavaModel::PrefillLogits(const std::vector<PromptChunk>& prompts, Kv
 at::Tensor LlavaModel::DecodeLogits(const std::vector<int32_t>& tokens,
                                     const std::vector<int>& slots, KvCache& cache,
                                     LayerHooks* hooks) const {
-  const DecoderBatch batch = PlanDecode(tokens, slots, config_.text.vocab_size, cache);
-  const at::Tensor hidden = decoder_->Forward(decoder_->EmbedInVocabulary(batch.ids), batch, cache,
-                                              hooks);  // [bucket, D]
+  const DecoderBatch batch = PlanDecodeStep(tokens, slots, cache);
+  const at::Tensor logits = DecodeStepLogits(batch, cache, hooks);
+  LlamaDecoder::CommitLengths(batch, cache);
+  return logits;
+}
+
+DecoderBatch LlavaModel::PlanDecodeStep(const std::vector<int32_t>& tokens,
+                                        const std::vector<int>& slots, KvCache& cache) const {
+  return PlanDecode(tokens, slots, config_.text.vocab_size, cache);
+}
+
+at::Tensor LlavaModel::DecodeStepLogits(const DecoderBatch& batch, KvCache& cache,
+                                        LayerHooks* hooks) const {
+  const at::Tensor hidden = decoder_->ForwardOnDevice(decoder_->EmbedInVocabulary(batch.ids), batch,
+                                                      cache, hooks);  // [bucket, D]
   return decoder_->Logits(hidden);  // Every row of the bucket: one shape per bucket.
 }
 

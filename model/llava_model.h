@@ -53,6 +53,13 @@ class LlavaModel {
   // (PlanDecode). Returns fp32 logits [bucket, V]: rows [0, B) are the tokens', the rest padding.
   at::Tensor DecodeLogits(const std::vector<int32_t>& tokens, const std::vector<int>& slots,
                           KvCache& cache, LayerHooks* hooks = nullptr) const;
+  // DecodeLogits in its three parts, for a step captured as a CUDA graph (model/nn/cuda/
+  // step_graph.h): the host plan and upload into the bucket's fixed buffers (PlanDecode), the
+  // device work from those buffers to the logits (no host read, no host state changed), and the
+  // host bookkeeping after it (LlamaDecoder::CommitLengths).
+  DecoderBatch PlanDecodeStep(const std::vector<int32_t>& tokens, const std::vector<int>& slots,
+                              KvCache& cache) const;
+  at::Tensor DecodeStepLogits(const DecoderBatch& batch, KvCache& cache, LayerHooks* hooks) const;
 
  private:
   LlavaConfig config_;

@@ -26,9 +26,12 @@ at::Tensor HeadSummedImageAttention(const at::Tensor& probs, const at::Tensor& i
 
 at::Tensor SelectBlocksBatched(const at::Tensor& image_attention, const at::Tensor& band,
                                const at::Tensor& threshold, int lr_side) {
-  const int64_t b = image_attention.size(0);
   // Bands zeroed before min and max are taken (modeling_llama.py:548-558).
-  const at::Tensor a = image_attention.masked_fill(band, 0.0);  // [B, n]
+  return ThresholdBlocks(image_attention.masked_fill(band, 0.0), threshold, lr_side);
+}
+
+at::Tensor ThresholdBlocks(const at::Tensor& a, const at::Tensor& threshold, int lr_side) {
+  const int64_t b = a.size(0);
   const auto [min, max] = at::aminmax(a, 1, /*keepdim=*/true);  // [B, 1] each
   // adaptive_max_pool2d(24 -> 9) of the thresholded map (modeling_llama.py:566) keeps a window
   // when any of its cells passes. The score below is a chain of correctly rounded IEEE operations,

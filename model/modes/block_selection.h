@@ -31,4 +31,8 @@ at::Tensor HeadSummedImageAttention(const at::Tensor& probs, const at::Tensor& i
 at::Tensor SelectBlocksBatched(const at::Tensor& image_attention, const at::Tensor& band,
                                const at::Tensor& threshold, int lr_side);
 
+// SelectBlocksBatched after the bands: `a` [B, lr^2] fp32 with the band cells already 0 (flex's
+// decode step reads them as zeros: flex_decode.h).
+at::Tensor ThresholdBlocks(const at::Tensor& a, const at::Tensor& threshold, int lr_side);
+
 }  // namespace flexvqa

@@ -3,8 +3,10 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <limits>
 
 #include "model/modes/block_selection.h"
+#include "model/modes/flex_decode.h"
 #include "model/modes/highres_attention.h"
 #include "model/nn/batched_attention.h"
 #include "model/nn/flop_counter.h"
@@ -45,6 +47,8 @@ StatusOr<std::unique_ptr<HighResProjections>> HighResProjections::Load(const Wei
     p->v_weights_.push_back(ValueWeightsPerQueryHead(v, t.num_attention_heads, p->kv_heads_));
   }
   p->token_blocks_ = TokenBlocks(p->hr_side_, device);
+  p->neg_inf_ = at::full({1, 1, 1, 1}, -std::numeric_limits<double>::infinity(),
+                         at::TensorOptions().dtype(dtype).device(device));
   return p;
 }
 
@@ -143,47 +147,55 @@ void FlexAttention::Gather(const DecoderBatch& batch) {
   }
   const at::TensorOptions longs = at::TensorOptions().dtype(at::kLong);
   const at::Device device = first_image_->features_.device();
-  // Flat pool rows slot * max_context + image_begin + j of each row's LR image keys.
-  image_rows_ = ((batch.slots * ctx + at::tensor(begins, longs).to(device)).view({c, 1}) +
-                 at::arange(n, longs.device(device)))
-                    .view({c * n});
+  // Column image_begin + j of each row's LR image cell j, and its flat pool row
+  // slot * max_context + image_begin + j.
+  const at::Tensor columns =
+      at::tensor(begins, longs).to(device).view({c, 1}) + at::arange(n, longs.device(device));
+  image_rows_ = ((batch.slots * ctx).view({c, 1}) + columns).view({c * n});
   if (batch.query_len > 1) last_rows_ = at::tensor(last, longs).to(device);
   inputs_.band = at::stack(bands);
   inputs_.threshold = at::tensor(thresholds).to(device);
   inputs_.lr_side = projections_.lr_side();
   features_ = at::stack(features);  // [C, hr^2, D]
+  if (batch.query_len == 1) {
+    // Each LR image cell's column in the decode rows' joint probabilities; band cells read the
+    // pad column (flex_decode.h).
+    const int64_t kv = batch.cache->shape().num_kv_heads;
+    decode_.image_columns =
+        at::where(inputs_.band, at::full({1}, batch.key_len, longs.device(device)), columns)
+            .view({c, 1, 1, n})
+            .expand({c, kv, batch.heads / kv, n});
+    decode_.threshold = inputs_.threshold;
+    decode_.neg_inf = projections_.neg_inf();
+    decode_.token_blocks = projections_.token_blocks();
+    decode_.lr_side = projections_.lr_side();
+  }
   active_ = at::zeros({c, kSelectionGrid * kSelectionGrid},
                       at::TensorOptions().dtype(at::kBool).device(device));
 }
 
 at::Tensor FlexAttention::SelfAttention(int layer, const at::Tensor& q, const DecoderBatch& batch) {
-  at::Tensor lse;
-  at::Tensor out = CausalAttention(layer, q, batch, &lse);  // [N, H, Dh], [N, H]
   const int n_sa = projections_.num_sa_layers(), num_layers = projections_.num_layers();
   // Layers N_SA - 1 .. L - 2 select for the layer after them (modeling_llama.py:424-426, 523-572).
   const bool selects = layer >= n_sa - 1 && layer <= num_layers - 2;
   const bool hierarchical = layer >= n_sa;
-  if (first_image_ == nullptr || (!selects && !hierarchical)) return out;
+  if (first_image_ == nullptr || (!selects && !hierarchical))
+    return CausalAttention(layer, q, batch);
+  at::Tensor lse, out;
   Gather(batch);
   // Each sequence's newest row: in decode the rows are the sequences.
   const bool packed = last_rows_.defined();
-  const at::Tensor q_last = packed ? q.index_select(0, last_rows_) : q;        // [C, H, Dh]
-  const at::Tensor lse_last = packed ? lse.index_select(0, last_rows_) : lse;  // [C, H]
+  if (!packed) return Decode(layer, q, batch, selects, hierarchical);
+  out = CausalAttention(layer, q, batch, &lse);                 // [N, H, Dh], [N, H]
+  const at::Tensor q_last = q.index_select(0, last_rows_);      // [C, H, Dh]
+  const at::Tensor lse_last = lse.index_select(0, last_rows_);  // [C, H]
   if (hierarchical) {
     // modeling_llama.py:444-499: the newest row attends to its causal keys and the selected HR
     // keys under one softmax, here as the exact merge of the two parts.
-    const int fa = layer - n_sa;
-    std::vector<at::Tensor> keys;
-    for (const at::Tensor& k : keys_) keys.push_back(k[fa]);
-    selected_.push_back(active_);
     const at::Tensor rows = HierarchicalRows(
-        q_last, packed ? out.index_select(0, last_rows_) : out, lse_last, at::stack(keys),
-        features_, active_, projections_.token_blocks(), projections_.v_weights(layer),
-        batch.scale);  // [C, H, Dh]
-    out = packed ? out.index_copy(0, last_rows_, rows) : rows;
-    for (HighResSequence* s : sequences_) {
-      if (s != nullptr) ++s->hierarchical_rows_;
-    }
+        q_last, out.index_select(0, last_rows_), lse_last, LayerKeys(layer), features_, active_,
+        projections_.token_blocks(), projections_.v_weights(layer), batch.scale);  // [C, H, Dh]
+    out = out.index_copy(0, last_rows_, rows);
   }
   if (selects) {
     // The last row's causal probabilities over its LR image keys (the HR keys are masked out of
@@ -202,6 +214,34 @@ at::Tensor FlexAttention::SelfAttention(int layer, const at::Tensor& q, const De
   }
   if (layer == num_layers - 1) Publish();
   return out;
+}
+
+at::Tensor FlexAttention::Decode(int layer, const at::Tensor& q, const DecoderBatch& batch,
+                                 bool selects, bool hierarchical) {
+  FlexDecodeLayer hr;
+  if (hierarchical) {
+    hr.hr_keys = LayerKeys(layer);
+    hr.features = features_;
+    hr.v_weights = projections_.v_weights(layer);
+    hr.active = active_;
+  }
+  FlexDecodeRows rows = FlexDecodeAttention(layer, q, batch, decode_, hr, selects);
+  // The selection reads the probabilities the attention computed: no rescoring FLOPs here
+  // (selecting_rows_ counts the prefill's).
+  if (selects) active_ = rows.next;
+  if (layer == projections_.num_layers() - 1) Publish();
+  return rows.out;
+}
+
+at::Tensor FlexAttention::LayerKeys(int layer) {
+  const int fa = layer - projections_.num_sa_layers();
+  std::vector<at::Tensor> keys;
+  for (const at::Tensor& k : keys_) keys.push_back(k[fa]);
+  selected_.push_back(active_);
+  for (HighResSequence* s : sequences_) {
+    if (s != nullptr) ++s->hierarchical_rows_;
+  }
+  return at::stack(keys);  // [C, KV, hr^2, Dh]
 }
 
 void FlexAttention::Publish() {
@@ -240,8 +280,9 @@ SelectionTrace HighResSequence::selections() const {
 }
 
 int64_t HighResSequence::selected_tokens() const {
-  // Right after the Forward (the engine's reports), before the step's sync on a GPU.
-  ReadSummary(/*arrived=*/features_.device().is_cpu());
+  // The engine reads it after the step's sampled ids reached the host (UpdateReports after
+  // EmitIds): the summary's copy, ordered before them, has arrived on any device.
+  ReadSummary(/*arrived=*/true);
   return selected_total_;
 }
 
@@ -262,6 +303,13 @@ class FlexMode final : public Mode {
   }
 
   bool supports_selection_threshold() const override { return true; }
+
+  Status DecodeCapturable() const override {
+    return FailedPreconditionError(
+        "flex uploads each step's image offsets, bands and thresholds from the host and stacks "
+        "each request's own HR keys and features (not slot-indexed pools): a replay would read "
+        "the captured requests' tensors");
+  }
 
   std::unique_ptr<SequenceState> BeginSequence(const SequenceStart& start) const override {
     if (!start.highres.defined()) return std::make_unique<SequenceState>();  // Text only.

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "model/engine.h"
+#include "model/modes/flex_decode.h"
 #include "model/modes/flex_rows.h"
 #include "model/modes/highres_selection.h"
 #include "model/modes/mode.h"
@@ -48,6 +49,8 @@ class HighResProjections {
   const at::Tensor& v_weights(int layer) const { return v_weights_[layer - num_sa_layers_]; }
   // [hr^2] int64: each HR token's block (TokenBlocks).
   const at::Tensor& token_blocks() const { return token_blocks_; }
+  // [1, 1, 1, 1] -inf in the model dtype: the masked score of flex's decode rows.
+  const at::Tensor& neg_inf() const { return neg_inf_; }
 
   // RoPE rows of the HR tokens for an image whose LR tokens sit at positions
   // [image_begin, image_begin + lr_side^2): those rows' cos/sin as an lr x lr grid,
@@ -67,6 +70,7 @@ class HighResProjections {
   at::Device device_ = at::Device(at::kCPU);
   std::vector<at::Tensor> k_weights_, v_weights_;  // Per FA layer.
   at::Tensor token_blocks_;
+  at::Tensor neg_inf_;
 };
 
 // One request's high-resolution state. HR keys depend only on the image (raw features, fixed RoPE
@@ -85,8 +89,8 @@ class HighResSequence final : public SequenceState {
                   int width, int height, int threshold);
 
   const SelectionTrace& trace() const { return trace_; }
-  // Both include the last Forward's selections once they are on the host: at once on the CPU; on
-  // a GPU after that step's sampled ids were read (the next Forward, or selections()).
+  // Both include the last Forward's selections: call them after that step's sampled ids were
+  // read (the summary's non-blocking copy was queued before them), as the engine does.
   SelectionTrace selections() const override;
   int64_t selected_tokens() const override;
   // HR tokens through k_proj_hd so far (every token of every FA layer, at admission).
@@ -139,6 +143,13 @@ class FlexAttention final : public LayerHooks {
  private:
   // The batch's per-Forward inputs (image key rows, bands, thresholds, features), once.
   void Gather(const DecoderBatch& batch);
+  // This layer's HR keys of the batch's rows, [C, KV, hr^2, Dh]; counts the hierarchical rows and
+  // keeps the selection the layer uses for the summary.
+  at::Tensor LayerKeys(int layer);
+  // A decode step's layer: causal and HR keys under one softmax, the selection from its
+  // probabilities (flex_decode.h).
+  at::Tensor Decode(int layer, const at::Tensor& q, const DecoderBatch& batch, bool selects,
+                    bool hierarchical);
   // Starts the copy of the Forward's selections to the host (HighResSequence::ReadSummary).
   void Publish();
 
@@ -149,6 +160,7 @@ class FlexAttention final : public LayerHooks {
   at::Tensor last_rows_;   // [C] packed row of each sequence's newest token (prefill only).
   at::Tensor image_rows_;  // [C lr^2] flat KV-pool rows of each sequence's LR image keys.
   FlexRowInputs inputs_;
+  FlexDecodeInputs decode_;           // Decode only.
   at::Tensor features_;               // [C, hr^2, D]
   std::vector<at::Tensor> keys_;      // Per row: its sequence's [FA, KV, hr^2, Dh].
   at::Tensor active_;                 // [C, 81] bool: the selection the next FA layer uses.

@@ -57,7 +57,8 @@ class SequenceState {
   // Device bytes held beside the KV cache (EngineMemory::hr_cache_bytes).
   virtual int64_t bytes() const { return 0; }
   // flex: the selections so far (Engine::Selections) and their HR tokens summed over steps and
-  // layers (SequenceReport::selected_hr_tokens).
+  // layers (SequenceReport::selected_hr_tokens). Read after a step's sampled ids reached the host
+  // (the step's device work is then done).
   virtual SelectionTrace selections() const { return {}; }
   virtual int64_t selected_tokens() const { return 0; }
 };
@@ -94,6 +95,12 @@ class Mode {
 
   // The state of a sequence being prefilled (never null). Default: none beyond the base class.
   virtual std::unique_ptr<SequenceState> BeginSequence(const SequenceStart& start) const;
+
+  // Whether a decode step's device work (the hooks of Hooks included) may be captured once per
+  // batch bucket as a CUDA graph and replayed (model/nn/cuda/step_graph.h): OK when it reads only
+  // the step's fixed buffers and the caches' pools; otherwise FAILED_PRECONDITION saying what it
+  // reads instead, and the engine runs the step eagerly. Default: OK (the plain decoder).
+  virtual Status DecodeCapturable() const { return Status::Ok(); }
 
   // The decoder hooks of one Forward over `batch` (row b: chunk b's state; states this mode made).
   // Null: the plain decoder (the default).

@@ -169,6 +169,12 @@ class XattnMode final : public Mode {
     return weights_->KeysAndValues(start.highres);
   }
 
+  Status DecodeCapturable() const override {
+    return FailedPreconditionError(
+        "xattn stacks each request's own HR keys/values per step (not a slot-indexed pool): a "
+        "replay would read the captured requests' tensors");
+  }
+
   std::unique_ptr<LayerHooks> Hooks(const std::vector<SequenceState*>& batch) const override {
     std::vector<const CrossKeyValues*> memory;
     for (SequenceState* s : batch) memory.push_back(static_cast<const CrossKeyValues*>(s));

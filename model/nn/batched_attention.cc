@@ -42,10 +42,8 @@ at::Tensor Varlen(const at::Tensor& q, const at::Tensor& pool, const DecoderBatc
 
 }  // namespace
 
-at::Tensor CausalAttention(int layer, const at::Tensor& q, const DecoderBatch& batch,
-                           at::Tensor* lse) {
+CausalScores CausalAttentionScores(int layer, const at::Tensor& q, const DecoderBatch& batch) {
   const at::Tensor& pool = batch.cache->pool(layer);  // [2, S + 1, ctx, KV, Dh]
-  if (UseVarlen(q, pool, lse)) return Varlen(q, pool, batch);
   const int64_t c = batch.sequences(), tq = batch.query_len, tk = batch.key_len;
   const int64_t kv = pool.size(3), dh = pool.size(4), h = q.size(1), g = h / kv;
   // One gather each for the batch's keys and values, into [C, KV, Tk, Dh] (head-major, so that
@@ -53,27 +51,47 @@ at::Tensor CausalAttention(int layer, const at::Tensor& q, const DecoderBatch& b
   auto gather = [&](int64_t which) {
     return pool[which].narrow(1, 0, tk).permute({0, 2, 1, 3}).index_select(0, batch.slots);
   };
-  const at::Tensor k = gather(0), v = gather(1);
+  const at::Tensor k = gather(0);
   // [N, H, Dh] -> padded [C, Tq, KV, G, Dh] -> [C, KV, G Tq, Dh]: each KV head's query rows.
   const at::Tensor padded = tq == 1 ? q : q.index_select(0, batch.pad_rows);
   const at::Tensor qg =
       padded.view({c, tq, kv, g, dh}).permute({0, 2, 3, 1, 4}).reshape({c, kv, g * tq, dh});
-  const at::Tensor scores =
-      (at::matmul(qg, k.transpose(-1, -2)) * batch.scale)
-          .view({c, kv, g, tq, tk})
-          .masked_fill(batch.key_mask, -std::numeric_limits<float>::infinity())
-          .view({c, kv, g * tq, tk});  // [C, KV, G Tq, Tk]
-  const at::Tensor probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
+  // Masked in place: the product is this call's own temporary (one kernel, not a copy and a fill).
+  const at::Tensor scores = at::matmul(qg, k.transpose(-1, -2)) * batch.scale;
+  scores.view({c, kv, g, tq, tk})
+      .masked_fill_(batch.key_mask, -std::numeric_limits<float>::infinity());  // [C, KV, G Tq, Tk]
+  return {scores, gather(1)};
+}
+
+at::Tensor AttendCausalValues(const at::Tensor& probs, const CausalScores& causal,
+                              const DecoderBatch& batch) {
+  const int64_t c = batch.sequences(), tq = batch.query_len;
+  const int64_t kv = causal.values.size(1), dh = causal.values.size(3);
+  const int64_t g = probs.size(2) / tq, h = kv * g;
   // [C, KV, G Tq, Dh] -> [C, Tq, KV, G, Dh] -> [C Tq, H, Dh]
-  auto packed = [&](const at::Tensor& t, int64_t width) {
-    at::Tensor out =
-        t.view({c, kv, g, tq, width}).permute({0, 3, 1, 2, 4}).reshape({c * tq, h, width});
-    return tq == 1 ? out : out.index_select(0, batch.unpad_rows);
-  };
+  const at::Tensor out = at::matmul(probs.to(causal.values.scalar_type()), causal.values)
+                             .view({c, kv, g, tq, dh})
+                             .permute({0, 3, 1, 2, 4})
+                             .reshape({c * tq, h, dh});
+  return tq == 1 ? out : out.index_select(0, batch.unpad_rows);
+}
+
+at::Tensor CausalAttention(int layer, const at::Tensor& q, const DecoderBatch& batch,
+                           at::Tensor* lse) {
+  const at::Tensor& pool = batch.cache->pool(layer);  // [2, S + 1, ctx, KV, Dh]
+  if (UseVarlen(q, pool, lse)) return Varlen(q, pool, batch);
+  const CausalScores causal = CausalAttentionScores(layer, q, batch);
   if (lse != nullptr) {
-    *lse = packed(at::logsumexp(scores.to(at::kFloat), -1, /*keepdim=*/true), 1).squeeze(-1);
+    const int64_t c = batch.sequences(), tq = batch.query_len, h = q.size(1);
+    const int64_t kv = pool.size(3), g = h / kv;
+    // [C, KV, G Tq, 1] -> [C Tq, H] in the packed row order.
+    at::Tensor rows = at::logsumexp(causal.scores.to(at::kFloat), -1, /*keepdim=*/true)
+                          .view({c, kv, g, tq})
+                          .permute({0, 3, 1, 2})
+                          .reshape({c * tq, h});
+    *lse = tq == 1 ? rows : rows.index_select(0, batch.unpad_rows);
   }
-  return packed(at::matmul(probs, v), dh);  // [N, H, Dh]
+  return AttendCausalValues(at::softmax(causal.scores, -1, at::kFloat), causal, batch);
 }
 
 }  // namespace flexvqa

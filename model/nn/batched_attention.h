@@ -23,4 +23,16 @@ namespace flexvqa {
 at::Tensor CausalAttention(int layer, const at::Tensor& q, const DecoderBatch& batch,
                            at::Tensor* lse = nullptr);
 
+// CausalAttention's math path in two halves, for a caller that puts more keys under the same
+// softmax (flex's decode rows: model/modes/flex_decode.h). G = H / KV query heads per KV head.
+struct CausalScores {
+  at::Tensor scores;  // [C, KV, G Tq, Tk] q k * scale in the model dtype, -inf where masked.
+  at::Tensor values;  // [C, KV, Tk, Dh] the batch's values, gathered from the pool.
+};
+CausalScores CausalAttentionScores(int layer, const at::Tensor& q, const DecoderBatch& batch);
+// probs [C, KV, G Tq, Tk] over the causal keys (cast to the values' dtype, as HF's eager
+// attention) times the values -> [N, H, Dh] in the packed row order.
+at::Tensor AttendCausalValues(const at::Tensor& probs, const CausalScores& causal,
+                              const DecoderBatch& batch);
+
 }  // namespace flexvqa

@@ -108,8 +108,21 @@ at::Tensor LlamaDecoder::AttentionBlock(const Layer& layer, int layer_index, con
   return Linear(attn, layer.o_proj);
 }
 
-at::Tensor LlamaDecoder::Forward(const at::Tensor& x_in, const DecoderBatch& batch_in,
-                                 KvCache& cache, LayerHooks* hooks_in) const {
+at::Tensor LlamaDecoder::Forward(const at::Tensor& x, const DecoderBatch& batch, KvCache& cache,
+                                 LayerHooks* hooks) const {
+  at::Tensor hidden = ForwardOnDevice(x, batch, cache, hooks);
+  CommitLengths(batch, cache);
+  return hidden;
+}
+
+void LlamaDecoder::CommitLengths(const DecoderBatch& batch, KvCache& cache) {
+  for (const ChunkSpan& c : batch.chunks) {
+    cache.set_length(c.slot, static_cast<int>(c.start + c.length));
+  }
+}
+
+at::Tensor LlamaDecoder::ForwardOnDevice(const at::Tensor& x_in, const DecoderBatch& batch_in,
+                                         KvCache& cache, LayerHooks* hooks_in) const {
   LayerHooks plain;
   LayerHooks& hooks = hooks_in != nullptr ? *hooks_in : plain;
   DecoderBatch batch = batch_in;
@@ -132,9 +145,6 @@ at::Tensor LlamaDecoder::Forward(const at::Tensor& x_in, const DecoderBatch& bat
     const at::Tensor act = Activation(gate_up.narrow(1, 0, inter), config_.hidden_act) *
                            gate_up.narrow(1, inter, inter);
     x = x + Linear(act, layer.down_proj);
-  }
-  for (const ChunkSpan& c : batch.chunks) {
-    cache.set_length(c.slot, static_cast<int>(c.start + c.length));
   }
   return RmsNorm(x, norm_, config_.rms_norm_eps);
 }

@@ -78,6 +78,11 @@ class LlamaDecoder {
   // plain decoder) is the attention mode's (LayerHooks).
   at::Tensor Forward(const at::Tensor& x, const DecoderBatch& batch, KvCache& cache,
                      LayerHooks* hooks = nullptr) const;
+  // Forward in its two parts: the device work alone (what a CUDA graph of the step replays: the
+  // cache's host-side lengths stay as they were) and the host bookkeeping after it.
+  at::Tensor ForwardOnDevice(const at::Tensor& x, const DecoderBatch& batch, KvCache& cache,
+                             LayerHooks* hooks = nullptr) const;
+  static void CommitLengths(const DecoderBatch& batch, KvCache& cache);
 
   // Rows of the RoPE tables (model dtype), for keys placed by position outside the sequence.
   const RotaryTables& rotary() const { return rotary_; }

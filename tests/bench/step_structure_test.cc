@@ -2,13 +2,16 @@
 // as bench/step_ops counts (bench/step_counter.h: kernel-launching ATen leaf ops and host syncs on
 // the calling thread), every mode's decode step dispatches the identical op sequence with
 // identical shapes at different context lengths within a batch bucket ("static"), at most one
-// host sync (the sampled ids), and no more than 1.1x the ops of batch 1 at batch 32.
-// Deterministic: op counts, not times. flex passes once its selection runs on the device.
+// host sync (the sampled ids), and no more than 1.1x the ops of batch 1 at batch 32; and a
+// decoder layer costs at most the budget of ops per decode step (full: 40 per layer;
+// flex: 60 per FlexAttention layer), from two depths of the tiny model as step_ops measures it.
+// Deterministic: op counts, not times.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <fstream>
 #include <iterator>
+#include <memory>
 #include <string>
 
 #include "bench/step_counter.h"
@@ -21,35 +24,51 @@ namespace {
 constexpr int kBatch = 32;
 constexpr int kSteps = 3;  // Counted decode steps: the first and the last are compared.
 
-class StepStructureTest : public ::testing::TestWithParam<const char*> {};
+// A tiny engine of `mode` at `depth` layers (0: the tiny default) and its prepared request.
+struct TinyEngine {
+  std::unique_ptr<Engine> engine;
+  std::shared_ptr<const PreparedRequest> request;
+};
 
-TEST_P(StepStructureTest, DecodeIsStaticFlatInTheBatchAndSyncsOnce) {
-  const std::string mode = GetParam();
+TinyEngine MakeEngine(const std::string& mode, int depth, int max_sequences) {
   TinyLlavaOptions options = mode == "flex" ? TinyFlexLlavaOptions() : TinyLlavaOptions();
   options.mode = mode;
-  const std::string dir =
-      ::testing::TempDir() + "flexvqa_step_structure_" + mode + "_" + std::to_string(getpid());
-  ASSERT_TRUE(WriteTinyLlava(dir, options).ok());
+  if (depth > 0) options.num_layers = depth;
+  const std::string dir = ::testing::TempDir() + "flexvqa_step_structure_" + mode + "_L" +
+                          std::to_string(options.num_layers) + "_" + std::to_string(getpid());
+  TinyEngine out;
+  EXPECT_TRUE(WriteTinyLlava(dir, options).ok());
   EngineOptions engine_options;
   engine_options.model_dir = dir;
-  engine_options.max_sequences = kBatch;
+  engine_options.max_sequences = max_sequences;
   auto engine = CreateLlavaEngine(engine_options);
-  ASSERT_TRUE(engine.ok()) << engine.status().ToString();
-
+  EXPECT_TRUE(engine.ok()) << engine.status().ToString();
+  if (!engine.ok()) return out;
   GenerationRequest request;
   request.turns.push_back({ChatTurn::Role::kUser, "Describe this picture in detail."});
   std::ifstream in(FLEXVQA_SOURCE_DIR "/client/examples/shapes.jpg", std::ios::binary);
-  ASSERT_TRUE(in.good());
+  EXPECT_TRUE(in.good());
   request.image = ImageInput{std::string(std::istreambuf_iterator<char>(in), {}), ""};
   request.sampling.max_new_tokens = kSteps + 2;  // Prefill's token, one warm step, kSteps.
   request.sampling.ignore_eos = true;            // Greedy, never finished early.
   auto prepared = (*engine)->Prepare(request);
-  ASSERT_TRUE(prepared.ok()) << prepared.status().ToString();
+  EXPECT_TRUE(prepared.ok()) << prepared.status().ToString();
+  if (!prepared.ok()) return out;
+  out.engine = std::move(*engine);
+  out.request = *prepared;
+  return out;
+}
 
+class StepStructureTest : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(StepStructureTest, DecodeIsStaticFlatInTheBatchAndSyncsOnce) {
+  const std::string mode = GetParam();
+  TinyEngine tiny = MakeEngine(mode, 0, kBatch);
+  ASSERT_TRUE(tiny.engine && tiny.request);
   InstallStepCounter();
   MeasuredSteps one, many;
-  ASSERT_TRUE(MeasureSteps(**engine, *prepared, 1, kSteps, &one));
-  ASSERT_TRUE(MeasureSteps(**engine, *prepared, kBatch, kSteps, &many));
+  ASSERT_TRUE(MeasureSteps(*tiny.engine, tiny.request, 1, kSteps, &one));
+  ASSERT_TRUE(MeasureSteps(*tiny.engine, tiny.request, kBatch, kSteps, &many));
   ASSERT_EQ(many.decode.size(), static_cast<size_t>(kSteps));
   // The first and last counted steps run at context lengths kSteps - 1 apart.
   EXPECT_TRUE(DecodeIsStatic(one)) << mode << ": batch 1 decode differs between steps";
@@ -67,6 +86,37 @@ TEST_P(StepStructureTest, DecodeIsStaticFlatInTheBatchAndSyncsOnce) {
 INSTANTIATE_TEST_SUITE_P(Modes, StepStructureTest,
                          ::testing::Values("full", "flex", "hd", "composite", "xattn", "pooled"),
                          [](const auto& info) { return std::string(info.param); });
+
+// Ops per decoder layer per decode step: (deep - shallow) / 2 at batch 1, as step_ops. flex's
+// shallow depth is 4 with N_SA = 2, so the two added layers are FlexAttention layers that both
+// attend to HR keys and select for the next one.
+struct LayerBudget {
+  const char* mode;
+  int shallow;
+  double max_ops;
+};
+
+class LayerBudgetTest : public ::testing::TestWithParam<LayerBudget> {};
+
+TEST_P(LayerBudgetTest, DecodeOpsPerLayerWithinTheBudget) {
+  const LayerBudget budget = GetParam();
+  InstallStepCounter();
+  double ops[2];
+  for (int i = 0; i < 2; ++i) {
+    TinyEngine tiny = MakeEngine(budget.mode, budget.shallow + 2 * i, 1);
+    ASSERT_TRUE(tiny.engine && tiny.request);
+    MeasuredSteps m;
+    ASSERT_TRUE(MeasureSteps(*tiny.engine, tiny.request, 1, kSteps, &m));
+    ops[i] = MeanDecode(m, &StepCounts::leaf_ops);
+  }
+  const double per_layer = (ops[1] - ops[0]) / 2;
+  EXPECT_GT(per_layer, 0);
+  EXPECT_LE(per_layer, budget.max_ops) << budget.mode << ": " << per_layer << " ops per layer";
+}
+
+INSTANTIATE_TEST_SUITE_P(Modes, LayerBudgetTest,
+                         ::testing::Values(LayerBudget{"full", 2, 40}, LayerBudget{"flex", 4, 60}),
+                         [](const auto& info) { return std::string(info.param.mode); });
 
 }  // namespace
 }  // namespace flexvqa

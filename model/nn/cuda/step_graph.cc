@@ -33,8 +33,8 @@ using MempoolId = decltype(std::declval<at::cuda::CUDAGraph&>().pool());
 template <typename F>
 auto OnSideStream(const at::Device& device, F fn) {
   const c10::DeviceIndex index = device.has_index() ? device.index() : -1;
-  at::cuda::CUDAStream current = at::cuda::getCurrentCUDAStream(index);
-  at::cuda::CUDAStream side = at::cuda::getStreamFromPool(/*isHighPriority=*/false, index);
+  c10::cuda::CUDAStream current = c10::cuda::getCurrentCUDAStream(index);
+  c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool(/*isHighPriority=*/false, index);
   at::cuda::CUDAEvent ready;
   ready.record(current);
   ready.block(side);
@@ -44,7 +44,7 @@ auto OnSideStream(const at::Device& device, F fn) {
     done.block(current);
   };
   try {
-    at::cuda::CUDAStreamGuard guard(side);
+    c10::cuda::CUDAStreamGuard guard(side);
     auto result = fn(side);
     join();
     return result;
@@ -98,11 +98,11 @@ std::vector<at::Tensor> StepGraphs::Run(int bucket,
   }
   if (b.eager_runs < options_.warmup_runs) {
     ++b.eager_runs;
-    return OnSideStream(device_, [&](at::cuda::CUDAStream&) { return body(); });
+    return OnSideStream(device_, [&](c10::cuda::CUDAStream&) { return body(); });
   }
   auto graph = std::make_unique<at::cuda::CUDAGraph>();
   try {
-    b.outputs = OnSideStream(device_, [&](at::cuda::CUDAStream& side) {
+    b.outputs = OnSideStream(device_, [&](c10::cuda::CUDAStream& side) {
       try {
         graph->capture_begin(MempoolId{pool_.first, pool_.second});
         std::vector<at::Tensor> outputs = body();
