@@ -117,7 +117,8 @@ class Heads(torch.nn.Module):
         ln = self.lr_count(feats)
         # Most cells hold no shape: weight the classes so that shapes are not drowned.
         loss = F.cross_entropy(lc.flatten(0, 1), colour.flatten()) + \
-            F.cross_entropy(ls.flatten(0, 1), shape.flatten(), weight=torch.tensor([0.05, 1.0, 1.0])) + \
+            F.cross_entropy(ls.flatten(0, 1), shape.flatten(),
+                            weight=torch.tensor([0.05, 1.0, 1.0], device=feats.device)) + \
             F.cross_entropy(self.lr_quadrant(feats).flatten(0, 1), quadrant.flatten()) + \
             F.cross_entropy(ln.flatten(0, 1), count.flatten())
         held = shape > 0
@@ -135,7 +136,7 @@ class Heads(torch.nn.Module):
         loss = F.cross_entropy(self.hr_colour(feats), colour)
         if held.any():
             loss = loss + F.cross_entropy(ld[held], digit[held])
-        w = torch.ones(len(DIGIT_CLASSES))
+        w = torch.ones(len(DIGIT_CLASSES), device=feats.device)
         w[0] = 0.1
         loss = loss + 0.1 * F.cross_entropy(ld, digit, weight=w, ignore_index=IGNORE)
         return loss, float((ld.argmax(-1)[held] == digit[held]).float().mean()) if held.any() else 0.0

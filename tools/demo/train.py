@@ -20,7 +20,6 @@ saying what they show). None adds a term to the forward; the auxiliary heads are
 import argparse
 import math
 import os
-import random
 import shutil
 import sys
 import time
@@ -211,7 +210,7 @@ def main():
         heads.load_state_dict(state["heads"])
         opt.load_state_dict(state["opt"])
         step = state["step"]
-    net = net.to(args.device)
+    net, heads = net.to(args.device), heads.to(args.device)
     for s in opt.state.values():
         for key, value in s.items():
             if torch.is_tensor(value):

@@ -106,7 +106,8 @@ def train(net, heads, args, say):
         lr = args.vision_lr * min(1.0, (step + 1) / 30) * 0.5 * (1 + math.cos(math.pi * step / args.vision_steps))
         for g in opt.param_groups:
             g["lr"] = lr
-        batch = next(loader)
+        dev = next(net.parameters()).device
+        batch = {k: v.to(dev) if torch.is_tensor(v) else tuple(x.to(dev) for x in v) for k, v in next(loader).items()}
         t_data = time.time()
         loss, fig = losses(net, heads, batch)
         opt.zero_grad()
