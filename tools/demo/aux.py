@@ -73,70 +73,14 @@ def lr_targets(sc, side):
 def hr_targets(sc, side):
     """(digit [side^2], colour [side^2]): the digit at the cell of its label's centre, IGNORE at the other
     cells the label overlaps, none elsewhere; the colour grid as for LR."""
-    ox, oy, s = _to_square(sc["size"])
     digit = torch.zeros(side * side, dtype=torch.long)
     for b in sc["boxes"]:
+        digit[label_cells(b, sc["size"], side)] = IGNORE
         x0, y0, x1, y1 = b["label"]
-        c0, c1 = int((x0 + ox) / s * side), min(side - 1, int((x1 + ox) / s * side))
-        r0, r1 = int((y0 + oy) / s * side), min(side - 1, int((y1 + oy) / s * side))
-        for r in range(r0, r1 + 1):
-            for c in range(c0, c1 + 1):
-                digit[r * side + c] = IGNORE
         digit[_cell_of(((x0 + x1) / 2, (y0 + y1) / 2), sc["size"], side)] = DIGIT_CLASSES.index(b["digit"])
     return digit, colour_grid(sc, side)
 
 
 def label_cells(box, size, side):
     """The HR cells the box's label overlaps (where a digit question's HR attention should go)."""
-    ox, oy, s = _to_square(size)
-    x0, y0, x1, y1 = box["label"]
-    c0, c1 = int((x0 + ox) / s * side), min(side - 1, int((x1 + ox) / s * side))
-    r0, r1 = int((y0 + oy) / s * side), min(side - 1, int((y1 + oy) / s * side))
-    return [r * side + c for r in range(r0, r1 + 1) for c in range(c0, c1 + 1)]
-
-
-class Heads(torch.nn.Module):
-    """Linear read-outs of the projector's tokens (training only)."""
-
-    def __init__(self, width):
-        super().__init__()
-        self.lr_colour = torch.nn.Linear(width, len(COLOUR_CLASSES))
-        self.lr_shape = torch.nn.Linear(width, len(SHAPE_CLASSES))
-        self.lr_quadrant = torch.nn.Linear(width, QUADRANTS)
-        self.lr_count = torch.nn.Linear(width, MAX_CIRCLES + 1)
-        self.hr_digit = torch.nn.Linear(width, len(DIGIT_CLASSES))
-        self.hr_colour = torch.nn.Linear(width, len(COLOUR_CLASSES))
-
-    def lr_loss(self, feats, colour, shape, quadrant, count):
-        """feats [N, n, D], targets [N, n] -> (loss, right colours, right shape cells that hold a shape,
-        right circle counts). The quadrant keeps where a token is in it (a colour question names a
-        quadrant; the first two-stage run learnt digits but not colours without it), the count makes
-        every token carry the scene's number of circles (counting by attention is what a 4-layer
-        decoder learns last)."""
-        lc, ls = self.lr_colour(feats), self.lr_shape(feats)
-        ln = self.lr_count(feats)
-        # Most cells hold no shape: weight the classes so that shapes are not drowned.
-        loss = F.cross_entropy(lc.flatten(0, 1), colour.flatten()) + \
-            F.cross_entropy(ls.flatten(0, 1), shape.flatten(),
-                            weight=torch.tensor([0.05, 1.0, 1.0], device=feats.device)) + \
-            F.cross_entropy(self.lr_quadrant(feats).flatten(0, 1), quadrant.flatten()) + \
-            F.cross_entropy(ln.flatten(0, 1), count.flatten())
-        held = shape > 0
-        return loss, float((lc.argmax(-1) == colour).float().mean()), \
-            float((ls.argmax(-1)[held] == shape[held]).float().mean()) if held.any() else 0.0, \
-            float((ln.argmax(-1) == count).float().mean())
-
-    def hr_loss(self, feats, digit, colour):
-        """feats [M, D] HR tokens, targets [M] -> (loss, right digits at digit cells)."""
-        ld = self.hr_digit(feats)
-        held = digit > 0
-        # The digit is scored only where one is (4 cells of 1,296 per image: weighting "none" down is not
-        # enough, the first run of this stage learnt no digit in 180 steps with "none" at 0.1), and "none"
-        # versus "some digit" on the other cells at a small weight.
-        loss = F.cross_entropy(self.hr_colour(feats), colour)
-        if held.any():
-            loss = loss + F.cross_entropy(ld[held], digit[held])
-        w = torch.ones(len(DIGIT_CLASSES), device=feats.device)
-        w[0] = 0.1
-        loss = loss + 0.1 * F.cross_entropy(ld, digit, weight=w, ignore_index=IGNORE)
-        return loss, float((ld.argmax(-1)[held] == digit[held]).float().mean()) if held.any() else 0.0
+    return scenes.rect_to_cells(box["label"], size, side)
