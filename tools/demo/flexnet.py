@@ -214,7 +214,8 @@ class FlexNet(torch.nn.Module):
         [B, R, lr*lr] (for the attention loss) and the masks [B, R, hr*hr] per FA layer. collect (a dict,
         training only) receives what the auxiliary losses read: "lr_features" [N, lr*lr, D], "tiles" (the
         HR tiles' projector outputs that were computed, {(image, tile): [lr*lr, D]}) and "hr_probs" (per FA
-        layer, the flex rows' head-summed probabilities on the HR keys [B, R, hr*hr]).
+        layer, the flex rows' head-summed probabilities on the HR keys [B, R, hr*hr]) and "rows" (per layer,
+        the flex rows' hidden states after it [B, R, D], for the deep-supervision read-outs).
 
         The rows before the question (text + image, P of them) are the same for every question of an
         image and never attend to HR keys, so they run once per image ([N, P, D]); the question rows
@@ -285,6 +286,8 @@ class FlexNet(torch.nn.Module):
             if i + 1 < c["layers"]:  # The prefix rows' last outputs feed nothing.
                 xp = self.block(i, xp, out_p.transpose(1, 2).reshape(n_img, P, d))
             xs = self.block(i, xs, out.transpose(1, 2).reshape(b, S, d))
+            if collect is not None:
+                collect.setdefault("rows", []).append(xs[bi, fr])
         if collect is not None:
             collect["lr_features"], collect["tiles"] = lr_features, tiles
         xr = self.rms(xs[bi, fr], W("m.norm.weight"))

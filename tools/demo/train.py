@@ -63,6 +63,7 @@ def make_batch(prompter, net, seeds, training=False):
             cells = scenes.rect_to_cells(rect, size, lr) if rect is not None else None
             label = [aux.label_cells(b, size, hr) for b in sc["boxes"] if b["rect"] == rect and kind == "digit"]
             seqs.append(dict(image=n, kind=kind, prompt=prompter.prompt(question), answer=prompter.answer(answer),
+                             named=aux.named_target(kind, question),
                              cells=cells, label_cells=label[0] if label else None, band=bands_of(size, lr),
                              question=question, text=answer, seed=seed))
     t = max(len(s["prompt"]) + 1 for s in seqs)
@@ -80,6 +81,10 @@ def make_batch(prompter, net, seeds, training=False):
     if training:
         out["aux_lr"] = tuple(torch.stack(x) for x in zip(*targets_lr))  # colour, shape, quadrant, count [N, lr*lr]
         out["aux_hr"] = tuple(torch.stack(x) for x in zip(*targets_hr))  # digit, colour [N, hr*hr]
+        # Deep supervision (aux.Readouts): colour and count are in the rows once a selecting layer has
+        # read the LR view, digits once the first FlexAttention layer has read the HR view.
+        out["named"] = torch.tensor([s["named"] for s in seqs])
+        out["answer_from"] = torch.tensor([net.cfg["n_sa"] - (s["kind"] != "digit") for s in seqs])
     return out
 
 
@@ -98,7 +103,9 @@ class Batches(torch.utils.data.IterableDataset):
 
 def to_device(batch, device):
     out = dict(batch)
-    for key in ("ids", "rows", "targets", "image_of"):
+    for key in ("ids", "rows", "targets", "image_of", "named", "answer_from"):
+        if key not in batch:
+            continue
         out[key] = batch[key].to(device)
     out["images"] = tuple(x.to(device) for x in batch["images"])
     return out
@@ -177,6 +184,7 @@ def main():
     ap.add_argument("--attn-weight", type=float, default=0.5)
     ap.add_argument("--hr-attn-weight", type=float, default=0.5)
     ap.add_argument("--aux-weight", type=float, default=0.3)
+    ap.add_argument("--deep-weight", type=float, default=1.0, help="of the decoder's read-outs (aux.Readouts)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu", help="cpu | cuda (the GPU machine, when lent)")
@@ -200,7 +208,8 @@ def main():
     geometry = types.SimpleNamespace(cfg=net.cfg, lr_side=net.lr_side)  # All make_batch needs of net.
     prompter = data.Prompter(tok, net.lr_side ** 2)
     heads = aux.Heads(cfg["hidden"])
-    params = list(net.parameters()) + list(heads.parameters())
+    readouts = aux.Readouts(cfg["hidden"], cfg["layers"], vocab)
+    params = list(net.parameters()) + list(heads.parameters()) + list(readouts.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
     state_path = os.path.join(args.work, "state.pt")
     step = 0
@@ -208,9 +217,10 @@ def main():
         state = torch.load(state_path, map_location="cpu")
         net.load_state_dict(state["net"])
         heads.load_state_dict(state["heads"])
+        readouts.load_state_dict(state["readouts"])
         opt.load_state_dict(state["opt"])
         step = state["step"]
-    net, heads = net.to(args.device), heads.to(args.device)
+    net, heads, readouts = net.to(args.device), heads.to(args.device), readouts.to(args.device)
     for s in opt.state.values():
         for key, value in s.items():
             if torch.is_tensor(value):
@@ -241,7 +251,10 @@ def main():
         att = attention_loss(probs, batch["seqs"])
         att_hr = hr_attention_loss(collect.get("hr_probs", []), masks, batch["seqs"], cfg["heads"])
         ax = aux_loss(heads, net, batch, collect)
-        loss = ce + args.attn_weight * att + args.hr_attn_weight * att_hr + args.aux_weight * ax
+        deep, named_right = readouts.loss(collect["rows"], batch["named"], batch["targets"][:, 0],
+                                          batch["answer_from"])
+        loss = ce + args.attn_weight * att + args.hr_attn_weight * att_hr + args.aux_weight * ax + \
+            args.deep_weight * deep
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -250,13 +263,13 @@ def main():
         ok = (logits.argmax(-1) == batch["targets"]).all(-1)
         acc = {k: [bool(ok[j]) for j, s in enumerate(batch["seqs"]) if s["kind"] == k] for k in scenes.KINDS}
         say(f"step {step} lr {lr:.2e} loss {loss.item():.4f} ce {ce.item():.4f} attn {att.item():.4f} "
-            f"attn_hr {att_hr.item():.4f} aux {ax.item():.4f} " +
+            f"attn_hr {att_hr.item():.4f} aux {ax.item():.4f} deep {deep.item():.4f} named {named_right:.2f} " +
             " ".join(f"{k} {sum(v)}/{len(v)}" for k, v in acc.items()) +
             f" data_s {t_data - t0:.2f} total_s {time.time() - t0:.2f} cpu_s {time.process_time() - c0:.2f}")
         t0, c0 = time.time(), time.process_time()
         if step % args.save_every == 0 or step == args.steps:
-            torch.save({"net": net.state_dict(), "heads": heads.state_dict(), "opt": opt.state_dict(), "step": step},
-                       state_path + ".tmp")
+            torch.save({"net": net.state_dict(), "heads": heads.state_dict(), "readouts": readouts.state_dict(),
+                        "opt": opt.state_dict(), "step": step}, state_path + ".tmp")
             os.replace(state_path + ".tmp", state_path)
         if step % args.eval_every == 0 or step == args.steps:
             acc, sel = evaluate(net, prompter, heldout, args.device)

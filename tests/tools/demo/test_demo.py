@@ -4,6 +4,7 @@ glyphs readable at 1008 px but a few pixels tall at 336 px; every answer is one 
 tokenizer; an exported checkpoint read back by tests/parity/flex_reference.py computes what the training
 forward computes (logits and HR selections, step by step). Runs in seconds: a random-weight network."""
 import hashlib
+import json
 import os
 import sys
 import tempfile
@@ -201,6 +202,37 @@ class ExportTest(unittest.TestCase):
                         selected.add(int(m[0, step].sum()))
         self.assertGreater(len(selected), 1)  # Selections differ between questions/steps: not trivial.
         self.assertFalse(all(s in (0, 36 * 36) for s in selected))
+
+
+class RecipeTest(unittest.TestCase):
+    """The training command itself, two steps of each stage on one scene: it runs (every module it needs
+    is there), writes a checkpoint the parity reference loads, and a rerun resumes where it stopped."""
+
+    def test_two_steps_of_each_stage_export_and_resume(self):
+        import subprocess
+        from check_parity import load_net  # noqa: E402
+        with tempfile.TemporaryDirectory() as tmp:
+            work, out = os.path.join(tmp, "work"), os.path.join(tmp, "model")
+            cmd = [sys.executable, os.path.join(ROOT, "tools", "demo", "train.py"), "--work", work,
+                   "--vision-steps", "2", "--vision-images", "1", "--vision-sheets", "1", "--images", "1",
+                   "--eval-images", "1", "--steps", "2"]
+            subprocess.run(cmd + ["--export", out], check=True, capture_output=True, timeout=300)
+            with open(os.path.join(out, "train.log")) as f:
+                log = f.read().splitlines()
+            self.assertTrue(any(line.startswith("vision 2 ") for line in log))  # Stage 1 ran, to its end.
+            steps = [line.split() for line in log if line.startswith("step ")]
+            self.assertEqual([int(s[1]) for s in steps], [1, 2])
+            for s in steps:  # Every loss term is logged and finite.
+                for name in ("loss", "ce", "attn", "attn_hr", "aux", "deep"):
+                    self.assertTrue(np.isfinite(float(s[s.index(name) + 1])), (name, s))
+            with open(os.path.join(out, "demo_config.json")) as f:
+                _, back = load_net(out, json.load(f))
+            trained = torch.load(os.path.join(work, "state.pt"))["net"]
+            for key, value in back.w.items():  # The export holds the trained weights.
+                self.assertTrue(torch.equal(value, trained["w." + key]), key)
+            done = subprocess.run(cmd[:-1] + ["3"], check=True, capture_output=True, text=True, timeout=300)
+            self.assertIn("# start at step 2 of 3", done.stdout)
+            self.assertNotIn("# vision stage", done.stdout)  # Stage 1 is not rerun.
 
 
 if __name__ == "__main__":
