@@ -38,7 +38,7 @@ RUN /usr/local/lib/flexvqa/collect_libs.sh --check /opt/flexvqa/lib /usr/local/b
       /usr/local/bin/flexvqa_client /usr/local/bin/flexvqa_run
 USER 10001
 ENV FLEXVQA_LISTEN_ADDRESS=0.0.0.0:50051 FLEXVQA_METRICS_LISTEN_ADDRESS=0.0.0.0:9464 \
-    FLEXVQA_MODEL_DIR=/opt/flexvqa/models/tiny-llava
+    FLEXVQA_MODEL_DIR=/opt/flexvqa/models/demo-flex
 EXPOSE 50051 9464
 # For `docker run` (Kubernetes uses its own gRPC probe): the client's ModelInfo call answers once serving.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=600s \

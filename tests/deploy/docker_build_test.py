@@ -17,6 +17,7 @@ has a host build/ (the CMakeCache.txt of another directory), .git and node_modul
     docker_build_test.py --source DIR --work DIR [--timeout S]
 """
 import argparse
+import filecmp
 import os
 import re
 import shutil
@@ -162,7 +163,10 @@ def main():
     check(built, "deploy/docker/build_cpu.sh built in the filtered copy" + ("" if built else ":\n" + log))
     server = os.path.join(copy, "build", "server", "flexvqa_server")
     if built:
-        check(os.path.exists(os.path.join(out, "models", "tiny-llava", "config.json")), "the tiny checkpoint was written")
+        shipped = os.path.join(source, "models", "demo-flex")
+        check(all(filecmp.cmp(os.path.join(shipped, f), os.path.join(out, "models", "demo-flex", f), shallow=False)
+                  for f in ("config.json", "model.safetensors", "tokenizer.model", "clip/model.safetensors")),
+              "the demo checkpoint (the image's default model) was copied")
         r = subprocess.run([server, "--help"], capture_output=True, text=True, timeout=60)
         check(r.returncode == 0 and "--drain_ms" in r.stdout, "the server it built answers --help")
 
