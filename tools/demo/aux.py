@@ -33,7 +33,7 @@ def _to_square(size):
     return (s - w) / 2, (s - h) / 2, s
 
 
-def _cell_of(point, size, side):
+def cell_of(point, size, side):
     ox, oy, s = _to_square(size)
     c = min(side - 1, max(0, int((point[0] + ox) / s * side)))
     r = min(side - 1, max(0, int((point[1] + oy) / s * side)))
@@ -63,7 +63,7 @@ def lr_targets(sc, side):
     (the same at every cell)."""
     shape = torch.zeros(side * side, dtype=torch.long)
     for sh in sc["shapes"]:
-        shape[_cell_of(sh["centre"], sc["size"], side)] = SHAPE_CLASSES.index(sh["kind"])
+        shape[cell_of(sh["centre"], sc["size"], side)] = SHAPE_CLASSES.index(sh["kind"])
     cells = torch.arange(side * side)
     quadrant = (cells // side >= side // 2).long() * 2 + (cells % side >= side // 2).long()
     circles = sum(1 for sh in sc["shapes"] if sh["kind"] == "circle")
@@ -77,7 +77,7 @@ def hr_targets(sc, side):
     for b in sc["boxes"]:
         digit[label_cells(b, sc["size"], side)] = IGNORE
         x0, y0, x1, y1 = b["label"]
-        digit[_cell_of(((x0 + x1) / 2, (y0 + y1) / 2), sc["size"], side)] = DIGIT_CLASSES.index(b["digit"])
+        digit[cell_of(((x0 + x1) / 2, (y0 + y1) / 2), sc["size"], side)] = DIGIT_CLASSES.index(b["digit"])
     return digit, colour_grid(sc, side)
 
 

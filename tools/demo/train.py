@@ -60,7 +60,10 @@ def make_batch(prompter, net, seeds, training=False):
             targets_lr.append(aux.lr_targets(sc, lr))
             targets_hr.append(aux.hr_targets(sc, hr))
         for kind, question, answer, rect in (training_questions(sc, seed) if training else sc["questions"]):
-            cells = scenes.rect_to_cells(rect, size, lr) if rect is not None else None
+            if kind == "count":  # The circles' cells: where a count question's LR attention should go.
+                cells = sorted({aux.cell_of(sh["centre"], size, lr) for sh in sc["shapes"] if sh["kind"] == "circle"})
+            else:
+                cells = scenes.rect_to_cells(rect, size, lr)
             label = [aux.label_cells(b, size, hr) for b in sc["boxes"] if b["rect"] == rect and kind == "digit"]
             seqs.append(dict(image=n, kind=kind, prompt=prompter.prompt(question), answer=prompter.answer(answer),
                              named=aux.named_target(kind, question),
@@ -116,7 +119,10 @@ def run(net, batch, begin, **kw):
 
 
 def attention_loss(probs, seqs):
-    """-log of the share of each flex row's LR attention on the target cells, mean over targeted rows."""
+    """-log of the share of each flex row's LR attention on the target cells, mean over targeted rows: the
+    named box for colour and digit questions, the circles for the count question. A share of the image
+    attention, so the row can still weigh the image against the text (a softmax counts n circles by how
+    much of it they take from the text keys)."""
     terms = []
     for a in probs:  # [B, R, n] per selecting layer
         for j, s in enumerate(seqs):

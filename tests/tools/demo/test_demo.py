@@ -98,7 +98,7 @@ class AuxTargetTest(unittest.TestCase):
             colour, shape, quadrant, count = aux.lr_targets(sc, 12)
             for q, b in enumerate(sc["boxes"]):
                 cx, cy = (b["rect"][0] + b["rect"][2]) / 2, (b["rect"][1] + b["rect"][3]) / 2
-                cell = aux._cell_of((cx, cy), sc["size"], 12)
+                cell = aux.cell_of((cx, cy), sc["size"], 12)
                 self.assertEqual(aux.COLOUR_CLASSES[int(colour[cell])], b["colour"], seed)
                 self.assertEqual(scenes.POSITIONS[int(quadrant[cell])], b["position"], seed)
             circles = sum(1 for sh in sc["shapes"] if sh["kind"] == "circle")
