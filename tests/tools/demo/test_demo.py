@@ -92,6 +92,27 @@ class SceneTest(unittest.TestCase):
 class AuxTargetTest(unittest.TestCase):
     """Stage 1's per-token labels (aux.py, digit_sheet.py) say what lies under each token."""
 
+    def test_stage_two_targets_name_the_box_and_the_circles(self):
+        """What a question names (the deep read-out's class) and where its LR attention should go."""
+        import types
+        import train
+        net = types.SimpleNamespace(cfg=dict(DEFAULT_CONFIG), lr_side=12)
+        prompter = data.Prompter(os.path.join(ROOT, "models", "demo-flex", "tokenizer.model"), 144)
+        for seed in (3, 4):
+            sc = scenes.make_scene(seed)
+            batch = train.make_batch(prompter, net, [seed], training=True)
+            named = batch["named"].tolist()
+            self.assertEqual(named[:4], [0, 1, 2, 3])  # The four quadrants, row-major.
+            self.assertEqual(named[4], aux.NAMED_CLASSES - 1)
+            self.assertEqual(sorted(named[5:]), sorted(4 + sorted(scenes.COLOURS).index(b["colour"])
+                                                       for b in sc["boxes"]))
+            circles = [aux.cell_of(sh["centre"], sc["size"], 12) for sh in sc["shapes"] if sh["kind"] == "circle"]
+            self.assertEqual(batch["seqs"][4]["cells"], sorted(set(circles)))
+            self.assertEqual(len(set(circles)), int(sc["every"][4][2]))  # A cell per circle, none shared.
+            for s, b in zip(batch["seqs"][:4], sc["boxes"]):
+                self.assertEqual(s["cells"], scenes.rect_to_cells(b["rect"], sc["size"], 12))
+            self.assertEqual(batch["answer_from"].tolist(), [1] * 5 + [2] * 4)
+
     def test_lr_targets_mark_each_box_and_every_shape(self):
         for seed in range(5):
             sc = scenes.make_scene(seed)
