@@ -12,7 +12,7 @@ PACKAGES=(
   libspdlog-dev prometheus-cpp-dev
   libcpp-httplib-dev openssl libssl-dev      # HTTP endpoints (server/http_server.h); test certificates
   libgtest-dev libgmock-dev
-  clang-14 libclang-rt-14-dev                # libFuzzer (its runtime is in libclang-rt-14-dev)
+  clang-14 libclang-rt-14-dev                # libFuzzer and TSan (runtimes in libclang-rt-14-dev)
   libcpp-httplib-dev                         # the soak's /metrics scrapes
   zlib1g-dev python3 python3-grpcio python3-protobuf
   python3-torch python3-numpy python3-pil python3-sentencepiece fonts-dejavu-core  # tools/demo

@@ -30,6 +30,10 @@ void AddServerFlags(ServerConfig* c, FlagSet* f) {
   f->Add("max_calls_per_client",
          "Generate/Answer calls one client (token, certificate CN or address) may have in flight",
          &c->server.max_calls_per_client);
+  f->Add("max_connections",
+         "open gRPC connections at once; more are closed as they arrive (lowered to what the "
+         "file-descriptor limit allows)",
+         &c->server.connections.max_connections);
   f->Add("max_concurrent_streams", "concurrent calls on one HTTP/2 connection",
          &c->server.connections.max_concurrent_streams);
   f->Add("max_connection_idle_ms", "a connection without a call this long is closed, ms",
@@ -137,6 +141,7 @@ Status ValidateServerConfig(const ServerConfig& c) {
   FLEXVQA_RETURN_IF_ERROR(positive("openai_threads", c.server.openai.threads));
   FLEXVQA_RETURN_IF_ERROR(positive("openai_max_body_bytes", c.server.openai.max_body_bytes));
   const ConnectionOptions& n = c.server.connections;
+  FLEXVQA_RETURN_IF_ERROR(positive("max_connections", n.max_connections));
   FLEXVQA_RETURN_IF_ERROR(positive("max_concurrent_streams", n.max_concurrent_streams));
   FLEXVQA_RETURN_IF_ERROR(positive("max_connection_idle_ms", n.max_idle.count()));
   FLEXVQA_RETURN_IF_ERROR(positive("max_connection_age_ms", n.max_age.count()));

@@ -75,4 +75,10 @@ long RaiseFileLimit() {
   return static_cast<long>(limit.rlim_cur);
 }
 
+long FileLimit() {
+  rlimit limit{};
+  if (getrlimit(RLIMIT_NOFILE, &limit) != 0) return -1;
+  return static_cast<long>(limit.rlim_cur);
+}
+
 }  // namespace flexvqa

@@ -1,8 +1,9 @@
 // How the gRPC listener is exposed: TLS or mutual TLS from PEM files (reloaded by gRPC's file
 // watcher when they change), and the connection limits that keep a flood of connections or
 // streams from taking the process down (gRPC 1.51 has no cap on the number of connections: the
-// limits are a raised RLIMIT_NOFILE, a short handshake timeout, idle and maximum connection age,
-// and streams per connection; server/liveness.h catches a listener that stops accepting anyway).
+// limits are a cap on open connections enforced by our own listener (server/connection_gate.h),
+// a raised RLIMIT_NOFILE, a short handshake timeout, idle and maximum connection age, and streams
+// per connection; server/liveness.h catches a listener that stops answering anyway).
 // Plain data and functions; main's thread.
 #pragma once
 
@@ -33,6 +34,10 @@ struct TlsOptions {
 };
 
 struct ConnectionOptions {
+  // Open connections at once (server/connection_gate.h); more are closed as they arrive, so
+  // that a flood cannot exhaust file descriptors. Lowered at start to what RLIMIT_NOFILE allows
+  // (ConnectionCapFor). Default: 1000 (gRPC 1.51 has no such cap).
+  int max_connections = 1000;
   // Concurrent streams (calls) on one HTTP/2 connection; more wait on the client. Default: 100
   // (HTTP/2's recommended minimum; gRPC's own default is unlimited).
   int max_concurrent_streams = 100;
@@ -63,5 +68,7 @@ int TransportReceiveLimit(int64_t max_message_bytes);
 
 // Raises the soft RLIMIT_NOFILE to the hard limit; returns the limit in effect (logged by main).
 long RaiseFileLimit();
+// The soft RLIMIT_NOFILE now.
+long FileLimit();
 
 }  // namespace flexvqa

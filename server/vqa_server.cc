@@ -109,7 +109,23 @@ StatusOr<std::unique_ptr<VqaServer>> VqaServer::Start(Engine* engine, const Serv
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   AddReflectionV1(&builder);  // gRPC's plugin above serves v1alpha.
-  builder.AddListeningPort(options.listen_address, *credentials, &server->port_);
+  // Our own listener in front of gRPC's (server/connection_gate.h): it caps connections and
+  // survives running out of descriptors.
+  const int cap = ConnectionCapFor(options.connections.max_connections, FileLimit());
+  if (cap < options.connections.max_connections) {
+    Logger("server")->warn("max_connections lowered to {}: the file-descriptor limit is {}", cap,
+                           FileLimit());
+  }
+  StatusOr<std::unique_ptr<ConnectionGate>> gate =
+      ConnectionGate::Listen(options.listen_address, cap);
+  if (!gate.ok()) {
+    server->shut_down_ = true;
+    return gate.status();
+  }
+  server->gate_ = std::move(gate).value();
+  server->port_ = server->gate_->port();
+  server->acceptor_ = builder.experimental().AddExternalConnectionAcceptor(
+      grpc::ServerBuilder::experimental_type::ExternalConnectionType::FROM_FD, *credentials);
   ApplyConnectionOptions(options.connections, &builder);
   // Requests a little over the limit reach VqaService, which refuses and counts them.
   builder.SetMaxReceiveMessageSize(TransportReceiveLimit(options.max_message_bytes));
@@ -117,17 +133,21 @@ StatusOr<std::unique_ptr<VqaServer>> VqaServer::Start(Engine* engine, const Serv
       static_cast<int>(std::min<int64_t>(options.max_message_bytes, INT32_MAX)));
   builder.RegisterService(server->service_.get());
   server->server_ = builder.BuildAndStart();
-  if (!server->server_ || server->port_ == 0) {
+  if (!server->server_) {
     server->shut_down_ = true;
-    return UnavailableError("cannot listen on " + options.listen_address +
-                            " (address in use by another process, or invalid?)");
+    return UnavailableError("cannot start the gRPC server on " + options.listen_address);
   }
+  server->gate_->Start(server->acceptor_.get());
   SetServing(*server->server_, true);
   VqaServer* raw = server.get();
-  server->probe_ = [target = ProbeTarget(options.listen_address, server->port_),
+  server->probe_ = [raw, target = ProbeTarget(options.listen_address, server->port_),
                     creds = ProbeCredentials(options.tls)](
                        LivenessMonitor::Clock::time_point deadline, std::string* error) {
-    return ProbeListener(target, creds, deadline, error);
+    if (ProbeListener(target, creds, deadline, error)) return true;
+    // At the cap the gate closes the probe's connection as it closes every new one: by design,
+    // and proof that the gate's thread runs; not a dead listener.
+    const ConnectionGate& gate = *raw->gate_;
+    return gate.Stats().open >= gate.max_connections();
   };
   server->monitor_ = std::make_unique<LivenessMonitor>(
       options.liveness, server->probe_, [raw] { return raw->scheduler_->StepStartedAt(); },
@@ -210,6 +230,7 @@ void VqaServer::Shutdown(Clock::time_point drain_deadline) {
   // Every accepted call has its final item; give the last writes a moment to leave.
   server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   server_->Wait();
+  gate_->Stop();    // gRPC closes what it is still handed.
   openai_.reset();  // Its requests all had their final items: the handlers return.
   health_http_.reset();
   Logger("server")->info("stopped");

@@ -20,6 +20,7 @@
 #include "server/auth.h"
 #include "server/batch_policy.h"
 #include "server/client_limiter.h"
+#include "server/connection_gate.h"
 #include "server/http_server.h"
 #include "server/liveness.h"
 #include "server/metrics.h"
@@ -84,6 +85,8 @@ class VqaServer {
   int health_port() const { return health_http_ ? health_http_->port() : 0; }
   int openai_port() const { return openai_ ? openai_->port() : 0; }
   Scheduler& scheduler() { return *scheduler_; }
+  // The gRPC port's connections: open, accepted, refused at the cap. Any thread.
+  const ConnectionGate& connections() const { return *gate_; }
   // One self-probe now, as the liveness monitor runs it: OK when a fresh connection got a health
   // answer. Any thread (tests).
   Status ProbeOnce() const;
@@ -108,6 +111,10 @@ class VqaServer {
   bool live_ = true;       // Guarded by health_mu_.
   bool draining_ = false;  // Guarded by health_mu_.
   std::unique_ptr<grpc::Server> server_;
+  // Hands the gate's connections to server_; stopped after server_ has shut down, so that new
+  // connections during the drain still get UNAVAILABLE (and health NOT_SERVING) from gRPC.
+  std::unique_ptr<grpc::experimental::ExternalConnectionAcceptor> acceptor_;
+  std::unique_ptr<ConnectionGate> gate_;
   std::unique_ptr<HttpServer> health_http_;   // Reads live_ and draining_.
   std::unique_ptr<OpenAiEndpoint> openai_;    // Reads live_ and draining_; uses scheduler_.
   std::unique_ptr<LivenessMonitor> monitor_;  // Declared last: stops first (it probes server_).

@@ -379,7 +379,10 @@ TEST(SchedulerTest, SlowImageDoesNotStallOtherRequests) {
 
 TEST(SchedulerTest, QueueWaitLimitShedsLoad) {
   FakeEngineOptions options = Options(1);
-  options.step_delay = 200us;
+  // The hog must outlast the patient request's way into the queue: at most ~510 steps (the
+  // context) of 2 ms, ~1 s, however late a loaded machine runs its preprocessing (at 200 us a
+  // step it finished first under load, and the patient request was served).
+  options.step_delay = 2ms;
   FakeEngine engine(options);
   Collector running, waiting;
   SchedulerConfig config = Config(1);
