@@ -147,10 +147,11 @@ TEST_F(FlexEngineTest, HighResMemoryIsHeldWhileRunningAndFreedAtRelease) {
   std::vector<TokenEvent> events;
   engine->Prefill({*id}, &events);
   const EngineMemory running = engine->Memory();
-  // The raw HR features and both FA layers' HR keys (72 x 72 tokens, D = KV Dh = 64, fp32) and
-  // the 24 x 24 band mask; nothing grows per step.
+  // The slot's raw HR features and both FA layers' HR keys (72 x 72 tokens, D = KV Dh = 64,
+  // fp32), the 24 x 24 band mask, the image offset (int64) and threshold (fp32); nothing grows
+  // per step.
   const int64_t tokens = int64_t{72} * 72, d = fixture_.config.text.hidden_size;
-  EXPECT_EQ(running.hr_cache_bytes, tokens * d * 4 + 2 * tokens * 64 * 4 + 24 * 24);
+  EXPECT_EQ(running.hr_cache_bytes, tokens * d * 4 + 2 * tokens * 64 * 4 + 24 * 24 + 8 + 4);
   engine->Decode({*id}, &events);
   EXPECT_EQ(engine->Memory().hr_cache_bytes, running.hr_cache_bytes);
   engine->Release(*id);

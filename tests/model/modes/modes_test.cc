@@ -332,6 +332,7 @@ TEST_P(ModesTest, MatchesPlainReference) {
     // The engine's model path with the reference's image rows: the mode's sequence state and
     // hooks (model/modes/mode.h), packed prefill, then KV-cache decode fed the reference's tokens.
     const Mode& mode = (*model)->mode();
+    const std::unique_ptr<SlotPools> pools = mode.CreateSlotPools(1);
     PromptChunk chunk;
     chunk.tokens = &ids;
     chunk.slot = cache->Allocate();
@@ -341,17 +342,19 @@ TEST_P(ModesTest, MatchesPlainReference) {
     start.tokens = &ids;
     start.input = &input;
     start.highres = highres;
+    start.slot = chunk.slot;
+    start.pools = pools.get();
     if (features.defined()) {
       start.image_begin = std::find(ids.begin(), ids.end(), config_.image_token_id) - ids.begin();
     }
     const std::unique_ptr<SequenceState> state = mode.BeginSequence(start);
     std::vector<at::Tensor> rows;
     {
-      const std::unique_ptr<LayerHooks> hooks = mode.Hooks({state.get()});
+      const std::unique_ptr<LayerHooks> hooks = mode.Hooks({state.get()}, pools.get());
       rows.push_back((*model)->PrefillLogits({chunk}, *cache, hooks.get())[0]);
     }
     for (int s = 1; s < kSteps; ++s) {
-      const std::unique_ptr<LayerHooks> hooks = mode.Hooks({state.get()});
+      const std::unique_ptr<LayerHooks> hooks = mode.Hooks({state.get()}, pools.get());
       rows.push_back((*model)->DecodeLogits({tokens[s - 1]}, {chunk.slot}, *cache, hooks.get())[0]);
     }
     cache->Free(chunk.slot);
