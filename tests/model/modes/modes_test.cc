@@ -389,6 +389,23 @@ TEST_P(ModesTest, BatchedEqualsAlone) {
   }
 }
 
+// A slot's device state (xattn: its cross-attention keys/values, SlotPools) is written at every
+// admission, a text-only one's too: a request run in a slot that held others runs as in a fresh
+// engine.
+TEST_P(ModesTest, ASlotForgetsItsLastRequest) {
+  EngineOptions options;
+  options.model_dir = dir_;
+  options.max_sequences = 1;
+  auto reused = CreateLlavaEngine(options);
+  ASSERT_TRUE(reused.ok()) << reused.status().ToString();
+  for (int c : {0, 3, 1}) {  // An image, text only, another image: one slot throughout.
+    auto fresh = CreateLlavaEngine(options);
+    ASSERT_TRUE(fresh.ok());
+    const GenerationRequest r = Request(Cases()[c]);
+    EXPECT_EQ(RunEngine(**reused, {r})[0], RunEngine(**fresh, {r})[0]) << "case " << c;
+  }
+}
+
 TEST_P(ModesTest, ReportsFlopsOfTheShapesRun) {
   EngineOptions options;
   options.model_dir = dir_;
