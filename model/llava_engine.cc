@@ -144,9 +144,10 @@ class LlavaEngine : public Engine {
   std::unique_ptr<LlavaModel> model_;
   std::unique_ptr<KvCache> cache_;
   std::unique_ptr<BatchSampler> sampler_;  // Per-slot sampling state, same slots as cache_.
-  std::unique_ptr<StepGraphs> graphs_;     // The decode step's graphs per bucket (CUDA builds).
-  Status capturable_;                      // Mode::DecodeCapturable, once.
-  bool logged_eager_ = false;              // The mode's reason for eager steps, logged once.
+  std::unique_ptr<SlotPools> pools_;    // The mode's per-slot device state, same slots (or null).
+  std::unique_ptr<StepGraphs> graphs_;  // The decode step's graphs per bucket (CUDA builds).
+  Status capturable_;                   // Mode::DecodeCapturable, once.
+  bool logged_eager_ = false;           // The mode's reason for eager steps, logged once.
   LogitsSink* sink_ = nullptr;
   std::unique_ptr<EncoderCache> encoder_cache_;  // Its bound is read by Prepare (const).
   std::string pipeline_;                         // PipelineId of the mode, for the cache keys.
@@ -188,6 +189,12 @@ StatusOr<std::unique_ptr<Engine>> LlavaEngine::Create(const EngineOptions& optio
     engine->sampler_ = std::make_unique<BatchSampler>(
         options.max_sequences, config.text.vocab_size,
         static_cast<int>(DecodeBucket(options.max_sequences)), engine->device_);
+    engine->pools_ = engine->mode().CreateSlotPools(options.max_sequences);
+    if (engine->pools_) {
+      Logger()->info("{} slot pools: {} bytes per slot, {} in all ({} slots + scratch)",
+                     engine->mode().name(), engine->pools_->bytes_per_slot(),
+                     engine->pools_->bytes(), options.max_sequences);
+    }
     engine->graphs_ = std::make_unique<StepGraphs>(engine->device_, StepGraphs::Options());
     engine->capturable_ = engine->mode().DecodeCapturable();
   } catch (const std::exception& e) {
@@ -361,7 +368,7 @@ SelectionTrace LlavaEngine::Selections(SequenceId sequence) const {
 std::unique_ptr<LayerHooks> LlavaEngine::Hooks(const std::vector<SequenceId>& batch) {
   std::vector<SequenceState*> states;
   for (SequenceId id : batch) states.push_back(sequences_.at(id).state.get());
-  return mode().Hooks(states);
+  return mode().Hooks(states, pools_.get());
 }
 
 void LlavaEngine::UpdateReports(const std::vector<SequenceId>& batch,
@@ -454,6 +461,8 @@ void LlavaEngine::Prefill(const std::vector<SequenceId>& sequences,
       SequenceStart begin;
       begin.tokens = &r.tokens;
       begin.input = &r.mode;
+      begin.slot = seq.slot;
+      begin.pools = pools_.get();
       if (r.has_image()) {
         chunk.image_features = encoded.images[image_index].sequence;
         begin.highres = encoded.images[image_index].highres;
@@ -534,11 +543,18 @@ void LlavaEngine::Decode(const std::vector<SequenceId>& sequences,
       Fail(batch, greedy.status(), events);
       return;
     }
-    // Device: from those buffers to the chosen ids, the logits [bucket, V] beside them.
+    // Device: from those buffers to the chosen ids, the logits [bucket, V] beside them, then the
+    // hooks' own outputs.
     const std::vector<at::Tensor> step = RunDecodeStep(plan.rows, *greedy, [&] {
       const at::Tensor logits = model_->DecodeStepLogits(plan, *cache_, hooks.get());
-      return std::vector<at::Tensor>{logits, ChooseIds(logits, *greedy)};
+      std::vector<at::Tensor> out = {logits, ChooseIds(logits, *greedy)};
+      if (hooks) {
+        for (at::Tensor& t : hooks->StepOutputs()) out.push_back(std::move(t));
+      }
+      return out;
     });
+    // Host: the hooks' bookkeeping (their outputs' copies queued before the ids' read).
+    if (hooks) hooks->AfterStep({step.begin() + 2, step.end()});
     LlamaDecoder::CommitLengths(plan, *cache_);
     Sink(step[0], batch);
     EmitIds(step[1], batch, events);

@@ -53,6 +53,7 @@ at::Tensor LlavaModel::PrefillLogits(const std::vector<PromptChunk>& prompts, Kv
   }
   const DecoderBatch batch = PlanChunks(chunks, cache, device_);
   const at::Tensor hidden = decoder_->Forward(embeds, batch, cache, hooks);  // [N, D]
+  if (hooks != nullptr) hooks->AfterStep(hooks->StepOutputs());
   if (all_logits != nullptr) *all_logits = decoder_->Logits(hidden);
   return decoder_->Logits(hidden.index_select(0, all.narrow(0, n, b)));  // [B, V]
 }
@@ -62,6 +63,7 @@ at::Tensor LlavaModel::DecodeLogits(const std::vector<int32_t>& tokens,
                                     LayerHooks* hooks) const {
   const DecoderBatch batch = PlanDecodeStep(tokens, slots, cache);
   const at::Tensor logits = DecodeStepLogits(batch, cache, hooks);
+  if (hooks != nullptr) hooks->AfterStep(hooks->StepOutputs());
   LlamaDecoder::CommitLengths(batch, cache);
   return logits;
 }

@@ -44,7 +44,8 @@ class LlavaModel {
   at::Tensor EncodeImages(const at::Tensor& pixels) const { return encoder_->Encode(pixels); }
 
   // Prefills the prompts in one packed forward pass; returns the fp32 logits of each prompt's last
-  // position [B, V]. hooks: the mode's for this batch (Mode::Hooks; null: plain decoder).
+  // position [B, V]. hooks: the mode's for this batch (Mode::Hooks; null: plain decoder), their
+  // AfterStep called before it returns (DecodeLogits too).
   // all_logits (optional, for the engine's logits sink): receives the logits of every packed row
   // [N, V], computed apart so that the returned rows are the same numbers with or without it.
   at::Tensor PrefillLogits(const std::vector<PromptChunk>& prompts, KvCache& cache,
@@ -56,7 +57,8 @@ class LlavaModel {
   // DecodeLogits in its three parts, for a step captured as a CUDA graph (model/nn/cuda/
   // step_graph.h): the host plan and upload into the bucket's fixed buffers (PlanDecode), the
   // device work from those buffers to the logits (no host read, no host state changed), and the
-  // host bookkeeping after it (LlamaDecoder::CommitLengths).
+  // host bookkeeping after it (the hooks' StepOutputs / AfterStep, which the caller runs, and
+  // LlamaDecoder::CommitLengths).
   DecoderBatch PlanDecodeStep(const std::vector<int32_t>& tokens, const std::vector<int>& slots,
                               KvCache& cache) const;
   at::Tensor DecodeStepLogits(const DecoderBatch& batch, KvCache& cache, LayerHooks* hooks) const;

@@ -62,7 +62,8 @@ class CompositeMode final : public Mode {
     return std::make_unique<CompositeState>(std::max<int64_t>(start.image_begin, 0), tokens);
   }
 
-  std::unique_ptr<LayerHooks> Hooks(const std::vector<SequenceState*>& batch) const override {
+  std::unique_ptr<LayerHooks> Hooks(const std::vector<SequenceState*>& batch,
+                                    SlotPools* /*pools*/) const override {
     std::vector<const CompositeState*> states;
     for (SequenceState* s : batch) states.push_back(static_cast<const CompositeState*>(s));
     return std::make_unique<CompositeHooks>(std::move(states));

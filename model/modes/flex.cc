@@ -49,6 +49,8 @@ StatusOr<std::unique_ptr<HighResProjections>> HighResProjections::Load(const Wei
   p->token_blocks_ = TokenBlocks(p->hr_side_, device);
   p->neg_inf_ = at::full({1, 1, 1, 1}, -std::numeric_limits<double>::infinity(),
                          at::TensorOptions().dtype(dtype).device(device));
+  p->image_offsets_ = at::arange(int64_t{p->lr_side_} * p->lr_side_,
+                                 at::TensorOptions().dtype(at::kLong).device(device));
   return p;
 }
 
@@ -72,24 +74,61 @@ std::pair<at::Tensor, at::Tensor> HighResProjections::Rotary(int64_t image_begin
   return {upsample(tables.cos), upsample(tables.sin)};
 }
 
-HighResSequence::HighResSequence(const HighResProjections& projections, at::Tensor features,
-                                 int64_t image_begin, int width, int height, int threshold)
-    : projections_(&projections),
-      features_(std::move(features)),
-      image_begin_(image_begin),
-      threshold_(threshold) {
+FlexSlotPools::FlexSlotPools(const HighResProjections& projections, int num_slots, int64_t hidden)
+    : projections_(projections) {
+  const int64_t slots = int64_t{num_slots} + 1,
+                n = int64_t{projections.lr_side()} * projections.lr_side();
+  const int64_t t = int64_t{projections.hr_side()} * projections.hr_side();
+  const auto options = at::TensorOptions().dtype(projections.dtype()).device(projections.device());
+  const int64_t fa = projections.num_layers() - projections.num_sa_layers();
+  keys = at::zeros({fa, slots, projections.kv_heads(), t, projections.head_dim()}, options);
+  features = at::zeros({slots, t, hidden}, options);
+  band = at::ones({slots, n}, options.dtype(at::kBool));
+  image_begin = at::zeros({slots}, options.dtype(at::kLong));
+  threshold = at::full({slots}, 255.0, options.dtype(at::kFloat));  // Nothing selected.
+}
+
+void FlexSlotPools::Write(int slot, const at::Tensor& image_features, int64_t begin, int width,
+                          int height, int request_threshold) {
+  features[slot].copy_(image_features);
   // Every FA layer's HR keys: k_proj_hd of the RAW projector outputs, no RMSNorm
-  // (modeling_llama.py:436-441), under the interpolated RoPE rows (:442-443). One GEMM per layer.
-  const auto [cos, sin] = projections.Rotary(image_begin);
-  std::vector<at::Tensor> keys;
-  for (int l = projections.num_sa_layers(); l < projections.num_layers(); ++l) {
-    keys.push_back(HighResKeys(features_, projections.k_weight(l), cos, sin,
-                               projections.kv_heads()));  // [KV, hr^2, Dh]
+  // (modeling_llama.py:436-441), under the interpolated RoPE rows (:442-443). One GEMM per layer,
+  // into the slot.
+  const auto [cos, sin] = projections_.Rotary(begin);
+  for (int l = projections_.num_sa_layers(); l < projections_.num_layers(); ++l) {
+    keys[l - projections_.num_sa_layers()][slot].copy_(
+        HighResKeys(image_features, projections_.k_weight(l), cos, sin,
+                    projections_.kv_heads()));  // [KV, hr^2, Dh]
   }
-  keys_ = at::stack(keys);  // [FA, KV, hr^2, Dh]
-  computed_rows_ = static_cast<int64_t>(keys.size()) * features_.size(0);
-  band_ = PaddingBandMask(projections.lr_side(), width, height, features_.device());
+  band[slot].copy_(PaddingBandMask(projections_.lr_side(), width, height, band.device()));
+  image_begin[slot].fill_(begin);
+  threshold[slot].fill_(static_cast<double>(request_threshold));
+}
+
+void FlexSlotPools::Clear(int slot) {
+  // Stale keys and features may stay: a slot that selects nothing masks its HR scores to -inf
+  // (exactly 0 after the softmax), whatever its keys.
+  band[slot].fill_(true);
+  image_begin[slot].fill_(0);
+  threshold[slot].fill_(255.0);
+}
+
+int64_t FlexSlotPools::bytes() const {
+  int64_t total = 0;
+  for (const at::Tensor* t : {&keys, &features, &band, &image_begin, &threshold})
+    total += t->numel() * t->element_size();
+  return total;
+}
+
+int64_t FlexSlotPools::bytes_per_slot() const { return bytes() / features.size(0); }
+
+HighResSequence::HighResSequence(const HighResProjections& projections, FlexSlotPools& pools,
+                                 int slot, const at::Tensor& features, int64_t image_begin,
+                                 int width, int height, int threshold)
+    : projections_(&projections), pools_(&pools) {
+  pools.Write(slot, features, image_begin, width, height, threshold);
   const int num_fa = projections.num_layers() - projections.num_sa_layers();
+  computed_rows_ = int64_t{num_fa} * features.size(0);
   trace_.first_fa_layer = projections.num_sa_layers();
   trace_.num_fa_layers = num_fa;
   trace_.grid = kSelectionGrid;
@@ -106,18 +145,13 @@ void HighResSequence::BeginStep() {
   trace_.selected_tokens.resize(static_cast<size_t>(trace_.num_steps) * trace_.num_fa_layers, 0);
 }
 
-int64_t HighResSequence::bytes() const {
-  auto size = [](const at::Tensor& t) { return t.defined() ? t.numel() * t.element_size() : 0; };
-  return size(features_) + size(keys_) + size(band_);
-}
-
-FlexAttention::FlexAttention(const HighResProjections& projections,
+FlexAttention::FlexAttention(const HighResProjections& projections, const FlexSlotPools& pools,
                              std::vector<HighResSequence*> sequences)
-    : projections_(projections), sequences_(std::move(sequences)) {
+    : projections_(projections), pools_(pools), sequences_(std::move(sequences)) {
   for (HighResSequence* s : sequences_) {
     if (s == nullptr) continue;
     s->BeginStep();
-    if (first_image_ == nullptr) first_image_ = s;
+    any_image_ = true;
   }
 }
 
@@ -126,38 +160,27 @@ void FlexAttention::Gather(const DecoderBatch& batch) {
   gathered_ = true;
   const int64_t c = batch.sequences(), n = int64_t{projections_.lr_side()} * projections_.lr_side();
   const int64_t ctx = batch.cache->shape().max_context;
-  std::vector<int64_t> begins(c, 0), last(c, 0);
-  std::vector<float> thresholds(c, 255.0f);  // 255 selects nothing (block_selection.h).
-  std::vector<at::Tensor> bands, features;
-  keys_.clear();
-  for (int64_t i = 0; i < c; ++i) {
-    HighResSequence* s = i < static_cast<int64_t>(sequences_.size()) ? sequences_[i] : nullptr;
-    if (i < static_cast<int64_t>(batch.chunks.size())) {
+  const at::TensorOptions longs = at::TensorOptions().dtype(at::kLong);
+  const at::Device device = batch.slots.device();
+  // Everything per sequence by slot from the pools (text-only and padding rows: "no image").
+  slots_ = batch.slots;
+  // Column image_begin + j of each row's LR image cell j.
+  const at::Tensor columns =
+      pools_.image_begin.index_select(0, slots_).view({c, 1}) + projections_.image_offsets();
+  inputs_.band = pools_.band.index_select(0, slots_);  // [C, n]
+  inputs_.threshold = pools_.threshold.index_select(0, slots_);
+  inputs_.lr_side = projections_.lr_side();
+  features_ = pools_.features.index_select(0, slots_);  // [C, hr^2, D]
+  if (batch.query_len > 1) {
+    // Prefill: each sequence's last packed row, and its LR image keys' flat pool rows
+    // slot * max_context + image_begin + j.
+    std::vector<int64_t> last(c, 0);
+    for (size_t i = 0; i < batch.chunks.size(); ++i) {
       last[i] = batch.chunks[i].row_begin + batch.chunks[i].length - 1;
     }
-    if (s != nullptr) {
-      begins[i] = s->image_begin_;
-      thresholds[i] = static_cast<float>(s->threshold_);
-    }
-    // Rows without an image borrow an image's tensors (and select nothing): the same shapes.
-    const HighResSequence* from = s != nullptr ? s : first_image_;
-    bands.push_back(from->band_);
-    features.push_back(from->features_);
-    keys_.push_back(from->keys_);
-  }
-  const at::TensorOptions longs = at::TensorOptions().dtype(at::kLong);
-  const at::Device device = first_image_->features_.device();
-  // Column image_begin + j of each row's LR image cell j, and its flat pool row
-  // slot * max_context + image_begin + j.
-  const at::Tensor columns =
-      at::tensor(begins, longs).to(device).view({c, 1}) + at::arange(n, longs.device(device));
-  image_rows_ = ((batch.slots * ctx).view({c, 1}) + columns).view({c * n});
-  if (batch.query_len > 1) last_rows_ = at::tensor(last, longs).to(device);
-  inputs_.band = at::stack(bands);
-  inputs_.threshold = at::tensor(thresholds).to(device);
-  inputs_.lr_side = projections_.lr_side();
-  features_ = at::stack(features);  // [C, hr^2, D]
-  if (batch.query_len == 1) {
+    last_rows_ = at::tensor(last, longs).to(device);
+    image_rows_ = ((slots_ * ctx).view({c, 1}) + columns).view({c * n});
+  } else {
     // Each LR image cell's column in the decode rows' joint probabilities; band cells read the
     // pad column (flex_decode.h).
     const int64_t kv = batch.cache->shape().num_kv_heads;
@@ -179,14 +202,17 @@ at::Tensor FlexAttention::SelfAttention(int layer, const at::Tensor& q, const De
   // Layers N_SA - 1 .. L - 2 select for the layer after them (modeling_llama.py:424-426, 523-572).
   const bool selects = layer >= n_sa - 1 && layer <= num_layers - 2;
   const bool hierarchical = layer >= n_sa;
-  if (first_image_ == nullptr || (!selects && !hierarchical))
-    return CausalAttention(layer, q, batch);
-  at::Tensor lse, out;
+  if (!selects && !hierarchical) return CausalAttention(layer, q, batch);
+  // A decode step runs the same ops whether or not its rows carry images (one graph per bucket);
+  // in decode the rows are the sequences.
+  if (batch.query_len == 1) {
+    Gather(batch);
+    return Decode(layer, q, batch, selects, hierarchical);
+  }
+  if (!any_image_) return CausalAttention(layer, q, batch);
   Gather(batch);
-  // Each sequence's newest row: in decode the rows are the sequences.
-  const bool packed = last_rows_.defined();
-  if (!packed) return Decode(layer, q, batch, selects, hierarchical);
-  out = CausalAttention(layer, q, batch, &lse);                 // [N, H, Dh], [N, H]
+  at::Tensor lse;
+  at::Tensor out = CausalAttention(layer, q, batch, &lse);      // [N, H, Dh], [N, H]
   const at::Tensor q_last = q.index_select(0, last_rows_);      // [C, H, Dh]
   const at::Tensor lse_last = lse.index_select(0, last_rows_);  // [C, H]
   if (hierarchical) {
@@ -209,10 +235,9 @@ at::Tensor FlexAttention::SelfAttention(int layer, const at::Tensor& q, const De
                                       .permute({0, 2, 1, 3});  // [C, KV, n, Dh]
     active_ = SelectForNextLayer(q_last, image_keys, lse_last, inputs_, batch.scale);
     for (HighResSequence* s : sequences_) {
-      if (s != nullptr) ++s->selecting_rows_;
+      if (s != nullptr) ++s->selecting_rows_;  // Prefill only: never part of a replayed step.
     }
   }
-  if (layer == num_layers - 1) Publish();
   return out;
 }
 
@@ -229,24 +254,29 @@ at::Tensor FlexAttention::Decode(int layer, const at::Tensor& q, const DecoderBa
   // The selection reads the probabilities the attention computed: no rescoring FLOPs here
   // (selecting_rows_ counts the prefill's).
   if (selects) active_ = rows.next;
-  if (layer == projections_.num_layers() - 1) Publish();
   return rows.out;
 }
 
 at::Tensor FlexAttention::LayerKeys(int layer) {
-  const int fa = layer - projections_.num_sa_layers();
-  std::vector<at::Tensor> keys;
-  for (const at::Tensor& k : keys_) keys.push_back(k[fa]);
   selected_.push_back(active_);
-  for (HighResSequence* s : sequences_) {
-    if (s != nullptr) ++s->hierarchical_rows_;
-  }
-  return at::stack(keys);  // [C, KV, hr^2, Dh]
+  // [C, KV, hr^2, Dh]: one gather by slot from the layer's pool.
+  return pools_.keys[layer - projections_.num_sa_layers()].index_select(0, slots_);
 }
 
-void FlexAttention::Publish() {
-  if (selected_.empty()) return;
-  const at::Tensor device = at::stack(selected_, 1).to(at::kByte);  // [C, FA, 81]
+std::vector<at::Tensor> FlexAttention::StepOutputs() {
+  if (selected_.empty()) return {};
+  return {at::stack(selected_, 1).to(at::kByte)};  // [C, FA, 81]
+}
+
+void FlexAttention::AfterStep(const std::vector<at::Tensor>& outputs) {
+  // Every FA layer attended to its HR part once per sequence with an image (the decode step
+  // whatever was captured; the prefill when any row has an image).
+  const int num_fa = projections_.num_layers() - projections_.num_sa_layers();
+  for (HighResSequence* s : sequences_) {
+    if (s != nullptr) s->hierarchical_rows_ += num_fa;
+  }
+  if (outputs.empty()) return;
+  const at::Tensor& device = outputs[0];
   // Pinned on a GPU, so that the copy runs behind the step; the sampled ids' read waits for it.
   at::Tensor host = at::empty(device.sizes(),
                               at::TensorOptions().dtype(at::kByte).pinned_memory(device.is_cuda()));
@@ -304,25 +334,30 @@ class FlexMode final : public Mode {
 
   bool supports_selection_threshold() const override { return true; }
 
-  Status DecodeCapturable() const override {
-    return FailedPreconditionError(
-        "flex uploads each step's image offsets, bands and thresholds from the host and stacks "
-        "each request's own HR keys and features (not slot-indexed pools): a replay would read "
-        "the captured requests' tensors");
+  std::unique_ptr<SlotPools> CreateSlotPools(int num_slots) const override {
+    return std::make_unique<FlexSlotPools>(*projections_, num_slots, config_.text.hidden_size);
   }
 
   std::unique_ptr<SequenceState> BeginSequence(const SequenceStart& start) const override {
-    if (!start.highres.defined()) return std::make_unique<SequenceState>();  // Text only.
+    auto* pools = dynamic_cast<FlexSlotPools*>(start.pools);
+    TORCH_CHECK(pools != nullptr && start.slot >= 0, "flex: a sequence needs its slot pools");
+    if (!start.highres.defined()) {  // Text only: the slot forgets its last image.
+      pools->Clear(start.slot);
+      return std::make_unique<SequenceState>();
+    }
     const ModeInput& in = *start.input;
-    return std::make_unique<HighResSequence>(*projections_, start.highres.clone(),
+    return std::make_unique<HighResSequence>(*projections_, *pools, start.slot, start.highres,
                                              start.image_begin, in.image_width, in.image_height,
                                              in.selection_threshold);
   }
 
-  std::unique_ptr<LayerHooks> Hooks(const std::vector<SequenceState*>& batch) const override {
+  std::unique_ptr<LayerHooks> Hooks(const std::vector<SequenceState*>& batch,
+                                    SlotPools* pools) const override {
+    auto* flex = dynamic_cast<FlexSlotPools*>(pools);
+    TORCH_CHECK(flex != nullptr, "flex: the hooks need the slot pools");
     std::vector<HighResSequence*> sequences;
     for (SequenceState* s : batch) sequences.push_back(dynamic_cast<HighResSequence*>(s));
-    return std::make_unique<FlexAttention>(*projections_, std::move(sequences));
+    return std::make_unique<FlexAttention>(*projections_, *flex, std::move(sequences));
   }
 
   void AddForwardFlops(SequenceState& state, int64_t start, int64_t length, FlopCount::Phase phase,

@@ -42,12 +42,28 @@ struct EncodedImages {
   at::Tensor highres;   // [N, M, D]: raw HR features kept beside the sequence, or undefined.
 };
 
+// Device memory a mode keeps per KV-cache slot beside the cache (flex: every FA layer's HR keys and
+// the raw HR features, bands, thresholds, image offsets; xattn: the cross-attention keys/values),
+// allocated once for every slot and the scratch slot (Mode::CreateSlotPools), written into a
+// sequence's slot at its prefill (BeginSequence) and read in every step by slot index
+// (DecoderBatch::slots): the step reads the same device addresses whichever requests run, what
+// lets a captured CUDA graph of it be replayed. The scratch slot holds "no image" for padding
+// rows. Worker thread only; owned by the engine, which outlives the states that point into it.
+class SlotPools {
+ public:
+  virtual ~SlotPools() = default;
+  virtual int64_t bytes() const = 0;           // Device bytes of every slot, scratch included.
+  virtual int64_t bytes_per_slot() const = 0;  // Device bytes one slot holds.
+};
+
 // What BeginSequence gets for one sequence at its prefill.
 struct SequenceStart {
   const std::vector<int32_t>* tokens = nullptr;  // The prompt, placeholders expanded.
   int64_t image_begin = -1;                      // Position of the first placeholder; -1: no image.
   at::Tensor highres;  // This image's row of EncodedImages::highres (or undefined).
   const ModeInput* input = nullptr;
+  int slot = -1;               // The sequence's KV-cache slot.
+  SlotPools* pools = nullptr;  // CreateSlotPools' (null where the mode makes none).
 };
 
 // One sequence's mode state, from its prefill until Release (owned by the engine).
@@ -93,7 +109,14 @@ class Mode {
   virtual EncodedImages Encode(const ImageEncoder& encoder, const at::Tensor& pixels,
                                const at::Tensor& highres) const;
 
-  // The state of a sequence being prefilled (never null). Default: none beyond the base class.
+  // The per-slot device memory of `num_slots` slots and the scratch slot, or null when the mode
+  // keeps none (the default). Allocated once; the engine owns it. A c10::Error (out of memory)
+  // propagates.
+  virtual std::unique_ptr<SlotPools> CreateSlotPools(int /*num_slots*/) const { return nullptr; }
+
+  // The state of a sequence being prefilled (never null); a mode with SlotPools writes the
+  // sequence's slot of start.pools here (a text-only sequence's too: "no image"). Default: none
+  // beyond the base class.
   virtual std::unique_ptr<SequenceState> BeginSequence(const SequenceStart& start) const;
 
   // Whether a decode step's device work (the hooks of Hooks included) may be captured once per
@@ -102,9 +125,11 @@ class Mode {
   // reads instead, and the engine runs the step eagerly. Default: OK (the plain decoder).
   virtual Status DecodeCapturable() const { return Status::Ok(); }
 
-  // The decoder hooks of one Forward over `batch` (row b: chunk b's state; states this mode made).
-  // Null: the plain decoder (the default).
-  virtual std::unique_ptr<LayerHooks> Hooks(const std::vector<SequenceState*>& /*batch*/) const {
+  // The decoder hooks of one Forward over `batch` (row b: chunk b's state; states this mode made)
+  // with the engine's `pools` (CreateSlotPools'; null where it made none). Null: the plain decoder
+  // (the default).
+  virtual std::unique_ptr<LayerHooks> Hooks(const std::vector<SequenceState*>& /*batch*/,
+                                            SlotPools* /*pools*/) const {
     return nullptr;
   }
 

@@ -48,6 +48,14 @@ class LayerHooks {
                                         const DecoderBatch& /*batch*/) {
     return {};
   }
+  // After the last layer, inside the step's device work: the device tensors of this Forward that
+  // the host reads afterwards (flex: its selections). A captured step returns them, so that a
+  // replay refreshes them. Default: none.
+  virtual std::vector<at::Tensor> StepOutputs() { return {}; }
+  // On the host after the Forward ran (eagerly, or as a replayed graph without calling the other
+  // hooks), with what StepOutputs returned (on replay: the captured tensors, refreshed). Host
+  // bookkeeping of the step goes here, never into the hooks above. Default: nothing.
+  virtual void AfterStep(const std::vector<at::Tensor>& /*outputs*/) {}
 };
 
 // Chunk `chunk`'s cached keys and values of `layer` up to its last row, with grouped KV heads

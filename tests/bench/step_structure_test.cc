@@ -2,7 +2,8 @@
 // as bench/step_ops counts (bench/step_counter.h: kernel-launching ATen leaf ops and host syncs on
 // the calling thread), every mode's decode step dispatches the identical op sequence with
 // identical shapes at different context lengths within a batch bucket ("static"), at most one
-// host sync (the sampled ids), and no more than 1.1x the ops of batch 1 at batch 32; and a
+// host sync (the sampled ids), and no more than 1.1x the ops of batch 1 at batch 32, the same
+// ops whichever requests (with or without an image) fill a bucket; and a
 // decoder layer costs at most the budget of ops per decode step (full: 40 per layer;
 // flex: 60 per FlexAttention layer), from two depths of the tiny model as step_ops measures it.
 // Deterministic: op counts, not times.
@@ -28,6 +29,7 @@ constexpr int kSteps = 3;  // Counted decode steps: the first and the last are c
 struct TinyEngine {
   std::unique_ptr<Engine> engine;
   std::shared_ptr<const PreparedRequest> request;
+  std::shared_ptr<const PreparedRequest> text_request;  // The same question, no image.
 };
 
 TinyEngine MakeEngine(const std::string& mode, int depth, int max_sequences) {
@@ -54,8 +56,14 @@ TinyEngine MakeEngine(const std::string& mode, int depth, int max_sequences) {
   auto prepared = (*engine)->Prepare(request);
   EXPECT_TRUE(prepared.ok()) << prepared.status().ToString();
   if (!prepared.ok()) return out;
+  request.image.reset();
+  request.turns[0].text = "Hi.";
+  auto text = (*engine)->Prepare(request);
+  EXPECT_TRUE(text.ok()) << text.status().ToString();
+  if (!text.ok()) return out;
   out.engine = std::move(*engine);
   out.request = *prepared;
+  out.text_request = *text;
   return out;
 }
 
@@ -81,6 +89,24 @@ TEST_P(StepStructureTest, DecodeIsStaticFlatInTheBatchAndSyncsOnce) {
   for (const MeasuredSteps* m : {&one, &many}) {
     for (const StepCounts& step : m->decode) EXPECT_LE(step.syncs, 1) << mode;
   }
+}
+
+// What a replayed CUDA graph needs beyond "static": a bucket's decode step dispatches the same ops
+// with the same shapes whichever requests fill it (here an image request and a text-only one with
+// another prompt length), so one capture per bucket serves every batch (flex and xattn read their
+// per-request state from slot pools by slot index, model/modes/mode.h SlotPools).
+TEST_P(StepStructureTest, DecodeIsTheSameWhicheverRequestsRun) {
+  const std::string mode = GetParam();
+  TinyEngine tiny = MakeEngine(mode, 0, 2);
+  ASSERT_TRUE(tiny.engine && tiny.request && tiny.text_request);
+  EXPECT_NE(tiny.request->prompt_tokens, tiny.text_request->prompt_tokens);
+  InstallStepCounter();
+  MeasuredSteps image, text;
+  ASSERT_TRUE(MeasureSteps(*tiny.engine, tiny.request, 2, kSteps, &image));
+  ASSERT_TRUE(MeasureSteps(*tiny.engine, tiny.text_request, 2, kSteps, &text));
+  ASSERT_FALSE(image.decode.back().signature.empty());
+  EXPECT_EQ(image.decode.back().signature, text.decode.back().signature)
+      << mode << ": the decode step of bucket 2 depends on the requests it runs";
 }
 
 INSTANTIATE_TEST_SUITE_P(Modes, StepStructureTest,

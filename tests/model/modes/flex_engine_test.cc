@@ -2,13 +2,16 @@
 // pipeline, matches the model-level harness (itself checked against the reference in
 // flex_parity_test) in tokens and selections alone and batched, honours selection_threshold,
 // reports selected HR tokens and frees the state at Release.
+#include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
 #include <map>
 
 #include "model/engine.h"
+#include "model/modes/flex.h"
 #include "model/text/prompt.h"
 #include "model/text/tokenizer.h"
+#include "model/weights/weights.h"
 #include "tests/support/engine_runner.h"
 #include "tests/support/flex_fixture.h"
 
@@ -137,6 +140,66 @@ TEST_F(FlexEngineTest, ThresholdIsValidatedAndTextOnlyWorks) {
   EXPECT_EQ(t.trace.num_steps, 0);
 }
 
+// The slot pools (FlexSlotPools) are written at every admission, a text-only one's too ("no
+// image": threshold 255, all bands): a request in a slot that held another image, with another
+// threshold, runs and selects as in a fresh engine.
+TEST_F(FlexEngineTest, ASlotForgetsItsLastRequest) {
+  auto reused = testing::MakeEngine(model_dir_, 1);
+  ASSERT_TRUE(reused);
+  GenerationRequest text = Request(0, "Tell me a story.", 6);
+  text.image.reset();
+  GenerationRequest other = Request(1, "Where is the bright spot?", 6);
+  other.selection_threshold = 120;
+  const std::vector<GenerationRequest> requests = {Request(0, "What is in the picture?", 6), text,
+                                                   other};
+  for (size_t i = 0; i < requests.size(); ++i) {
+    SCOPED_TRACE("request " + std::to_string(i));
+    auto fresh = testing::MakeEngine(model_dir_, 1);
+    ASSERT_TRUE(fresh);
+    const Result expected = RunBatch(*fresh, {requests[i]})[0];
+    const Result got = RunBatch(*reused, {requests[i]})[0];
+    EXPECT_EQ(got.tokens, expected.tokens);
+    EXPECT_EQ(got.trace.masks, expected.trace.masks);
+    EXPECT_EQ(got.report.selected_hr_tokens, expected.report.selected_hr_tokens);
+  }
+}
+
+// What a slot holds after Write and Clear, and the scratch slot from the start: a slot without an
+// image selects nothing (threshold 255) and reads only the pad column (every cell a band cell),
+// whatever stale keys and features it keeps (a long text-only prompt would otherwise select
+// blocks of the slot's last image).
+TEST_F(FlexEngineTest, SlotPoolsWriteAndClearASlot) {
+  auto weights = WeightLoader::Open(fixture_.config);
+  ASSERT_TRUE(weights.ok()) << weights.status().ToString();
+  auto projections =
+      HighResProjections::Load(**weights, fixture_.config, at::kFloat, at::Device(at::kCPU));
+  ASSERT_TRUE(projections.ok()) << projections.status().ToString();
+  const int64_t d = fixture_.config.text.hidden_size, t = int64_t{72} * 72;
+  FlexSlotPools pools(**projections, /*num_slots=*/2, d);
+  auto no_image = [&](int slot) {
+    EXPECT_EQ(pools.threshold[slot].item<float>(), 255.0f) << "slot " << slot;
+    EXPECT_TRUE(pools.band[slot].all().item<bool>()) << "slot " << slot;
+  };
+  for (int slot = 0; slot < 3; ++slot) no_image(slot);  // Slots 0, 1 and the scratch slot 2.
+  at::manual_seed(3);
+  const at::Tensor features = at::randn({t, d});
+  // A 64 x 40 image pads 24 x 24 cells top and bottom: some cells are bands, not all.
+  pools.Write(1, features, /*image_begin=*/7, /*width=*/64, /*height=*/40, /*threshold=*/48);
+  EXPECT_EQ(pools.threshold[1].item<float>(), 48.0f);
+  EXPECT_EQ(pools.image_begin[1].item<int64_t>(), 7);
+  EXPECT_TRUE(pools.band[1].any().item<bool>());
+  EXPECT_FALSE(pools.band[1].all().item<bool>());
+  EXPECT_TRUE(pools.features[1].equal(features));
+  EXPECT_GT(pools.keys.select(1, 1).abs().sum().item<double>(), 0);
+  no_image(0);
+  no_image(2);
+  pools.Clear(1);
+  no_image(1);
+  EXPECT_EQ(pools.image_begin[1].item<int64_t>(), 0);
+  EXPECT_EQ(pools.bytes_per_slot(), t * d * 4 + 2 * t * 64 * 4 + 24 * 24 + 8 + 4);
+  EXPECT_EQ(pools.bytes(), 3 * pools.bytes_per_slot());
+}
+
 TEST_F(FlexEngineTest, HighResMemoryIsHeldWhileRunningAndFreedAtRelease) {
   auto engine = MakeEngine(model_dir_);
   ASSERT_TRUE(engine);
@@ -147,10 +210,11 @@ TEST_F(FlexEngineTest, HighResMemoryIsHeldWhileRunningAndFreedAtRelease) {
   std::vector<TokenEvent> events;
   engine->Prefill({*id}, &events);
   const EngineMemory running = engine->Memory();
-  // The raw HR features and both FA layers' HR keys (72 x 72 tokens, D = KV Dh = 64, fp32) and
-  // the 24 x 24 band mask; nothing grows per step.
+  // The slot's raw HR features and both FA layers' HR keys (72 x 72 tokens, D = KV Dh = 64,
+  // fp32), the 24 x 24 band mask, the image offset (int64) and threshold (fp32); nothing grows
+  // per step.
   const int64_t tokens = int64_t{72} * 72, d = fixture_.config.text.hidden_size;
-  EXPECT_EQ(running.hr_cache_bytes, tokens * d * 4 + 2 * tokens * 64 * 4 + 24 * 24);
+  EXPECT_EQ(running.hr_cache_bytes, tokens * d * 4 + 2 * tokens * 64 * 4 + 24 * 24 + 8 + 4);
   engine->Decode({*id}, &events);
   EXPECT_EQ(engine->Memory().hr_cache_bytes, running.hr_cache_bytes);
   engine->Release(*id);

@@ -332,6 +332,7 @@ TEST_P(ModesTest, MatchesPlainReference) {
     // The engine's model path with the reference's image rows: the mode's sequence state and
     // hooks (model/modes/mode.h), packed prefill, then KV-cache decode fed the reference's tokens.
     const Mode& mode = (*model)->mode();
+    const std::unique_ptr<SlotPools> pools = mode.CreateSlotPools(1);
     PromptChunk chunk;
     chunk.tokens = &ids;
     chunk.slot = cache->Allocate();
@@ -341,17 +342,19 @@ TEST_P(ModesTest, MatchesPlainReference) {
     start.tokens = &ids;
     start.input = &input;
     start.highres = highres;
+    start.slot = chunk.slot;
+    start.pools = pools.get();
     if (features.defined()) {
       start.image_begin = std::find(ids.begin(), ids.end(), config_.image_token_id) - ids.begin();
     }
     const std::unique_ptr<SequenceState> state = mode.BeginSequence(start);
     std::vector<at::Tensor> rows;
     {
-      const std::unique_ptr<LayerHooks> hooks = mode.Hooks({state.get()});
+      const std::unique_ptr<LayerHooks> hooks = mode.Hooks({state.get()}, pools.get());
       rows.push_back((*model)->PrefillLogits({chunk}, *cache, hooks.get())[0]);
     }
     for (int s = 1; s < kSteps; ++s) {
-      const std::unique_ptr<LayerHooks> hooks = mode.Hooks({state.get()});
+      const std::unique_ptr<LayerHooks> hooks = mode.Hooks({state.get()}, pools.get());
       rows.push_back((*model)->DecodeLogits({tokens[s - 1]}, {chunk.slot}, *cache, hooks.get())[0]);
     }
     cache->Free(chunk.slot);
@@ -383,6 +386,23 @@ TEST_P(ModesTest, BatchedEqualsAlone) {
   for (size_t i = 0; i < requests.size(); ++i) {
     EXPECT_EQ(together[i], RunEngine(**engine, {requests[i]})[0]) << "request " << i;
     EXPECT_EQ(together[i].size(), static_cast<size_t>(requests[i].sampling.max_new_tokens));
+  }
+}
+
+// A slot's device state (xattn: its cross-attention keys/values, SlotPools) is written at every
+// admission, a text-only one's too: a request run in a slot that held others runs as in a fresh
+// engine.
+TEST_P(ModesTest, ASlotForgetsItsLastRequest) {
+  EngineOptions options;
+  options.model_dir = dir_;
+  options.max_sequences = 1;
+  auto reused = CreateLlavaEngine(options);
+  ASSERT_TRUE(reused.ok()) << reused.status().ToString();
+  for (int c : {0, 3, 1}) {  // An image, text only, another image: one slot throughout.
+    auto fresh = CreateLlavaEngine(options);
+    ASSERT_TRUE(fresh.ok());
+    const GenerationRequest r = Request(Cases()[c]);
+    EXPECT_EQ(RunEngine(**reused, {r})[0], RunEngine(**fresh, {r})[0]) << "case " << c;
   }
 }
 
