@@ -14,8 +14,10 @@ Stage 2 (--steps): the whole network on the questions. Loss: cross-entropy on th
 of sequence, plus --attn-weight times an attention loss on the selecting layers (the answer rows'
 head-summed LR attention should fall on the box the question names: it teaches the selection where to
 look), --hr-attn-weight times the same on the FA layers' HR keys for digit questions (their attention
-should fall on the named box's label), and --aux-weight times stage 1's label losses (so the tokens keep
-saying what they show). None adds a term to the forward; the auxiliary heads are not exported.
+should fall on the named box's label), --aux-weight times stage 1's label losses (so the tokens keep
+saying what they show) and --deep-weight times the decoder's deep supervision (aux.Readouts: the answer
+row says what the question names after every layer, and the answer once it has seen it). None adds a term
+to the forward; the auxiliary heads and read-outs are not exported.
 """
 import argparse
 import math
