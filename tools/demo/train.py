@@ -33,6 +33,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import aux  # noqa: E402
 import data  # noqa: E402
+import resume  # noqa: E402
 import scene as scenes  # noqa: E402
 import vision_pretrain  # noqa: E402
 from flexnet import DEFAULT_CONFIG, FlexNet, bands_of, export  # noqa: E402
@@ -220,14 +221,7 @@ def main():
     params = list(net.parameters()) + list(heads.parameters()) + list(readouts.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
     state_path = os.path.join(args.work, "state.pt")
-    step = 0
-    if os.path.exists(state_path):
-        state = torch.load(state_path, map_location="cpu")
-        net.load_state_dict(state["net"])
-        heads.load_state_dict(state["heads"])
-        readouts.load_state_dict(state["readouts"])
-        opt.load_state_dict(state["opt"])
-        step = state["step"]
+    step = resume.load(state_path, opt, net=net, heads=heads, readouts=readouts)
     net, heads, readouts = net.to(args.device), heads.to(args.device), readouts.to(args.device)
     for s in opt.state.values():
         for key, value in s.items():
@@ -276,9 +270,7 @@ def main():
             f" data_s {t_data - t0:.2f} total_s {time.time() - t0:.2f} cpu_s {time.process_time() - c0:.2f}")
         t0, c0 = time.time(), time.process_time()
         if step % args.save_every == 0 or step == args.steps:
-            torch.save({"net": net.state_dict(), "heads": heads.state_dict(), "readouts": readouts.state_dict(),
-                        "opt": opt.state_dict(), "step": step}, state_path + ".tmp")
-            os.replace(state_path + ".tmp", state_path)
+            resume.save(state_path, opt, step, net=net, heads=heads, readouts=readouts)
         if step % args.eval_every == 0 or step == args.steps:
             acc, sel = evaluate(net, prompter, heldout, args.device)
             say(f"eval step {step} " + " ".join(f"{k} {v:.3f}" for k, v in sorted(acc.items())) +

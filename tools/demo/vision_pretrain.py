@@ -19,6 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import aux  # noqa: E402
 import data  # noqa: E402
 import digit_sheet  # noqa: E402
+import resume  # noqa: E402
 import scene as scenes  # noqa: E402
 
 VISION_SEED_BASE = 5_000_000  # Scenes of stage 1 (stage 2 draws from train.TRAIN_SEED_BASE).
@@ -89,13 +90,7 @@ def train(net, heads, args, say):
     path = os.path.join(args.work, "vision_state.pt")
     params = list(net.parameters()) + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=args.vision_lr, weight_decay=0.0, betas=(0.9, 0.98))
-    step = 0
-    if os.path.exists(path):
-        state = torch.load(path, map_location="cpu")
-        net.load_state_dict(state["net"])
-        heads.load_state_dict(state["heads"])
-        opt.load_state_dict(state["opt"])
-        step = state["step"]
+    step = resume.load(path, opt, net=net, heads=heads)
     if step >= args.vision_steps:
         return
     say(f"# vision stage from step {step} of {args.vision_steps}")
@@ -119,9 +114,7 @@ def train(net, heads, args, say):
             f" data_s {t_data - t0:.2f} total_s {time.time() - t0:.2f} cpu_s {time.process_time() - c0:.2f}")
         t0, c0 = time.time(), time.process_time()
         if step % 25 == 0 or step == args.vision_steps:
-            torch.save({"net": net.state_dict(), "heads": heads.state_dict(), "opt": opt.state_dict(), "step": step},
-                       path + ".tmp")
-            os.replace(path + ".tmp", path)
+            resume.save(path, opt, step, net=net, heads=heads)
 
 
 def add_arguments(ap):
