@@ -320,13 +320,19 @@ def write_safetensors(path, tensors):
             f.write(raw)
 
 
-def export(net, out_dir, tokenizer_model, bos=1, eos=2):
+def export(net, out_dir, tokenizer_model, bos=1, eos=2, layout="flex"):
+    """layout "flex": the FlexAttention checkpoint (k/v_proj_hd, "extra"), which the engine runs in flex;
+    "full": the LLaVA-1.5 layout without them, which it runs in full at the tower's size (a network
+    trained with threshold 255, i.e. that never saw the high-resolution view: the 336 px baseline)."""
+    assert layout in ("flex", "full"), layout
     c = net.cfg
     clip = os.path.join(out_dir, "clip")
     os.makedirs(clip, exist_ok=True)
     text, vision = {}, {}
     for key, value in net.w.items():
         name = key.replace("/", ".")
+        if layout == "full" and "_proj_hd." in name:
+            continue
         if name.startswith("v."):
             vision["vision_model." + name[2:]] = value
         elif name.startswith("m."):
@@ -352,10 +358,11 @@ def export(net, out_dir, tokenizer_model, bos=1, eos=2):
               "mm_vision_tower": "clip", "mm_projector_type": "mlp2x_gelu", "mm_vision_select_layer": -2,
               "mm_vision_select_feature": "patch", "mm_hidden_size": c["vision_hidden"],
               "mm_use_im_start_end": False, "mm_use_im_patch_token": False, "image_aspect_ratio": "pad",
-              "pad_token_id": 0,
-              "extra": {"zoom_ratio": str(c["zoom"]), "highres_size": str(c["zoom"] * c["image_size"]),
-                        "lowres_size": str(c["image_size"]), "threshold": str(c["threshold"]), "warmup": "10",
-                        "num_sa_layers": str(c["n_sa"])}}
+              "pad_token_id": 0}
+    if layout == "flex":
+        config["extra"] = {"zoom_ratio": str(c["zoom"]), "highres_size": str(c["zoom"] * c["image_size"]),
+                           "lowres_size": str(c["image_size"]), "threshold": str(c["threshold"]), "warmup": "10",
+                           "num_sa_layers": str(c["n_sa"])}
     for path, obj in [(os.path.join(out_dir, "config.json"), config),
                       (os.path.join(out_dir, "preprocessor_config.json"), pre),
                       (os.path.join(clip, "preprocessor_config.json"), pre),

@@ -224,6 +224,26 @@ class ExportTest(unittest.TestCase):
         self.assertGreater(len(selected), 1)  # Selections differ between questions/steps: not trivial.
         self.assertFalse(all(s in (0, 36 * 36) for s in selected))
 
+    def test_full_layout_is_the_flex_export_without_flexattention(self):
+        """The 336 px baseline's export: the same tensors and config but k/v_proj_hd and "extra", so the
+        engine's loader reads it as LLaVA-1.5 (full)."""
+        from llava_reference import read_checkpoint_tensors  # noqa: E402
+        net = FlexNet(DEFAULT_CONFIG, 512)
+        dirs = {layout: os.path.join(self.tmp.name, layout) for layout in ("flex", "full")}
+        for layout, out in dirs.items():
+            export(net, out, self.tok, layout=layout)
+        cfg = {k: json.load(open(os.path.join(d, "config.json"))) for k, d in dirs.items()}
+        self.assertIn("extra", cfg["flex"])
+        self.assertNotIn("extra", cfg["full"])
+        del cfg["flex"]["extra"]
+        self.assertEqual(cfg["flex"], cfg["full"])
+        flex, full = (read_checkpoint_tensors(d) for d in dirs.values())
+        hd = {k for k in flex if "_proj_hd." in k}
+        self.assertEqual(len(hd), 2 * DEFAULT_CONFIG["layers"])  # FlexNet holds them in every layer.
+        self.assertEqual(set(full), set(flex) - hd)
+        for k, v in full.items():
+            self.assertTrue(torch.equal(v, flex[k]), k)
+
 
 class RecipeTest(unittest.TestCase):
     """The training command itself, two steps of each stage on one scene: it runs (every module it needs
